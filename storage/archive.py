@@ -1,0 +1,36 @@
+"""The storage services of one process: the index database and the blob store, opened once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from storage.blobstore import BlobStore, from_settings
+from storage.db import Database
+from storage.settings import Settings
+
+
+def process_owner() -> str:
+    """Who holds a pending write: host and pid, so recovery knows a dead writer on this host."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    owner: str = field(default_factory=process_owner)
+
+    @classmethod
+    def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            db=Database.connect(settings.database_url, pool_size=pool_size),
+            blobs=from_settings(settings),
+        )
+
+    def close(self) -> None:
+        self.db.dispose()

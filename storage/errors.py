@@ -1,0 +1,71 @@
+"""Typed storage errors; each edge (DIMSE, HTTP, FHIR) maps them to its own vocabulary.
+
+Every error carries the DICOM status it stands for (PS3.4 Annex B.2.3 for C-STORE, the same
+codes STOW-RS reports as FailureReason, PS3.18 10.5.3) and a human-readable `detail` that
+names what was wrong without patient data.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the storage layer raises on purpose."""
+
+    #: DICOM status (C-STORE / STOW-RS FailureReason)
+    status: int = 0xC000
+    #: short machine-readable reason, used as a metrics label and a log field
+    reason: str = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RejectedInput(StorageError):
+    """The object was refused; nothing of it was kept."""
+
+
+class NotDicom(RejectedInput):
+    status = 0xC000  # Error: cannot understand
+    reason = "not_dicom"
+
+
+class Truncated(RejectedInput):
+    status = 0xC000
+    reason = "truncated"
+
+
+class MissingAttribute(RejectedInput):
+    status = 0xA900  # Error: data set does not match SOP class
+    reason = "missing_attribute"
+
+
+class MissingUid(MissingAttribute):
+    reason = "missing_uid"
+
+
+class InvalidUid(RejectedInput):
+    status = 0xA900
+    reason = "invalid_uid"
+
+
+class BadCharset(RejectedInput):
+    status = 0xA900
+    reason = "bad_charset"
+
+
+class OutOfResources(StorageError):
+    """The archive could not keep the object (blob store or database failed)."""
+
+    status = 0xA700
+    reason = "out_of_resources"
+
+
+class NotFound(StorageError):
+    status = 0xC000
+    reason = "not_found"
+
+
+class NotAuthorized(StorageError):
+    status = 0xA801  # C-MOVE/C-GET: refused
+    reason = "not_authorized"

@@ -1,0 +1,150 @@
+"""The index database: what the archive knows about every object it holds.
+
+Study, series and instance rows carry the attributes queries match on as indexed columns,
+plus the instance's DICOM JSON (bulk data replaced by references) and its pixel layout, so
+that searches and metadata answers never open a blob. Study and series aggregates (counts,
+modalities) are kept current by ingest, inside the same transaction as the instance.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    """An institution (hospital, clinic, GP practice, the city's health office)."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApplicationEntity(Base):
+    """A DICOM node of an organization: its modalities, workstations and C-MOVE destinations."""
+
+    __tablename__ = "application_entities"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PatientIdentity(Base):
+    """One institution's identifier for a patient: (issuer, patient ID).
+
+    `issuer_kind` says where the namespace came from: `dicom` (IssuerOfPatientID as sent),
+    `org` (the sending organization, when the sender gave no issuer) or `ae` (an unregistered
+    sender's AE title, for unassigned studies).
+    """
+
+    __tablename__ = "patient_identities"
+    __table_args__ = (UniqueConstraint("issuer_kind", "issuer", "patient_id", name="uq_identity"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    issuer_kind: Mapped[str] = mapped_column(String(8))
+    issuer: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("patient_identities.id"), index=True)
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    modalities: Mapped[str] = mapped_column(String(256), default="")
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    attrs_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    series_date: Mapped[str] = mapped_column(String(8), default="")
+    series_time: Mapped[str] = mapped_column(String(16), default="")
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    attrs_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Instance(Base):
+    """A stored SOP instance: where its bytes are and what it says, without its bulk data."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_series_number", "series_id", "instance_number"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(128), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    pixel_layout: Mapped[str | None] = mapped_column(Text)
+    dicom_json: Mapped[str] = mapped_column(Text)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PendingBlob(Base):
+    """A blob write in flight: reserved before the write, removed in the commit.
+
+    Whatever is left here after a crash points at a blob that was never acknowledged; start-up
+    recovery deletes those blobs, so it scans this table, never the bucket.
+    """
+
+    __tablename__ = "pending_blobs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    object_key: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -1,0 +1,79 @@
+"""Organizations and their DICOM nodes: who a calling AE title speaks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import ApplicationEntity, Organization
+from storage.settings import AE_TITLE_RE
+
+
+@dataclass(frozen=True, slots=True)
+class AeSpec:
+    """`AET[@host:port]` as given to `pacs org add --ae`."""
+
+    ae_title: str
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AeSpec:
+        title, _, address = text.partition("@")
+        title = title.strip()
+        if not AE_TITLE_RE.match(title):
+            raise ValueError(f"{title!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+        if not address:
+            return cls(title)
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r}: the address must be host:port")
+        return cls(title, host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class OrgSummary:
+    id: str
+    name: str
+    aes: list[AeSpec]
+
+
+class AeTakenError(ValueError):
+    pass
+
+
+def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) -> OrgSummary:
+    """Create the organization or add to it; an AE title belongs to one organization only."""
+    org = session.get(Organization, org_id)
+    if org is None:
+        if not name:
+            raise ValueError(f"organization {org_id!r} does not exist yet: give it a --name")
+        org = Organization(id=org_id, name=name)
+        session.add(org)
+    elif name:
+        org.name = name
+    session.flush()
+    for spec in aes:
+        ae = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == spec.ae_title))
+        if ae is not None and ae.org_id != org_id:
+            raise AeTakenError(f"AE title {spec.ae_title} is already registered to organization {ae.org_id}")
+        if ae is None:
+            session.add(ApplicationEntity(ae_title=spec.ae_title, org_id=org_id, host=spec.host, port=spec.port))
+        elif spec.host:
+            ae.host, ae.port = spec.host, spec.port
+    session.flush()
+    return get_org(session, org_id)
+
+
+def get_org(session: Session, org_id: str) -> OrgSummary:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise KeyError(org_id)
+    aes = session.scalars(select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title))
+    return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes])
+
+
+def org_of_ae(session: Session, ae_title: str) -> str | None:
+    return session.scalar(select(ApplicationEntity.org_id).where(ApplicationEntity.ae_title == ae_title.strip()))

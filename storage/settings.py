@@ -1,0 +1,105 @@
+"""The one settings object of the service.
+
+Every `PACS_*` variable of DESIGN.md lives here and nowhere else: the command line builds a
+`Settings` once (flags override the environment) and hands it to whatever it starts, so no
+module reads the environment on its own and tests build their own instances.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
+
+
+class Settings(BaseSettings):
+    """Configuration from `PACS_*` environment variables and `pacs serve` flags."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    storage_url: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")
+
+    ae_title: str = "MUNIPACS"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    dicom_workers: int = Field(default=1, ge=1, le=64)
+    max_pdu: int = Field(default=1_048_576, ge=0)
+    max_associations: int = Field(default=64, ge=1)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = ""
+
+    jwt_secret: SecretStr = SecretStr("")
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    log_level: str = "INFO"
+    #: set by `pacs serve` when worker processes share Prometheus metrics through files
+    metrics_dir: Path | None = None
+    recovery_grace_seconds: int = Field(default=600, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not AE_TITLE_RE.match(value):
+            raise ValueError("an AE title is 1 to 16 printable ASCII characters without a backslash")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        # Heroku-style and libpq-style URLs name no driver; the project ships psycopg 3.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value and urlparse(value).scheme not in ("file", "s3"):
+            raise ValueError("PACS_STORAGE_URL must start with file:// or s3://")
+        return value
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        self.data_dir = data_dir
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data_dir / 'index.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{data_dir / 'objects'}"
+        if not self.public_url:
+            host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+            self.public_url = f"http://{host}:{self.http_port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-instance runtime state (metrics of worker processes, generated keys)."""
+        return self.data_dir / "run"
