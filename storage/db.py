@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -21,7 +21,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 WRITE_OPTION = "pacs_write"
 
 
-def make_engine(url: str, *, pool_size: int = 16) -> Engine:
+def make_engine(url: str, *, pool_size: int = 16, light: bool = False) -> Engine:
+    """An engine; `light=True` makes SQLite commits skip the WAL fsync (see `Database`)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -29,27 +30,26 @@ def make_engine(url: str, *, pool_size: int = 16) -> Engine:
             pool_size=pool_size,
             max_overflow=pool_size,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, synchronous="NORMAL" if light else "FULL")
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy, not pysqlite, decide when a transaction begins.
         dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
 
 @dataclass
@@ -59,15 +59,22 @@ class Database:
     engine: Engine
     reader: sessionmaker[Session]
     writer: sessionmaker[Session]
+    write_engine: Engine
+    light_engine: Engine
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 16) -> Database:
         engine = make_engine(url, pool_size=pool_size)
         write_engine = engine.execution_options(**{WRITE_OPTION: True})
+        # On SQLite, light commits use their own small pool whose connections skip the WAL
+        # fsync; elsewhere the durable engine serves them too.
+        light = make_engine(url, pool_size=4, light=True) if url.startswith("sqlite") else engine
         return cls(
             engine=engine,
             reader=sessionmaker(engine, expire_on_commit=False),
             writer=sessionmaker(write_engine, expire_on_commit=False),
+            write_engine=write_engine,
+            light_engine=light.execution_options(**{WRITE_OPTION: True}),
         )
 
     @contextmanager
@@ -77,9 +84,20 @@ class Database:
             yield session
 
     @contextmanager
+    def write_conn(self, *, light: bool = False) -> Iterator[Connection]:
+        """A Core write transaction, for the ingest hot path (no ORM unit of work).
+
+        `light=True` is for rows whose loss in a power cut is harmless: SQLite then skips
+        the WAL fsync at commit (still safe against a killed process).
+        """
+        with (self.light_engine if light else self.write_engine).begin() as conn:
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         with self.reader() as session:
             yield session
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.light_engine.dispose()

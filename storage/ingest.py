@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from storage import metrics
 from storage.access import Principal
@@ -93,15 +92,14 @@ def ingest(source: Source, origin: Origin, principal: Principal, *, archive: Arc
     except RejectedInput as exc:
         _rejected(origin, exc, source.describe())
         raise
-    if _is_present(archive, parsed.sop_uid):
-        return _already_present(origin, parsed, source.size)
-
     key = new_key()
-    pending_id = _reserve(archive, key)
+    pending_id = _reserve(archive, parsed.sop_uid, key)
+    if pending_id is None:
+        return _already_present(origin, parsed, source.size)
     try:
         blob = _write_blob(archive, key, source)
-        with archive.db.write() as session:
-            _commit(session, parsed, blob, origin, principal, pending_id)
+        with archive.db.write_conn() as conn:
+            _commit(conn, parsed, blob, origin, principal, pending_id)
     except IntegrityError as exc:
         _cleanup(archive, key, pending_id)
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
@@ -147,14 +145,36 @@ def _already_present(origin: Origin, parsed: ParsedInstance, size: int) -> Inges
     return _result(Outcome.ALREADY_PRESENT, parsed, size)
 
 
+_PRESENT = select(Instance.id).where(Instance.sop_uid == bindparam("sop_uid"))
+_RESERVE = insert(PendingBlob).returning(PendingBlob.id)
+_UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
+_SERIES_OF = select(Series.id, Series.study_id, Study.study_uid).join(Study, Study.id == Series.study_id).where(
+    Series.series_uid == bindparam("series_uid")
+)
+_INSERT_INSTANCE = insert(Instance)
+_COUNT_INSTANCE_IN_SERIES = (
+    update(Series).where(Series.id == bindparam("sid")).values(num_instances=Series.num_instances + 1)
+)
+_COUNT_INSTANCE_IN_STUDY = (
+    update(Study).where(Study.id == bindparam("stid")).values(num_instances=Study.num_instances + 1, updated_at=bindparam("now"))
+)
+
+
 def _is_present(archive: Archive, sop_uid: str) -> bool:
-    with archive.db.read() as session:
-        return session.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid)) is not None
+    with archive.db.engine.connect() as conn:
+        return conn.scalar(_PRESENT, {"sop_uid": sop_uid}) is not None
 
 
-def _reserve(archive: Archive, key: str) -> int:
-    with archive.db.write() as session:
-        return int(session.scalar(insert(PendingBlob).values(object_key=key, owner=archive.owner).returning(PendingBlob.id)))
+def _reserve(archive: Archive, sop_uid: str, key: str) -> int | None:
+    """Check for a stored copy and reserve the key in one short transaction.
+
+    The reservation is a light commit: lost in a power cut it would only leave an orphan
+    blob, never a visible half instance, so it does not pay for a WAL fsync.
+    """
+    with archive.db.write_conn(light=True) as conn:
+        if conn.scalar(_PRESENT, {"sop_uid": sop_uid}) is not None:
+            return None
+        return int(conn.scalar(_RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow()}))
 
 
 def _write_blob(archive: Archive, key: str, source: Source) -> BlobInfo:
@@ -168,64 +188,66 @@ def _cleanup(archive: Archive, key: str, pending_id: int) -> None:
     """Best effort: remove what a failed ingest wrote; recovery retries whatever remains."""
     try:
         archive.blobs.delete(key)
-        with archive.db.write() as session:
-            session.execute(delete(PendingBlob).where(PendingBlob.id == pending_id))
+        with archive.db.write_conn(light=True) as conn:
+            conn.execute(_UNRESERVE, {"pending_id": pending_id})
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
         event(log, "ingest.cleanup_failed", level=logging.ERROR, object_key=key, error=repr(exc))
 
 
 def _commit(
-    session: Session, p: ParsedInstance, blob: BlobInfo, origin: Origin, principal: Principal, pending_id: int
+    conn: Connection, p: ParsedInstance, blob: BlobInfo, origin: Origin, principal: Principal, pending_id: int
 ) -> None:
-    session.execute(delete(PendingBlob).where(PendingBlob.id == pending_id))
-    row = session.execute(
-        select(Series.id, Series.study_id, Study.study_uid).join(Study, Study.id == Series.study_id)
-        .where(Series.series_uid == p.series_uid)
-    ).first()
+    """Index the instance, its series, study and patient, in the caller's one transaction."""
+    now = utcnow()
+    conn.execute(_UNRESERVE, {"pending_id": pending_id})
+    row = conn.execute(_SERIES_OF, {"series_uid": p.series_uid}).first()
     new_series = row is None
     if row is not None:
         series_id, study_id, study_uid = row
         if study_uid != p.study_uid:
             raise InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
     else:
-        identity_id = _upsert_identity(session, p, origin, principal)
-        study_id = _upsert_study(session, p, identity_id, origin, principal)
-        series_id = _upsert_series(session, p, study_id)
-    session.execute(
-        insert(Instance).values(
-            sop_uid=p.sop_uid, series_id=series_id, study_id=study_id, sop_class_uid=p.sop_class_uid,
-            instance_number=p.instance_number, transfer_syntax_uid=p.transfer_syntax_uid, object_key=blob.key,
-            size=blob.size, rows=p.rows, columns=p.columns, number_of_frames=p.number_of_frames,
-            pixel_layout=p.layout.to_json() if p.layout else None, dicom_json=p.dicom_json,
-            source_ae=origin.calling_ae, created_at=utcnow(),
-        )
+        identity_id = _upsert_identity(conn, p, origin, principal)
+        study_id = _upsert_study(conn, p, identity_id, origin, principal)
+        series_id = _upsert_series(conn, p, study_id)
+    conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "sop_uid": p.sop_uid, "series_id": series_id, "study_id": study_id, "sop_class_uid": p.sop_class_uid,
+            "instance_number": p.instance_number, "transfer_syntax_uid": p.transfer_syntax_uid,
+            "object_key": blob.key, "size": blob.size, "rows": p.rows, "columns": p.columns,
+            "number_of_frames": p.number_of_frames, "pixel_layout": p.layout.to_json() if p.layout else None,
+            "dicom_json": p.dicom_json, "source_ae": origin.calling_ae[:16], "created_at": now,
+        },
     )
-    session.execute(update(Series).where(Series.id == series_id).values(num_instances=Series.num_instances + 1))
-    study_values: dict[str, Any] = {"num_instances": Study.num_instances + 1, "updated_at": utcnow()}
+    conn.execute(_COUNT_INSTANCE_IN_SERIES, {"sid": series_id})
+    conn.execute(_COUNT_INSTANCE_IN_STUDY, {"stid": study_id, "now": now})
     if new_series:
-        modalities = session.scalars(
+        modalities = conn.scalars(
             select(Series.modality).where(Series.study_id == study_id, Series.modality != "").distinct()
         ).all()
-        study_values["num_series"] = select(func.count(Series.id)).where(Series.study_id == study_id).scalar_subquery()
-        study_values["modalities"] = "\\".join(sorted(set(modalities)))
-    session.execute(update(Study).where(Study.id == study_id).values(**study_values))
+        conn.execute(
+            update(Study).where(Study.id == study_id).values(
+                num_series=select(func.count(Series.id)).where(Series.study_id == study_id).scalar_subquery(),
+                modalities="\\".join(sorted(set(modalities))),
+            )
+        )
 
 
-def _insert_or_get(session: Session, model: type[Base], key: dict[str, Any], values: dict[str, Any]) -> int:
+def _insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING, then the id of whichever row holds `key`.
 
     Two associations storing the first instances of one study race here; the conflict clause
     lets both proceed without an error and both end up on the same row.
     """
-    dialect = session.get_bind().dialect.name
-    ins = pg_insert(model) if dialect == "postgresql" else sqlite_insert(model)
+    ins = pg_insert(model) if conn.dialect.name == "postgresql" else sqlite_insert(model)
     table = model.__table__
-    new_id = session.scalar(
+    new_id = conn.scalar(
         ins.values(**key, **values).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
     )
     if new_id is not None:
         return int(new_id)
-    return int(session.scalar(select(table.c.id).filter_by(**key)))
+    return int(conn.scalar(select(table.c.id).filter_by(**key)))
 
 
 def _identity_key(p: ParsedInstance, origin: Origin, principal: Principal) -> dict[str, str]:
@@ -240,9 +262,9 @@ def _identity_key(p: ParsedInstance, origin: Origin, principal: Principal) -> di
     return {"issuer_kind": "ae", "issuer": sender, "patient_id": p.patient_id[:64]}
 
 
-def _upsert_identity(session: Session, p: ParsedInstance, origin: Origin, principal: Principal) -> int:
+def _upsert_identity(conn: Connection, p: ParsedInstance, origin: Origin, principal: Principal) -> int:
     return _insert_or_get(
-        session,
+        conn,
         PatientIdentity,
         _identity_key(p, origin, principal),
         {"patient_name": p.patient_name, "patient_name_folded": fold(p.patient_name), "birth_date": p.birth_date,
@@ -250,9 +272,9 @@ def _upsert_identity(session: Session, p: ParsedInstance, origin: Origin, princi
     )
 
 
-def _upsert_study(session: Session, p: ParsedInstance, identity_id: int, origin: Origin, principal: Principal) -> int:
+def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, origin: Origin, principal: Principal) -> int:
     return _insert_or_get(
-        session,
+        conn,
         Study,
         {"study_uid": p.study_uid},
         {"identity_id": identity_id, "org_id": principal.org, "source_ae": origin.calling_ae[:16],
@@ -263,9 +285,9 @@ def _upsert_study(session: Session, p: ParsedInstance, identity_id: int, origin:
     )
 
 
-def _upsert_series(session: Session, p: ParsedInstance, study_id: int) -> int:
+def _upsert_series(conn: Connection, p: ParsedInstance, study_id: int) -> int:
     return _insert_or_get(
-        session,
+        conn,
         Series,
         {"series_uid": p.series_uid},
         {"study_id": study_id, "modality": p.modality, "series_number": p.series_number,
