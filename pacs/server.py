@@ -30,27 +30,30 @@ from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Kept as received (PS3.5 Annex A): uncompressed, deflated and the common compressed syntaxes.
+#: Kept as received (PS3.5 Annex A). pynetdicom accepts, per context, the first syntax of this
+#: list that the sender proposed; compressed syntaxes come first so that a modality that offers
+#: its compressed encoding has it kept (smaller, never re-encoded), then the uncompressed ones
+#: with explicit VR little endian preferred over the implicit and the retired big endian.
 TRANSFER_SYNTAXES = [
-    uid.ExplicitVRLittleEndian,
-    uid.ImplicitVRLittleEndian,
-    uid.ExplicitVRBigEndian,
-    uid.DeflatedExplicitVRLittleEndian,
-    uid.JPEGBaseline8Bit,
-    uid.JPEGExtended12Bit,
-    uid.JPEGLossless,
-    uid.JPEGLosslessSV1,
-    uid.JPEGLSLossless,
-    uid.JPEGLSNearLossless,
     uid.JPEG2000Lossless,
-    uid.JPEG2000,
+    uid.JPEGLSLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
+    uid.RLELossless,
     uid.HTJ2KLossless,
     uid.HTJ2KLosslessRPCL,
+    uid.JPEG2000,
+    uid.JPEGLSNearLossless,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
     uid.HTJ2K,
-    uid.RLELossless,
     uid.MPEG2MPML,
     uid.MPEG4HP41,
     uid.HEVCMP51,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
 ]
 
 
@@ -83,8 +86,7 @@ class RunningScp:
         return int(self.server.server_address[1])
 
     def shutdown(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.shutdown()  # also closes the socket and deregisters from the AE
 
 
 def build_ae(settings: Settings) -> AE:
@@ -140,6 +142,7 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None) -> R
     ae = build_ae(settings)
     address = (settings.dicom_host, settings.dicom_port if port is None else port)
     server = ae.make_server(address, evt_handlers=_handlers(archive), server_class=_ReusePortServer)
+    ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
     thread = threading.Thread(target=server.serve_forever, name=f"scp:{address[1]}", daemon=True)
     thread.start()
     return RunningScp(server=server, archive=archive)

@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.tag import BaseTag
 
+from storage.fastjson import dataset_encodings, to_json_dict_fast
+
 #: VRs whose large values are bulk data (PS3.18 8.7.3.5 / F.2.7)
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 BULK_THRESHOLD = 1024
@@ -88,8 +90,9 @@ def _nested_bulk_handler(elem: DataElement) -> str:
 def dicom_json_dict(ds: Dataset) -> dict[str, Any]:
     """Serialize `ds` without its bulk data; consumes (empties) the bulk elements of `ds`.
 
-    Bulk elements are dropped before pydicom converts the rest, so a deferred Pixel Data
-    value is never read into memory just to be replaced by a reference.
+    Bulk elements are dropped before the rest is converted, so a deferred Pixel Data value is
+    never read into memory just to be replaced by a reference. The conversion itself is
+    `storage.fastjson`, equal to pydicom's `Dataset.to_json_dict` at a fraction of its cost.
     """
     bulk: dict[str, dict[str, Any]] = {}
     for tag in list(ds.keys()):
@@ -97,10 +100,8 @@ def dicom_json_dict(ds: Dataset) -> dict[str, Any]:
         if raw is not None and is_bulk(raw):
             bulk[f"{tag:08X}"] = {"vr": element_vr(raw), "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
             del ds[tag]
-    out = ds.to_json_dict(
-        bulk_data_threshold=BULK_THRESHOLD,
-        bulk_data_element_handler=_nested_bulk_handler,
-        suppress_invalid_tags=True,
+    out = to_json_dict_fast(
+        ds, dataset_encodings(ds), bulk_threshold=BULK_THRESHOLD, bulk_handler=_nested_bulk_handler
     )
     out.update(bulk)
     return dict(sorted(out.items()))

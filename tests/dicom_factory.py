@@ -75,6 +75,8 @@ def ct_dataset(
     ds.RescaleSlope = "1"
     pixels = (np.arange(rows * columns * frames, dtype=np.uint16) % 4096).reshape(frames, rows, columns)
     ds.PixelData = pixels.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
 
 
@@ -107,6 +109,14 @@ def study_files(folder: Path, *, n: int, patient_id: str = "PAT-1", patient_name
                                                     instance_number=i + 1))
         for i in range(n)
     ]
+
+
+def bundled_pydicom_files(folder: str = "test_files") -> list[Path]:
+    """pydicom's test data shipped in the wheel (never its download-on-demand extras)."""
+    import pydicom.data
+
+    root = Path(pydicom.data.__file__).parent / folder
+    return sorted(p for p in root.rglob("*") if p.is_file())
 
 
 # ----- bad input -------------------------------------------------------------------------

@@ -178,9 +178,7 @@ def test_names_decode_in_their_character_set(archive: Archive, charset: str, raw
 
 def test_pydicom_charset_files(archive: Archive) -> None:
     """Every character set pydicom ships a sample of (ISO 2022 Japanese/Korean, Arabic, ...)."""
-    from pydicom.data import get_charset_files
-
-    files = get_charset_files("chr*.dcm")
+    files = [p for p in f.bundled_pydicom_files("charset_files") if p.name.startswith("chr")]
     assert len(files) >= 15
     stored = 0
     for path in files:
@@ -188,7 +186,7 @@ def test_pydicom_charset_files(archive: Archive) -> None:
         if "SOPClassUID" not in expected:
             continue  # two samples carry no SOP Class UID; refused as such elsewhere
         try:
-            ingest(Source(path=__import__("pathlib").Path(path)), ORIGIN, HOSPITAL, archive=archive)
+            ingest(Source(path=path), ORIGIN, HOSPITAL, archive=archive)
         except RejectedInput as exc:  # pragma: no cover - reported with its reason
             pytest.fail(f"{path}: {exc.reason}: {exc.detail}")
         with archive.db.read() as s:
