@@ -43,7 +43,9 @@ def readyz(archive: ArchiveDep) -> JSONResponse:
     except Exception as exc:  # noqa: BLE001
         checks["storage"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -51,5 +53,5 @@ def metrics(archive: ArchiveDep) -> Response:
     registry: CollectorRegistry = REGISTRY
     if archive.settings.metrics_dir is not None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(archive.settings.metrics_dir))
+        MultiProcessCollector(registry, path=str(archive.settings.metrics_dir))  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

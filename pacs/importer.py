@@ -46,8 +46,15 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, StorageError]] = []
     try:
-        with Progress(TextColumn("[bold]import"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                      TimeRemainingColumn(), console=console, transient=False) as progress:
+        with Progress(
+            TextColumn("[bold]import"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
             task = progress.add_task("import", total=len(files), status="")
             for path in files:
                 try:
@@ -64,7 +71,8 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
 
 
 def _status(counts: Counter[str]) -> str:
-    return f"stored {counts[Outcome.STORED.value]}  present {counts[Outcome.ALREADY_PRESENT.value]}  rejected {counts['rejected']}"
+    stored, present = counts[Outcome.STORED.value], counts[Outcome.ALREADY_PRESENT.value]
+    return f"stored {stored}  present {present}  rejected {counts['rejected']}"
 
 
 def _summary(console: Console, counts: Counter[str], rejected: list[tuple[Path, StorageError]]) -> None:

@@ -19,8 +19,23 @@ from storage.errors import BadCharset
 TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "PN", "UC", "UT"})
 _FRAGMENTS = re.compile(rb"(^[^\x1b]+|[\x1b][^\x1b]*)")
 # Letters that Unicode does not decompose into a base letter plus marks.
-_EXTRA_FOLDS = str.maketrans({"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Đ": "D", "đ": "d", "Æ": "AE",
-                              "æ": "ae", "Œ": "OE", "œ": "oe", "ı": "i", "Þ": "TH", "þ": "th"})
+_EXTRA_FOLDS = str.maketrans(
+    {
+        "Ł": "L",
+        "ł": "l",
+        "Ø": "O",
+        "ø": "o",
+        "Đ": "D",
+        "đ": "d",
+        "Æ": "AE",
+        "æ": "ae",
+        "Œ": "OE",
+        "œ": "oe",
+        "ı": "i",
+        "Þ": "TH",
+        "þ": "th",
+    }
+)
 
 
 def python_encodings(specific_character_set: Sequence[str] | str | None) -> list[str]:
@@ -62,7 +77,8 @@ def check_decodes(value: bytes, encodings: Sequence[str], what: str) -> None:
                 raise BadCharset(f"{what}: escape sequence to a character set not declared in (0008,0005)")
             (fragment if encoding in handled_encodings else fragment[seq_len:]).decode(encoding)
     except UnicodeError as exc:
-        raise BadCharset(f"{what}: bytes do not decode as {'/'.join(encodings)} ({exc.reason})") from None
+        reason = getattr(exc, "reason", exc)
+        raise BadCharset(f"{what}: bytes do not decode as {'/'.join(encodings)} ({reason})") from None
 
 
 def fold(text: str) -> str:

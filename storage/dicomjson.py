@@ -12,10 +12,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
-from pydicom.tag import BaseTag
 
 from storage.fastjson import dataset_encodings, to_json_dict_fast
 
@@ -61,14 +60,8 @@ def element_vr(raw: RawDataElement | DataElement) -> str:
     if vr is None or vr in ("OB or OW", "US or OW", "US or SS", "US or SS or OW"):
         if raw.tag == PIXEL_DATA:
             return "OW" if vr is None else "OB"
-        vr = dictionary_VR(raw.tag) if raw.tag in _known_tags() else "UN"
+        vr = dictionary_VR(raw.tag) if dictionary_has_tag(raw.tag) else "UN"
     return "OB" if vr == "OB or OW" else ("OW" if vr == "US or OW" else vr)
-
-
-def _known_tags() -> dict[BaseTag, Any]:
-    from pydicom.datadict import DicomDictionary
-
-    return DicomDictionary  # type: ignore[return-value]
 
 
 def is_bulk(raw: RawDataElement | DataElement) -> bool:
@@ -77,7 +70,7 @@ def is_bulk(raw: RawDataElement | DataElement) -> bool:
     vr = raw.VR
     if vr not in BULK_VRS and vr is not None:
         return False
-    if vr is None and (raw.tag not in _known_tags() or dictionary_VR(raw.tag) not in BULK_VRS):
+    if vr is None and (not dictionary_has_tag(raw.tag) or dictionary_VR(raw.tag) not in BULK_VRS):
         return False
     value = raw.value
     return value is None or (isinstance(value, bytes | bytearray) and len(value) > BULK_THRESHOLD)
@@ -100,16 +93,12 @@ def dicom_json_dict(ds: Dataset) -> dict[str, Any]:
         if raw is not None and is_bulk(raw):
             bulk[f"{tag:08X}"] = {"vr": element_vr(raw), "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
             del ds[tag]
-    out = to_json_dict_fast(
-        ds, dataset_encodings(ds), bulk_threshold=BULK_THRESHOLD, bulk_handler=_nested_bulk_handler
-    )
+    out = to_json_dict_fast(ds, dataset_encodings(ds), bulk_threshold=BULK_THRESHOLD, bulk_handler=_nested_bulk_handler)
     out.update(bulk)
     return dict(sorted(out.items()))
 
 
-def pixel_layout(
-    ds: Dataset, fp: BinaryIO, *, deflated: bool, frames: int, frame_length: int
-) -> PixelLayout | None:
+def pixel_layout(ds: Dataset, fp: BinaryIO, *, deflated: bool, frames: int, frame_length: int) -> PixelLayout | None:
     """Locate the frames of Pixel Data in the stored file, or None where offsets mean nothing.
 
     In a deflated file the offsets pydicom reports are in the inflated stream, so no byte
@@ -145,7 +134,8 @@ def walk_items(fp: BinaryIO, start: int, *, little_endian: bool) -> tuple[list[t
     """
     fmt = "<HHL" if little_endian else ">HHL"
     fp.seek(start)
-    pos, out = start, []
+    pos = start
+    out: list[tuple[int, int]] = []
     while True:
         header = fp.read(8)
         if len(header) < 8:

@@ -112,8 +112,14 @@ def ingest(source: Source, origin: Origin, principal: Principal, *, archive: Arc
     except Exception as exc:
         _cleanup(archive, key, pending_id)
         metrics.INSTANCES_REJECTED.labels(origin.via, OutOfResources.reason).inc()
-        event(log, "ingest.failed", level=logging.ERROR, via=origin.via, sop_instance_uid=parsed.sop_uid,
-              error=f"{type(exc).__name__}: {exc}")
+        event(
+            log,
+            "ingest.failed",
+            level=logging.ERROR,
+            via=origin.via,
+            sop_instance_uid=parsed.sop_uid,
+            error=f"{type(exc).__name__}: {exc}",
+        )
         if isinstance(exc, StorageError):
             raise
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
@@ -122,8 +128,17 @@ def ingest(source: Source, origin: Origin, principal: Principal, *, archive: Arc
     metrics.INSTANCES_STORED.labels(origin.via).inc()
     metrics.BYTES_STORED.labels(origin.via).inc(blob.size)
     metrics.INGEST_SECONDS.labels(origin.via).observe(elapsed)
-    event(log, "ingest.stored", level=logging.DEBUG, via=origin.via, calling_ae=origin.calling_ae,
-          org=principal.org, sop_instance_uid=parsed.sop_uid, bytes=blob.size, duration_ms=round(elapsed * 1000, 2))
+    event(
+        log,
+        "ingest.stored",
+        level=logging.DEBUG,
+        via=origin.via,
+        calling_ae=origin.calling_ae,
+        org=principal.org,
+        sop_instance_uid=parsed.sop_uid,
+        bytes=blob.size,
+        duration_ms=round(elapsed * 1000, 2),
+    )
     return _result(Outcome.STORED, parsed, blob.size)
 
 
@@ -133,30 +148,41 @@ def _result(outcome: Outcome, parsed: ParsedInstance, size: int) -> IngestResult
 
 def _rejected(origin: Origin, exc: StorageError, what: str) -> None:
     metrics.INSTANCES_REJECTED.labels(origin.via, exc.reason).inc()
-    event(log, "ingest.rejected", level=logging.WARNING, via=origin.via, calling_ae=origin.calling_ae,
-          source=what if origin.via == "cli" else None, reason=exc.reason, status=f"0x{exc.status:04X}",
-          detail=exc.detail)
+    event(
+        log,
+        "ingest.rejected",
+        level=logging.WARNING,
+        via=origin.via,
+        calling_ae=origin.calling_ae,
+        source=what if origin.via == "cli" else None,
+        reason=exc.reason,
+        status=f"0x{exc.status:04X}",
+        detail=exc.detail,
+    )
 
 
 def _already_present(origin: Origin, parsed: ParsedInstance, size: int) -> IngestResult:
     metrics.INSTANCES_ALREADY_PRESENT.labels(origin.via).inc()
-    event(log, "ingest.already_present", via=origin.via, calling_ae=origin.calling_ae,
-          sop_instance_uid=parsed.sop_uid)
+    event(log, "ingest.already_present", via=origin.via, calling_ae=origin.calling_ae, sop_instance_uid=parsed.sop_uid)
     return _result(Outcome.ALREADY_PRESENT, parsed, size)
 
 
 _PRESENT = select(Instance.id).where(Instance.sop_uid == bindparam("sop_uid"))
 _RESERVE = insert(PendingBlob).returning(PendingBlob.id)
 _UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
-_SERIES_OF = select(Series.id, Series.study_id, Study.study_uid).join(Study, Study.id == Series.study_id).where(
-    Series.series_uid == bindparam("series_uid")
+_SERIES_OF = (
+    select(Series.id, Series.study_id, Study.study_uid)
+    .join(Study, Study.id == Series.study_id)
+    .where(Series.series_uid == bindparam("series_uid"))
 )
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_INSTANCE_IN_SERIES = (
     update(Series).where(Series.id == bindparam("sid")).values(num_instances=Series.num_instances + 1)
 )
 _COUNT_INSTANCE_IN_STUDY = (
-    update(Study).where(Study.id == bindparam("stid")).values(num_instances=Study.num_instances + 1, updated_at=bindparam("now"))
+    update(Study)
+    .where(Study.id == bindparam("stid"))
+    .values(num_instances=Study.num_instances + 1, updated_at=bindparam("now"))
 )
 
 
@@ -174,7 +200,8 @@ def _reserve(archive: Archive, sop_uid: str, key: str) -> int | None:
     with archive.db.write_conn(light=True) as conn:
         if conn.scalar(_PRESENT, {"sop_uid": sop_uid}) is not None:
             return None
-        return int(conn.scalar(_RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow()}))
+        row = conn.execute(_RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow()})
+        return int(row.scalar_one())
 
 
 def _write_blob(archive: Archive, key: str, source: Source) -> BlobInfo:
@@ -213,11 +240,21 @@ def _commit(
     conn.execute(
         _INSERT_INSTANCE,
         {
-            "sop_uid": p.sop_uid, "series_id": series_id, "study_id": study_id, "sop_class_uid": p.sop_class_uid,
-            "instance_number": p.instance_number, "transfer_syntax_uid": p.transfer_syntax_uid,
-            "object_key": blob.key, "size": blob.size, "rows": p.rows, "columns": p.columns,
-            "number_of_frames": p.number_of_frames, "pixel_layout": p.layout.to_json() if p.layout else None,
-            "dicom_json": p.dicom_json, "source_ae": origin.calling_ae[:16], "created_at": now,
+            "sop_uid": p.sop_uid,
+            "series_id": series_id,
+            "study_id": study_id,
+            "sop_class_uid": p.sop_class_uid,
+            "instance_number": p.instance_number,
+            "transfer_syntax_uid": p.transfer_syntax_uid,
+            "object_key": blob.key,
+            "size": blob.size,
+            "rows": p.rows,
+            "columns": p.columns,
+            "number_of_frames": p.number_of_frames,
+            "pixel_layout": p.layout.to_json() if p.layout else None,
+            "dicom_json": p.dicom_json,
+            "source_ae": origin.calling_ae[:16],
+            "created_at": now,
         },
     )
     conn.execute(_COUNT_INSTANCE_IN_SERIES, {"sid": series_id})
@@ -227,7 +264,9 @@ def _commit(
             select(Series.modality).where(Series.study_id == study_id, Series.modality != "").distinct()
         ).all()
         conn.execute(
-            update(Study).where(Study.id == study_id).values(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(
                 num_series=select(func.count(Series.id)).where(Series.study_id == study_id).scalar_subquery(),
                 modalities="\\".join(sorted(set(modalities))),
             )
@@ -247,7 +286,7 @@ def _insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], val
     )
     if new_id is not None:
         return int(new_id)
-    return int(conn.scalar(select(table.c.id).filter_by(**key)))
+    return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one())
 
 
 def _identity_key(p: ParsedInstance, origin: Origin, principal: Principal) -> dict[str, str]:
@@ -267,8 +306,13 @@ def _upsert_identity(conn: Connection, p: ParsedInstance, origin: Origin, princi
         conn,
         PatientIdentity,
         _identity_key(p, origin, principal),
-        {"patient_name": p.patient_name, "patient_name_folded": fold(p.patient_name), "birth_date": p.birth_date,
-         "sex": p.sex, "created_at": utcnow()},
+        {
+            "patient_name": p.patient_name,
+            "patient_name_folded": fold(p.patient_name),
+            "birth_date": p.birth_date,
+            "sex": p.sex,
+            "created_at": utcnow(),
+        },
     )
 
 
@@ -277,11 +321,23 @@ def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, origin:
         conn,
         Study,
         {"study_uid": p.study_uid},
-        {"identity_id": identity_id, "org_id": principal.org, "source_ae": origin.calling_ae[:16],
-         "patient_id": p.patient_id[:64], "patient_name": p.patient_name, "patient_name_folded": fold(p.patient_name),
-         "study_date": p.study_date, "study_time": p.study_time, "accession_number": p.accession_number,
-         "study_id": p.study_id, "description": p.study_description, "referring_physician_folded": p.referring_physician,
-         "attrs_json": p.study_attrs_json, "created_at": utcnow(), "updated_at": utcnow()},
+        {
+            "identity_id": identity_id,
+            "org_id": principal.org,
+            "source_ae": origin.calling_ae[:16],
+            "patient_id": p.patient_id[:64],
+            "patient_name": p.patient_name,
+            "patient_name_folded": fold(p.patient_name),
+            "study_date": p.study_date,
+            "study_time": p.study_time,
+            "accession_number": p.accession_number,
+            "study_id": p.study_id,
+            "description": p.study_description,
+            "referring_physician_folded": p.referring_physician,
+            "attrs_json": p.study_attrs_json,
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        },
     )
 
 
@@ -290,7 +346,15 @@ def _upsert_series(conn: Connection, p: ParsedInstance, study_id: int) -> int:
         conn,
         Series,
         {"series_uid": p.series_uid},
-        {"study_id": study_id, "modality": p.modality, "series_number": p.series_number,
-         "description": p.series_description, "body_part": p.body_part, "series_date": p.series_date,
-         "series_time": p.series_time, "attrs_json": p.series_attrs_json, "created_at": utcnow()},
+        {
+            "study_id": study_id,
+            "modality": p.modality,
+            "series_number": p.series_number,
+            "description": p.series_description,
+            "body_part": p.body_part,
+            "series_date": p.series_date,
+            "series_time": p.series_time,
+            "attrs_json": p.series_attrs_json,
+            "created_at": utcnow(),
+        },
     )

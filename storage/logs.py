@@ -25,7 +25,11 @@ class EventFormatter(logging.Formatter):
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
         parts = [f"{ts}.{int(record.msecs):03d}", record.levelname, record.name, record.getMessage()]
         for key, value in getattr(record, FIELDS, {}).items():
-            text = value if isinstance(value, str) and value and " " not in value and '"' not in value else json.dumps(value, default=str, ensure_ascii=False)
+            text = (
+                value
+                if isinstance(value, str) and value and " " not in value and '"' not in value
+                else json.dumps(value, default=str, ensure_ascii=False)
+            )
             parts.append(f"{key}={text}")
         line = " ".join(parts)
         if record.exc_info:

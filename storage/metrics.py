@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-INSTANCES_STORED = Counter(
-    "pacs_instances_stored", "Instances newly stored, by entry point", ["via"]
-)
+INSTANCES_STORED = Counter("pacs_instances_stored", "Instances newly stored, by entry point", ["via"])
 INSTANCES_ALREADY_PRESENT = Counter(
     "pacs_instances_already_present", "Instances received again and acknowledged without a second copy", ["via"]
 )
-INSTANCES_REJECTED = Counter(
-    "pacs_instances_rejected", "Objects refused at ingest, by reason", ["via", "reason"]
-)
+INSTANCES_REJECTED = Counter("pacs_instances_rejected", "Objects refused at ingest, by reason", ["via", "reason"])
 BYTES_STORED = Counter("pacs_bytes_stored", "Bytes of newly stored instances", ["via"])
 INGEST_SECONDS = Histogram(
     "pacs_ingest_seconds",

@@ -71,7 +71,9 @@ def get_org(session: Session, org_id: str) -> OrgSummary:
     org = session.get(Organization, org_id)
     if org is None:
         raise KeyError(org_id)
-    aes = session.scalars(select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title))
+    aes = session.scalars(
+        select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title)
+    )
     return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes])
 
 

@@ -216,7 +216,7 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
     layout = pixel_layout(
         ds, fp, deflated=tsuid == DeflatedExplicitVRLittleEndian, frames=frames or 0, frame_length=frame_length
     )
-    fields = dict(
+    fields = dict(  # noqa: C408 - keyword form mirrors ParsedInstance's fields
         sop_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         study_uid=uids["StudyInstanceUID"],

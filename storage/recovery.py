@@ -55,7 +55,9 @@ def recover(archive: Archive) -> RecoveryReport:
     grace = timedelta(seconds=archive.settings.recovery_grace_seconds)
     now = datetime.now(UTC)
     with archive.db.read() as session:
-        rows = session.execute(select(PendingBlob.id, PendingBlob.object_key, PendingBlob.owner, PendingBlob.created_at)).all()
+        rows = session.execute(
+            select(PendingBlob.id, PendingBlob.object_key, PendingBlob.owner, PendingBlob.created_at)
+        ).all()
     removed = 0
     for row_id, key, owner, created_at in rows:
         if not _writer_is_gone(owner, created_at, grace=grace, now=now):

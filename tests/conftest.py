@@ -74,8 +74,13 @@ def _tool(name: str, *args: object, package: str) -> str:
     script = TOOLS / name
     if not script.exists():
         missing(f"{script}", package)
-    r = subprocess.run(["bash", str(script), *map(str, args)], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", str(script), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if r.returncode != 0:
         missing(f"{name} (exit {r.returncode}: {r.stderr[-2000:]})", package)
     return r.stdout
@@ -92,8 +97,12 @@ def postgres_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        subprocess.run(["bash", str(TOOLS / "stop-postgres.sh"), "--dir", d, "--purge"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["bash", str(TOOLS / "stop-postgres.sh"), "--dir", d, "--purge"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +117,12 @@ def s3_settings() -> Iterator[dict[str, str]]:
     try:
         yield {k: env[k] for k in keys}
     finally:
-        subprocess.run(["bash", str(TOOLS / "stop-s3.sh"), "--dir", d, "--purge"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["bash", str(TOOLS / "stop-s3.sh"), "--dir", d, "--purge"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture()
@@ -140,8 +153,14 @@ def make_settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, 
     db = request.getfixturevalue("fresh_pg_url")
     s3 = request.getfixturevalue("s3_settings")
     return Settings(  # type: ignore[arg-type]
-        data_dir=tmp_path / "var", dicom_port=0, http_port=0, database_url=db, storage_url=s3_storage_url(s3),
-        s3_access_key=s3["S3_ACCESS_KEY"], s3_secret_key=s3["S3_SECRET_KEY"], **extra,
+        data_dir=tmp_path / "var",
+        dicom_port=0,
+        http_port=0,
+        database_url=db,
+        storage_url=s3_storage_url(s3),
+        s3_access_key=s3["S3_ACCESS_KEY"],
+        s3_secret_key=s3["S3_SECRET_KEY"],
+        **extra,
     )
 
 

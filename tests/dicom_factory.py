@@ -88,8 +88,7 @@ def to_bytes(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> byte
     meta.TransferSyntaxUID = transfer_syntax
     ds.file_meta = meta
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=transfer_syntax == ImplicitVRLittleEndian,
-               little_endian=True)
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True)
     return buf.getvalue()
 
 
@@ -99,14 +98,30 @@ def write(path: Path, ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian
     return path
 
 
-def study_files(folder: Path, *, n: int, patient_id: str = "PAT-1", patient_name: str = "Popescu^Ion",
-                rows: int = 64, columns: int = 64) -> list[Path]:
+def study_files(
+    folder: Path,
+    *,
+    n: int,
+    patient_id: str = "PAT-1",
+    patient_name: str = "Popescu^Ion",
+    rows: int = 64,
+    columns: int = 64,
+) -> list[Path]:
     """`n` instances of one study (two series) written under `folder`."""
     study, series = uid(), [uid(), uid()]
     return [
-        write(folder / f"IM{i:05d}.dcm", ct_dataset(study_uid=study, series_uid=series[i % 2], patient_id=patient_id,
-                                                    patient_name=patient_name, rows=rows, columns=columns,
-                                                    instance_number=i + 1))
+        write(
+            folder / f"IM{i:05d}.dcm",
+            ct_dataset(
+                study_uid=study,
+                series_uid=series[i % 2],
+                patient_id=patient_id,
+                patient_name=patient_name,
+                rows=rows,
+                columns=columns,
+                instance_number=i + 1,
+            ),
+        )
         for i in range(n)
     ]
 

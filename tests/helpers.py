@@ -27,4 +27,4 @@ def blob_keys(archive: Archive) -> set[str]:
         root = blobs.root
         return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
     client, bucket, prefix = blobs.client, blobs.bucket, blobs.prefix  # type: ignore[attr-defined]
-    return {o.object_name[len(prefix):] for o in client.list_objects(bucket, prefix=prefix, recursive=True)}
+    return {o.object_name[len(prefix) :] for o in client.list_objects(bucket, prefix=prefix, recursive=True)}

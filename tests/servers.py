@@ -48,16 +48,29 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *, extra_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 60) -> ServerProcess:
+def start_server(
+    data_dir: Path, *, extra_args: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> ServerProcess:
     dicom_port, http_port = free_port(), free_port()
     log = data_dir.parent / f"serve-{dicom_port}.log"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")  # noqa: SIM115 - the child writes it for its whole life
     proc = subprocess.Popen(
-        [pacs_executable(), "serve", "--data-dir", str(data_dir), "--dicom-port", str(dicom_port),
-         "--http-port", str(http_port), *(extra_args or [])],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
+        [
+            pacs_executable(),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--dicom-port",
+            str(dicom_port),
+            "--http-port",
+            str(http_port),
+            *(extra_args or []),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     server = ServerProcess(proc, dicom_port, http_port, log)
     deadline = time.monotonic() + timeout

@@ -36,9 +36,22 @@ def _send_until_killed(storescu: str, folder: Path, server) -> set[str]:
     Returns the files storescu saw acknowledged with a success status.
     """
     proc = subprocess.Popen(
-        [storescu, "-v", "-aet", "MODALITY", "-aec", "MUNIPACS", "+sd", "127.0.0.1", str(server.dicom_port),
-         str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TCP_NODELAY": "1"},
+        [
+            storescu,
+            "-v",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "MUNIPACS",
+            "+sd",
+            "127.0.0.1",
+            str(server.dicom_port),
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     acked: set[str] = set()
     current = None
@@ -89,9 +102,13 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -
             archive.close()
 
         # the modality sends the whole study again: everything ends up stored exactly once
-        r = subprocess.run([storescu, "-aet", "MODALITY", "-aec", "MUNIPACS", "+sd", "127.0.0.1",
-                            str(server.dicom_port), str(folder)], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "TCP_NODELAY": "1"})
+        r = subprocess.run(
+            [storescu, "-aet", "MODALITY", "-aec", "MUNIPACS", "+sd", "127.0.0.1", str(server.dicom_port), str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         metrics = httpx.get(f"{server.url}/metrics").text
         assert re.search(r'pacs_instances_already_present_total\{via="dimse"\} (\d+)', metrics)

@@ -11,8 +11,13 @@ from tests.servers import pacs_executable
 
 
 def pacs(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([pacs_executable(), *args, "--data-dir", str(data_dir)], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(data_dir.parent)})
+    return subprocess.run(
+        [pacs_executable(), *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(data_dir.parent)},
+    )
 
 
 def test_import_reports_stored_duplicates_and_rejections(tmp_path: Path) -> None:
@@ -38,8 +43,9 @@ def test_import_reports_stored_duplicates_and_rejections(tmp_path: Path) -> None
 
 def test_org_add_registers_and_extends(tmp_path: Path) -> None:
     data = tmp_path / "var"
-    r = pacs("org", "add", "spital-sf-spiridon", "--name", "Spitalul Sf. Spiridon", "--ae", "CT_SPIRIDON",
-             data_dir=data)
+    r = pacs(
+        "org", "add", "spital-sf-spiridon", "--name", "Spitalul Sf. Spiridon", "--ae", "CT_SPIRIDON", data_dir=data
+    )
     assert r.returncode == 0, r.stderr
     assert "spital-sf-spiridon" in r.stdout and "CT_SPIRIDON" in r.stdout
     r = pacs("org", "add", "spital-sf-spiridon", "--ae", "WS1@10.1.2.3:11112", data_dir=data)
@@ -67,6 +73,11 @@ def test_help_explains_the_commands() -> None:
     r = subprocess.run([pacs_executable(), "--help"], capture_output=True, text=True, timeout=60)
     for command in ("serve", "import", "org", "db"):
         assert command in r.stdout
-    r = subprocess.run([pacs_executable(), "serve", "--help"], capture_output=True, text=True, timeout=60,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [pacs_executable(), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert "PACS_DICOM_PORT" in r.stdout and "--dicom-workers" in r.stdout

@@ -49,8 +49,13 @@ def test_echo_pynetdicom_and_echoscu(scp: RunningScp) -> None:
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
     echoscu = require_tool("echoscu")
-    r = subprocess.run([echoscu, "-aet", "NOBODY", "-aec", "MUNIPACS", "127.0.0.1", str(scp.port)], env=ENV,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [echoscu, "-aet", "NOBODY", "-aec", "MUNIPACS", "127.0.0.1", str(scp.port)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -109,8 +114,24 @@ def test_every_pydicom_test_file_round_trips(scp: RunningScp, archive: Archive) 
 def test_storescu_sends_a_study(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
     storescu = require_tool("storescu")
     files = f.study_files(tmp_path / "study", n=20)
-    r = subprocess.run([storescu, "-aet", "STORESCU", "-aec", "MUNIPACS", "+sd", "+r", "127.0.0.1", str(scp.port),
-                        str(tmp_path / "study")], env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            storescu,
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "MUNIPACS",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(scp.port),
+            str(tmp_path / "study"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert row_counts(archive)["instances"] == 20
     with archive.db.read() as s:
@@ -119,8 +140,24 @@ def test_storescu_sends_a_study(scp: RunningScp, archive: Archive, tmp_path: Pat
     ds = pydicom.dcmread(files[3])
     assert stored_dataset(archive, ds.SOPInstanceUID) == ds
     # the same study again: acknowledged, stored once
-    r = subprocess.run([storescu, "-aet", "STORESCU", "-aec", "MUNIPACS", "+sd", "+r", "127.0.0.1", str(scp.port),
-                        str(tmp_path / "study")], env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            storescu,
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "MUNIPACS",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(scp.port),
+            str(tmp_path / "study"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert row_counts(archive)["instances"] == 20
 
@@ -153,8 +190,13 @@ def test_storescu_compressed_kept_as_sent(scp: RunningScp, archive: Archive, tmp
     sample.StudyInstanceUID, sample.SeriesInstanceUID = f.uid(), f.uid()
     path = tmp_path / name
     sample.save_as(path, enforce_file_format=True)
-    r = subprocess.run([storescu, "-aet", "STORESCU", "-aec", "MUNIPACS", option, "127.0.0.1", str(scp.port), str(path)],
-                       env=ENV, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [storescu, "-aet", "STORESCU", "-aec", "MUNIPACS", option, "127.0.0.1", str(scp.port), str(path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     back = stored_dataset(archive, sample.SOPInstanceUID)
     assert back.file_meta.TransferSyntaxUID == ts
@@ -173,8 +215,9 @@ BAD_OVER_DIMSE = [
 
 @pytest.mark.usefixtures("send_raw")
 @pytest.mark.parametrize(("case", "make", "status"), BAD_OVER_DIMSE, ids=[c[0] for c in BAD_OVER_DIMSE])
-def test_bad_input_gets_a_precise_status(scp: RunningScp, archive: Archive, tmp_path: Path, case: str, make,
-                                         status: int) -> None:
+def test_bad_input_gets_a_precise_status(
+    scp: RunningScp, archive: Archive, tmp_path: Path, case: str, make, status: int
+) -> None:
     path = tmp_path / "bad.dcm"
     path.write_bytes(make())
     before = row_counts(archive), blob_keys(archive)

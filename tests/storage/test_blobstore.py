@@ -21,8 +21,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "fs":
         return from_settings(Settings(data_dir=tmp_path))
     s3 = request.getfixturevalue("s3_settings")
-    return from_settings(Settings(data_dir=tmp_path, storage_url=s3_storage_url(s3), s3_access_key=s3["S3_ACCESS_KEY"],
-                                  s3_secret_key=s3["S3_SECRET_KEY"]))
+    return from_settings(
+        Settings(
+            data_dir=tmp_path,
+            storage_url=s3_storage_url(s3),
+            s3_access_key=s3["S3_ACCESS_KEY"],
+            s3_secret_key=s3["S3_SECRET_KEY"],
+        )
+    )
 
 
 def test_keys_are_server_made_and_fanned_out() -> None:
@@ -57,8 +63,14 @@ def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:
 def test_s3_large_object_goes_up_in_parts(tmp_path: Path, s3_settings: dict[str, str]) -> None:
     from storage import blob_s3
 
-    store = from_settings(Settings(data_dir=tmp_path, storage_url=s3_storage_url(s3_settings),
-                                   s3_access_key=s3_settings["S3_ACCESS_KEY"], s3_secret_key=s3_settings["S3_SECRET_KEY"]))
+    store = from_settings(
+        Settings(
+            data_dir=tmp_path,
+            storage_url=s3_storage_url(s3_settings),
+            s3_access_key=s3_settings["S3_ACCESS_KEY"],
+            s3_secret_key=s3_settings["S3_SECRET_KEY"],
+        )
+    )
     size = blob_s3.PART_SIZE * 2 + 12345  # a multi-frame US cine or a big CR is this large
     path = tmp_path / "big.bin"
     with open(path, "wb") as fh:

@@ -63,7 +63,9 @@ def test_pixel_layout_points_at_the_frames(archive: Archive) -> None:
     with archive.db.read() as s:
         inst = s.scalars(select(Instance)).one()
     layout = json.loads(inst.pixel_layout)
-    frame2 = archive.blobs.read_range(inst.object_key, layout["offset"] + layout["frame_length"], layout["frame_length"])
+    frame2 = archive.blobs.read_range(
+        inst.object_key, layout["offset"] + layout["frame_length"], layout["frame_length"]
+    )
     assert frame2 == ds.PixelData[128:256]
 
 
@@ -146,8 +148,12 @@ def test_identity_namespaces(archive: Archive) -> None:
     unknown = Principal(sub="ROGUE", org=None, roles=frozenset({"modality"}), via="dimse")
     store(archive, f.to_bytes(f.ct_dataset(patient_id="123")))  # registered AE, no issuer
     store(archive, f.to_bytes(f.ct_dataset(patient_id="123", issuer="1.2.40.0.13.1")))
-    ingest(Source(data=f.to_bytes(f.ct_dataset(patient_id="123"))), Origin.dimse("ROGUE", "MUNIPACS", "10.0.0.9"),
-           unknown, archive=archive)
+    ingest(
+        Source(data=f.to_bytes(f.ct_dataset(patient_id="123"))),
+        Origin.dimse("ROGUE", "MUNIPACS", "10.0.0.9"),
+        unknown,
+        archive=archive,
+    )
     store(archive, f.to_bytes(f.ct_dataset(patient_id="")))
     with archive.db.read() as s:
         kinds = sorted((i.issuer_kind, i.issuer) for i in s.scalars(select(PatientIdentity)) if i.patient_id == "123")
@@ -167,8 +173,9 @@ CHARSET_NAMES = [
 
 
 @pytest.mark.parametrize(("charset", "raw", "decoded", "folded"), CHARSET_NAMES, ids=[c[0] for c in CHARSET_NAMES])
-def test_names_decode_in_their_character_set(archive: Archive, charset: str, raw: bytes, decoded: str,
-                                             folded: str) -> None:
+def test_names_decode_in_their_character_set(
+    archive: Archive, charset: str, raw: bytes, decoded: str, folded: str
+) -> None:
     store(archive, f.with_charset(charset, raw))
     with archive.db.read() as s:
         study = s.scalars(select(Study)).one()

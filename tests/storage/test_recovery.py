@@ -76,9 +76,23 @@ def _crash_during_ingest(archive: Archive, tmp_path, point: str) -> str:
     ds = f.ct_dataset()
     path = f.write(tmp_path / f"{point}.dcm", ds)
     s = archive.settings
-    r = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(s.data_dir), s.database_url, s.storage_url,
-                        s.s3_access_key, s.s3_secret_key.get_secret_value(), point, str(path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CRASHING_WRITER,
+            str(s.data_dir),
+            s.database_url,
+            s.storage_url,
+            s.s3_access_key,
+            s.s3_secret_key.get_secret_value(),
+            point,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == -9, r.stderr  # killed where we asked, not failed elsewhere
     return str(ds.SOPInstanceUID)
 

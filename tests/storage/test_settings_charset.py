@@ -29,20 +29,25 @@ def test_environment_and_normalization(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert s.dicom_port == 104
 
 
-@pytest.mark.parametrize("bad", [{"ae_title": "WAY-TOO-LONG-AE-TITLE"}, {"ae_title": "A\\B"},
-                                 {"storage_url": "ftp://x"}, {"dicom_port": 70000}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"ae_title": "WAY-TOO-LONG-AE-TITLE"}, {"ae_title": "A\\B"}, {"storage_url": "ftp://x"}, {"dicom_port": 70000}],
+)
 def test_invalid_settings_are_refused(bad: dict[str, object], tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path, **bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("text", "folded"), [
-    ("Ştefănescu^Ioana", "STEFANESCU^IOANA"),  # s with cedilla (ISO 8859-2)
-    ("Ștefănescu^Ioana", "STEFANESCU^IOANA"),  # s with comma below (Unicode)
-    ("Țuțuianu^Ţara", "TUTUIANU^TARA"),
-    ("Łukasz^Øre", "LUKASZ^ORE"),
-    ("ｙａｍａｄａ^だ", "YAMADA^だ"),  # full-width folded, kana voicing kept
-])
+@pytest.mark.parametrize(
+    ("text", "folded"),
+    [
+        ("Ştefănescu^Ioana", "STEFANESCU^IOANA"),  # s with cedilla (ISO 8859-2)
+        ("Ștefănescu^Ioana", "STEFANESCU^IOANA"),  # s with comma below (Unicode)
+        ("Țuțuianu^Ţara", "TUTUIANU^TARA"),
+        ("Łukasz^Øre", "LUKASZ^ORE"),
+        ("ｙａｍａｄａ^だ", "YAMADA^だ"),  # full-width folded, kana voicing kept
+    ],
+)
 def test_fold(text: str, folded: str) -> None:
     assert fold(text) == folded
 
