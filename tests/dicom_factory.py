@@ -169,6 +169,13 @@ def with_uid(keyword: str, value: str) -> bytes:
     return buf.getvalue()
 
 
+def garbage_dataset() -> bytes:
+    """Valid File Meta Information followed by bytes that are no data set at all."""
+    data = to_bytes(ct_dataset())
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # preamble, DICM, group length element
+    return data[:meta_end] + bytes(range(256)) * 8
+
+
 def truncated(cut: int = 100) -> bytes:
     """A valid object with its last `cut` bytes (inside Pixel Data) missing."""
     return to_bytes(ct_dataset())[:-cut]

@@ -205,6 +205,7 @@ def test_storescu_compressed_kept_as_sent(scp: RunningScp, archive: Archive, tmp
 
 
 BAD_OVER_DIMSE = [
+    ("garbage-data-set", f.garbage_dataset, 0xC000),
     ("missing-study-uid", lambda: f.without("StudyInstanceUID"), 0xA900),
     ("invalid-series-uid", lambda: f.with_uid("SeriesInstanceUID", "1.2.x.3"), 0xA900),
     ("truncated", lambda: f.truncated(64), 0xC000),

@@ -109,6 +109,7 @@ def test_concurrent_duplicates_and_one_study_from_many_threads(archive: Archive)
 BAD_INPUT = [
     ("not-dicom", lambda: f.NOT_DICOM, NotDicom),
     ("empty", lambda: b"", NotDicom),
+    ("garbage-data-set", f.garbage_dataset, RejectedInput),
     ("missing-sop-uid", lambda: f.without("SOPInstanceUID"), MissingUid),
     ("missing-study-uid", lambda: f.without("StudyInstanceUID"), MissingUid),
     ("missing-series-uid", lambda: f.without("SeriesInstanceUID"), MissingUid),
