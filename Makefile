@@ -26,10 +26,11 @@ run: $(VENV)/.installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check pacs gateway storage fhir_adapter tests benchmarks
+	$(BIN)/ruff format --check pacs gateway storage fhir_adapter tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(VENV)/.dev-installed
-	$(BIN)/lint-imports
+test: lint
 	$(BIN)/python -m pytest
 
 clean:

@@ -37,8 +37,8 @@ def cell(values: list[float], digits: int = 1) -> str:
 def busy_processes(cpu_by_pid: str) -> int:
     """Processes of our group, other than the first (the main process), that used >= 1 CPU s.
 
-    SO_REUSEPORT spreads associations over the SCP processes by a hash of the client's address
-    and port, so 2 associations land on the same process about half of the time.
+    With `--dicom-workers N` the main process dispatches each association to the least busy
+    worker; this counts how many workers actually did the work (a check of that spreading).
     """
     per = [float(item.split(":")[1]) for item in cpu_by_pid.split(",") if ":" in item]
     return sum(1 for sec in per[1:] if sec >= 1.0)

@@ -117,7 +117,7 @@ pacs_start() { # WORKERS LOG
   for i in $(seq 1 600); do
     kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2; die "pacs exited during start-up"; }
     if curl -sf -o /dev/null "http://127.0.0.1:$PACS_HTTP_PORT/readyz" \
-       && [ "$(ss -Hltn "sport = :$PACS_DICOM_PORT" | wc -l)" -ge "$workers" ]; then
+       && [ "$(ss -Hltn "sport = :$PACS_DICOM_PORT" | wc -l)" -ge 1 ]; then
       log "pacs up (pgid $PACS_PGID, $workers SCP process(es), ${i}00 ms)"; return
     fi
     sleep 0.1

@@ -6,10 +6,8 @@ configures logging, and wires the archive into the SCP and the gateway.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +32,7 @@ app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 out = Console()
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder [env PACS_DATA_DIR; default ./var]")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (env PACS_DATA_DIR, default ./var)")]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -50,17 +48,21 @@ def load_settings(**overrides: Any) -> Settings:
 @app.command()
 def serve(
     data_dir: DataDir = None,
-    dicom_port: Annotated[int | None, typer.Option(help="DICOM port [env PACS_DICOM_PORT; default 11112]")] = None,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port [env PACS_HTTP_PORT; default 8080]")] = None,
-    http_host: Annotated[str | None, typer.Option(help="HTTP address [env PACS_HTTP_HOST; default 127.0.0.1]")] = None,
-    ae_title: Annotated[str | None, typer.Option(help="Called AE title [env PACS_AE_TITLE; default MUNIPACS]")] = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port (env PACS_DICOM_PORT, default 11112)")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (env PACS_HTTP_PORT, default 8080)")] = None,
+    http_host: Annotated[str | None, typer.Option(help="HTTP address (env PACS_HTTP_HOST, default 127.0.0.1)")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="Called AE title (env PACS_AE_TITLE, default MUNIPACS)")] = None,
     dicom_workers: Annotated[
-        int | None, typer.Option(help="SCP processes sharing the DICOM port [env PACS_DICOM_WORKERS; default 1]")
+        int | None, typer.Option(help="SCP processes sharing the DICOM port (env PACS_DICOM_WORKERS, default 1)")
     ] = None,
 ) -> None:
     """Run the DICOM SCP and the HTTP gateway together, on embedded defaults unless configured."""
     settings = load_settings(
-        data_dir=data_dir, dicom_port=dicom_port, http_port=http_port, http_host=http_host, ae_title=ae_title,
+        data_dir=data_dir,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        http_host=http_host,
+        ae_title=ae_title,
         dicom_workers=dicom_workers,
     )
     configure_logging(settings.log_level)
@@ -76,23 +78,21 @@ def serve(
     archive = Archive.open(settings)
     upgrade(archive.db.engine)
     report = recover(archive)
-    workers: list[multiprocessing.process.BaseProcess] = []
     scp = None
+    workers = None
     if settings.dicom_workers == 1:
         scp = server.start(settings, archive)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        for _ in range(settings.dicom_workers):
-            proc = ctx.Process(target=server.run_worker, args=(settings, os.getpid()), daemon=False)
-            proc.start()
-            workers.append(proc)
+        workers = server.start_workers(settings)  # spawned processes, in this process group
 
     # The gateway is found by its import string, so pacs/ never imports gateway/ (DESIGN.md).
     create_app = import_from_string("gateway.app:create_app")
     web = create_app(settings, archive)
     out.print(f"[bold]Municipal PACS[/bold]  data: {settings.data_dir}")
-    out.print(f"  DICOM  {settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
-              f" ({settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''})")
+    out.print(
+        f"  DICOM  {settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
+        f" ({settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''})"
+    )
     out.print(f"  HTTP   {settings.public_url}  (/healthz /readyz /metrics)")
     out.print(f"  index  {_redact(settings.database_url)}   blobs  {settings.storage_url}")
     if report.removed:
@@ -101,11 +101,8 @@ def serve(
     try:
         uvicorn.run(web, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
     finally:
-        for proc in workers:
-            if proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in workers:
-            proc.join(timeout=10)
+        if workers is not None:
+            workers.stop()
         if scp is not None:
             scp.shutdown()
         archive.close()
@@ -149,7 +146,9 @@ def import_(
 def org_add(
     org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID, e.g. spital-sf-spiridon")],
     name: Annotated[str | None, typer.Option(help="Display name (required the first time)")] = None,
-    ae: Annotated[list[str] | None, typer.Option("--ae", help="AE title of a node, AET or AET@host:port (repeatable)")] = None,
+    ae: Annotated[
+        list[str] | None, typer.Option("--ae", help="AE title of a node, AET or AET@host:port (repeatable)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register an institution and its AE titles; run again with the same ID to add AEs."""

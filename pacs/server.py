@@ -1,8 +1,10 @@
 """The DICOM SCP: one pynetdicom AE, its presentation contexts and handlers, and its workers.
 
 pynetdicom serves each association on its own thread, so one process is bound to one core
-by the GIL. `pacs serve --dicom-workers N` runs N SCP processes on the same port
-(SO_REUSEPORT: the kernel spreads new associations over them); each is a `start()` call.
+by the GIL. With one SCP process, `start()` listens on the DICOM port in the server process.
+`pacs serve --dicom-workers N` runs N worker processes (`run_worker`) behind a dispatcher
+(`pacs/dispatch.py`) that owns the port and hands each accepted connection to the least busy
+worker; a worker's SCP listens nowhere and serves the sockets it is handed.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom import uid
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import echo, stats, store
+from pacs import dispatch, echo, stats, store
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -65,15 +69,47 @@ def configure_pynetdicom() -> None:
     _config.PASS_CONTEXTVARS = True
 
 
-class _ReusePortServer(ThreadedAssociationServer):
-    """Lets several SCP processes listen on one port; the kernel balances associations."""
+class _ListeningServer(ThreadedAssociationServer):
+    """The single-process SCP: listens itself, Nagle off on every accepted connection."""
 
-    def server_bind(self) -> None:
-        sock: socket.socket = self.socket
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
+        return sock, address
+
+
+class _WholeAssociationHandler(RequestHandler):
+    """Keeps its request thread until the association ends, so that the end can be reported."""
+
+    assoc: Association
+
+    def _create_association(self) -> Association:
+        self.assoc = super()._create_association()
+        return self.assoc
+
+    def handle(self) -> None:
+        super().handle()  # starts the association's own thread
+        self.assoc.join()
+
+
+class _HandedOffServer(ThreadedAssociationServer):
+    """A worker's SCP: serves the sockets the dispatcher hands it and listens nowhere.
+
+    socketserver needs a bound socket, so it binds 127.0.0.1:0 but never listens on it.
+    """
+
+    daemon_threads = True  # a stopping worker aborts its associations instead of waiting for them
+    block_on_close = False
+    on_done: Callable[[], None] = staticmethod(lambda: None)
+
+    def server_activate(self) -> None:
+        pass
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.on_done()
 
 
 @dataclass
@@ -99,6 +135,7 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = 300
     ae.add_supported_context(Verification)
     for cx in StoragePresentationContexts:
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
     return ae
 
@@ -116,8 +153,11 @@ def _handlers(archive: Archive) -> list[Any]:
 
 def _peer(e: evt.Event) -> dict[str, Any]:
     r = e.assoc.requestor
-    return {"calling_ae": str(r.ae_title).strip(), "called_ae": str(e.assoc.acceptor.ae_title).strip(),
-            "peer": f"{r.address}:{r.port}"}
+    return {
+        "calling_ae": str(r.ae_title).strip(),
+        "called_ae": str(e.assoc.acceptor.ae_title).strip(),
+        "peer": f"{r.address}:{r.port}",
+    }
 
 
 def _on_accepted(e: evt.Event) -> None:
@@ -132,8 +172,17 @@ def _on_rejected(e: evt.Event) -> None:
 
 def _on_closed(e: evt.Event, how: str) -> None:
     s = stats.pop(e.assoc)
-    event(log, f"dimse.assoc.{how}", **_peer(e), stored=s.stored, already_present=s.already_present,
-          rejected=s.rejected, bytes=s.bytes, duration_ms=round((time.perf_counter() - s.started) * 1000, 1))
+    event(
+        log,
+        f"dimse.assoc.{how}",
+        **_peer(e),
+        pid=os.getpid(),
+        stored=s.stored,
+        already_present=s.already_present,
+        rejected=s.rejected,
+        bytes=s.bytes,
+        duration_ms=round((time.perf_counter() - s.started) * 1000, 1),
+    )
 
 
 def start(settings: Settings, archive: Archive, *, port: int | None = None) -> RunningScp:
@@ -141,26 +190,65 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None) -> R
     configure_pynetdicom()
     ae = build_ae(settings)
     address = (settings.dicom_host, settings.dicom_port if port is None else port)
-    server = ae.make_server(address, evt_handlers=_handlers(archive), server_class=_ReusePortServer)
+    server = ae.make_server(address, evt_handlers=_handlers(archive), server_class=_ListeningServer)
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
     thread = threading.Thread(target=server.serve_forever, name=f"scp:{address[1]}", daemon=True)
     thread.start()
     return RunningScp(server=server, archive=archive)
 
 
-def run_worker(settings: Settings, parent_pid: int) -> None:
+def start_workers(settings: Settings) -> dispatch.Dispatcher:
+    """`--dicom-workers N`: N SCP processes behind a dispatcher that owns the DICOM port."""
+    listener = dispatch.bind(settings.dicom_host, settings.dicom_port)
+    dispatcher = dispatch.Dispatcher(listener, run_worker, (settings, os.getpid()), settings.dicom_workers)
+    dispatcher.start()
+    return dispatcher
+
+
+def _handed_off_server(settings: Settings, archive: Archive, channel: socket.socket) -> _HandedOffServer:
+    configure_pynetdicom()
+    server = cast(
+        _HandedOffServer,
+        build_ae(settings).make_server(
+            ("127.0.0.1", 0),
+            evt_handlers=_handlers(archive),
+            server_class=_HandedOffServer,
+            request_handler=_WholeAssociationHandler,
+        ),
+    )
+    server.server_address = (settings.dicom_host, settings.dicom_port)  # what the acceptor reports
+    server.on_done = lambda: dispatch.done(channel)
+    return server
+
+
+def _serve_handed_off(server: _HandedOffServer, channel: socket.socket, stop: threading.Event) -> None:
+    def handle(sock: socket.socket, address: tuple[str, int]) -> None:
+        server.process_request(sock, address)
+        server.service_actions()  # pynetdicom's periodic collection of finished associations
+
+    try:
+        dispatch.receive(channel, handle)
+    finally:
+        stop.set()  # the dispatcher is gone: so is the server process
+
+
+def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> None:
     """Entry point of one SCP worker process of `pacs serve --dicom-workers N`."""
     from pacs.logconfig import configure_logging
 
     configure_logging(settings.log_level)
     archive = Archive.open(settings)
-    scp = start(settings, archive)
+    server = _handed_off_server(settings, archive, channel)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    event(log, "dimse.worker.started", pid=os.getpid(), port=scp.port)
+    threading.Thread(target=_serve_handed_off, args=(server, channel, stop), name="scp:handed-off", daemon=True).start()
+    event(log, "dimse.worker.started", pid=os.getpid())
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:  # the server died without stopping us
             break
-    scp.shutdown()
+    for assoc in server.ae.active_associations:
+        assoc.abort()
+    server.server_close()
+    channel.close()
     archive.close()

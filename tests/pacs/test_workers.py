@@ -64,9 +64,21 @@ def two_workers(tmp_path: Path) -> Iterator[Served]:
     log = tmp_path / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [_pacs(), "serve", "--dicom-workers", "2", "--data-dir", str(tmp_path / "var"),
-             "--dicom-port", str(dicom_port), "--http-port", str(http_port)],
-            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            [
+                _pacs(),
+                "serve",
+                "--dicom-workers",
+                "2",
+                "--data-dir",
+                str(tmp_path / "var"),
+                "--dicom-port",
+                str(dicom_port),
+                "--http-port",
+                str(http_port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
         )
     try:
         served = Served(f"http://127.0.0.1:{http_port}", dicom_port, log)
@@ -89,8 +101,13 @@ def _released_pids(log: Path, expected: int, timeout: float = 10) -> list[int]:
 
 def _stored_total(url: str) -> int:
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    return int(sum(float(line.split()[-1]) for line in text.splitlines()
-                   if re.match(r"pacs_instances_stored_total(\{|\s)", line)))
+    return int(
+        sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if re.match(r"pacs_instances_stored_total(\{|\s)", line)
+        )
+    )
 
 
 def test_simultaneous_associations_go_to_different_workers(two_workers: Served) -> None:
