@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
-from storage.archive import Archive
+from gateway.deps import ArchiveDep
 
 router = APIRouter(tags=["health"])
-
-
-def get_archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
-
-
-ArchiveDep = Annotated[Archive, Depends(get_archive)]
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

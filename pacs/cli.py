@@ -93,8 +93,9 @@ def serve(
         f"  DICOM  {settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
         f" ({settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''})"
     )
-    out.print(f"  HTTP   {settings.public_url}  (/healthz /readyz /metrics)")
+    out.print(f"  HTTP   {settings.public_url}  (DICOMweb {settings.public_url}/dicomweb, /healthz /readyz /metrics)")
     out.print(f"  index  {_redact(settings.database_url)}   blobs  {settings.storage_url}")
+    out.print(f"  admin token (valid {ADMIN_TOKEN_TTL}, renewed at each start): {_write_admin_token(settings)}")
     if report.removed:
         out.print(f"  recovery removed {report.removed} unfinished write(s)")
     sys.stdout.flush()
@@ -106,6 +107,21 @@ def serve(
         if scp is not None:
             scp.shutdown()
         archive.close()
+
+
+ADMIN_TOKEN_TTL = "7d"
+
+
+def _write_admin_token(settings: Settings) -> Path:
+    """An admin token for the operator, in a file only its owner can read."""
+    from storage.tokens import issue, parse_ttl
+
+    path = settings.data_dir / "admin-token"
+    token = issue(settings, sub="admin", org=None, roles=["admin"], ttl_seconds=parse_ttl(ADMIN_TOKEN_TTL))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return path
 
 
 def _prepare_metrics_dir(settings: Settings) -> None:
@@ -175,6 +191,42 @@ def org_add(
     out.print(f"organization [bold]{summary.id}[/bold] ({summary.name})")
     for a in summary.aes:
         out.print(f"  AE {a.ae_title}" + (f" at {a.host}:{a.port}" if a.host else ""))
+
+
+@app.command()
+def token(
+    org: Annotated[str, typer.Option(help="Organization the token speaks for")],
+    role: Annotated[list[str], typer.Option(help="clinician, integrator or admin (repeatable)")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 30s, 15m, 8h, 7d")] = "8h",
+    sub: Annotated[str | None, typer.Option(help="Subject (user or system); default ROLE@ORG")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a signed bearer token for a provider's user or system."""
+    settings = load_settings(data_dir=data_dir)
+    from storage.archive import Archive
+    from storage.migrate import upgrade
+    from storage.orgs import get_org
+    from storage.tokens import issue, parse_ttl
+
+    try:
+        seconds = parse_ttl(ttl)
+        archive = Archive.open(settings)
+        try:
+            upgrade(archive.db.engine)
+            with archive.db.read() as session:
+                get_org(session, org)
+        except KeyError:
+            raise ValueError(f"organization {org!r} is not registered: pacs org add {org} --name ...") from None
+        finally:
+            archive.close()
+        out.print(
+            issue(settings, sub=sub or f"{role[0]}@{org}", org=org, roles=role, ttl_seconds=seconds),
+            soft_wrap=True,
+            highlight=False,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @db_app.command("upgrade")
