@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway import health, problems, qido, stow, wado, wado_uri
+from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri
 from gateway.auth import Authenticator, get_principal
 from storage.archive import Archive
 from storage.settings import Settings
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         )
     authenticated = [Depends(get_principal)]
     app.include_router(health.router)
-    for module in (qido, wado, stow):
+    for module in (capabilities, qido, wado, stow, delete):
         app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated)
     app.include_router(wado_uri.router, dependencies=authenticated)
     return app
