@@ -111,28 +111,17 @@ def test_every_pydicom_test_file_round_trips(scp: RunningScp, archive: Archive) 
         assert back == original, path.name
 
 
-def test_storescu_sends_a_study(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
-    storescu = require_tool("storescu")
-    files = f.study_files(tmp_path / "study", n=20)
-    r = subprocess.run(
-        [
-            storescu,
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "MUNIPACS",
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(scp.port),
-            str(tmp_path / "study"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def storescu(scp: RunningScp, *args: object) -> None:
+    """dcmtk's storescu as a registered modality of hosp-a; fails the test on a non-zero exit."""
+    command = [require_tool("storescu"), "-aet", "STORESCU", "-aec", "MUNIPACS", *map(str, args[:-1])]
+    command += ["127.0.0.1", str(scp.port), str(args[-1])]
+    r = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_storescu_sends_a_study(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    files = f.study_files(tmp_path / "study", n=20)
+    storescu(scp, "+sd", "+r", tmp_path / "study")
     assert row_counts(archive)["instances"] == 20
     with archive.db.read() as s:
         study = s.scalars(select(Study)).one()
@@ -140,25 +129,7 @@ def test_storescu_sends_a_study(scp: RunningScp, archive: Archive, tmp_path: Pat
     ds = pydicom.dcmread(files[3])
     assert stored_dataset(archive, ds.SOPInstanceUID) == ds
     # the same study again: acknowledged, stored once
-    r = subprocess.run(
-        [
-            storescu,
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "MUNIPACS",
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(scp.port),
-            str(tmp_path / "study"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
+    storescu(scp, "+sd", "+r", tmp_path / "study")
     assert row_counts(archive)["instances"] == 20
 
 
@@ -180,7 +151,6 @@ STORESCU_CASES = {
 def test_storescu_compressed_kept_as_sent(scp: RunningScp, archive: Archive, tmp_path: Path, ts: str) -> None:
     """dcmtk offers a compressed syntax with the uncompressed ones; the archive takes and keeps
     the compressed bytes. (Big endian arrives in the pynetdicom round trip above.)"""
-    storescu = require_tool("storescu")
     option, name = STORESCU_CASES[ts]
     sample = pydicom.dcmread(next(p for p in f.bundled_pydicom_files() if p.name == name))
     assert sample.file_meta.TransferSyntaxUID == ts
@@ -190,14 +160,7 @@ def test_storescu_compressed_kept_as_sent(scp: RunningScp, archive: Archive, tmp
     sample.StudyInstanceUID, sample.SeriesInstanceUID = f.uid(), f.uid()
     path = tmp_path / name
     sample.save_as(path, enforce_file_format=True)
-    r = subprocess.run(
-        [storescu, "-aet", "STORESCU", "-aec", "MUNIPACS", option, "127.0.0.1", str(scp.port), str(path)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
+    storescu(scp, option, path)
     back = stored_dataset(archive, sample.SOPInstanceUID)
     assert back.file_meta.TransferSyntaxUID == ts
     assert back.PixelData == sample.PixelData
