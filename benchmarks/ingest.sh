@@ -138,7 +138,7 @@ pacs_stop() {
 }
 
 pacs_count() { # instances the server reports as stored (summed over label sets / processes)
-  curl -sf "http://127.0.0.1:$PACS_HTTP_PORT/metrics" \
+  curl -sf -H "Authorization: Bearer $(cat "$PACS_DIR/admin-token")" "http://127.0.0.1:$PACS_HTTP_PORT/metrics" \
     | awk '$1 ~ /^pacs_instances_stored_total($|\{)/ {s += $2} END {printf "%d", s}'
 }
 

@@ -1,17 +1,21 @@
 """The HTTP gateway: FastAPI app factory. DICOMweb, WADO-URI and health mount here.
 
-Every route but /healthz, /readyz and /metrics (and, later, /fhir/metadata) goes through
+Every route but /healthz and /readyz (and, later, /fhir/metadata) goes through
 `gateway.auth.get_principal`, attached where each router is included, so a route cannot
 forget it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri
 from gateway.auth import Authenticator, get_principal
@@ -39,6 +43,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         description="DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) for authorized providers. "
         "Authenticate with `Authorization: Bearer <token>` (`pacs token`).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.archive = arch
@@ -58,4 +65,20 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     for module in (capabilities, qido, wado, stow, delete):
         app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated)
     app.include_router(wado_uri.router, dependencies=authenticated)
+    _add_api_docs(app, authenticated)
     return app
+
+
+def _add_api_docs(app: FastAPI, authenticated: list[Any]) -> None:
+    """/openapi.json and /docs, behind a token like every path but the health probes."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=authenticated)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=authenticated)
+    def docs() -> HTMLResponse:
+        # the page embeds the description: a browser would fetch /openapi.json without the token
+        html = get_swagger_ui_html(openapi_url="", title=app.title).body.decode()
+        spec = json.dumps(app.openapi()).replace("</", "<\\/")
+        return HTMLResponse(html.replace("url: ''", f"spec: {spec}"))

@@ -1,4 +1,5 @@
-"""Liveness, readiness and Prometheus metrics: the only routes that need no token."""
+"""Liveness and readiness (no token: load balancers and orchestrators probe them), and the
+Prometheus metrics (a token, like every other path: configure the scraper's bearer token)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
-from gateway.deps import ArchiveDep
+from gateway.deps import ArchiveDep, PrincipalDep
 
 router = APIRouter(tags=["health"])
 
@@ -39,7 +40,7 @@ def readyz(archive: ArchiveDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(archive: ArchiveDep) -> Response:
+def metrics(archive: ArchiveDep, _caller: PrincipalDep) -> Response:
     registry: CollectorRegistry = REGISTRY
     if archive.settings.metrics_dir is not None:
         registry = CollectorRegistry()

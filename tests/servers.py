@@ -31,6 +31,7 @@ class ServerProcess:
     dicom_port: int
     http_port: int
     log: Path
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -43,6 +44,10 @@ class ServerProcess:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+
+    def admin(self) -> dict[str, str]:
+        """Headers with the admin token `pacs serve` wrote into its data dir."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin-token').read_text().strip()}"}
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -72,7 +77,7 @@ def start_server(
         start_new_session=True,
         env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(proc, dicom_port, http_port, log)
+    server = ServerProcess(proc, dicom_port, http_port, log, data_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -76,7 +76,7 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -
 
     server = start_server(data_dir)
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    assert "pacs_instances_stored" in httpx.get(f"{server.url}/metrics").text
+    assert "pacs_instances_stored" in httpx.get(f"{server.url}/metrics", headers=server.admin()).text
     acked = _send_until_killed(storescu, folder, server)
     assert KILL_AFTER <= len(acked) < N, "the kill must land mid-transfer"
 
@@ -110,7 +110,7 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -
             env={**os.environ, "TCP_NODELAY": "1"},
         )
         assert r.returncode == 0, r.stdout + r.stderr
-        metrics = httpx.get(f"{server.url}/metrics").text
+        metrics = httpx.get(f"{server.url}/metrics", headers=server.admin()).text
         assert re.search(r'pacs_instances_already_present_total\{via="dimse"\} (\d+)', metrics)
         deadline = time.monotonic() + 10
         archive = Archive.open(Settings(data_dir=data_dir))

@@ -42,6 +42,11 @@ class Gateway:
 
 @pytest.fixture()
 def gateway(settings: Settings, archive: Archive) -> Iterator[Gateway]:
+    yield from serve_gateway(settings, archive)
+
+
+def serve_gateway(settings: Settings, archive: Archive) -> Iterator[Gateway]:
+    """uvicorn in a thread on an ephemeral port, with two organizations registered."""
     with archive.db.write() as s:
         add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT1")])
         add_org(s, "clinic-b", "Clinica B", [AeSpec("US-B")])
