@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Accept", "Content-Type", "Range"],
-            expose_headers=["Warning", "Content-Location", "Content-Range", "Content-Length"],
+            expose_headers=["Warning", "Content-Location", "Content-Range", "Content-Length", "Accept-Ranges"],
             max_age=600,
         )
     authenticated = [Depends(get_principal)]
@@ -79,6 +79,6 @@ def _add_api_docs(app: FastAPI, authenticated: list[Any]) -> None:
     @app.get("/docs", include_in_schema=False, dependencies=authenticated)
     def docs() -> HTMLResponse:
         # the page embeds the description: a browser would fetch /openapi.json without the token
-        html = get_swagger_ui_html(openapi_url="", title=app.title).body.decode()
+        html = bytes(get_swagger_ui_html(openapi_url="", title=app.title).body).decode()
         spec = json.dumps(app.openapi()).replace("</", "<\\/")
         return HTMLResponse(html.replace("url: ''", f"spec: {spec}"))

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from storage.errors import NotAuthorized, NotFound, OutOfResources, RejectedInput, StorageError
+from storage.errors import CannotTranscode, NotAuthorized, NotFound, OutOfResources, RejectedInput, StorageError
 
 PROBLEM = "application/problem+json"
 
@@ -29,6 +29,8 @@ def http_status(exc: StorageError) -> int:
         return 400
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, CannotTranscode):
+        return 406
     if isinstance(exc, NotAuthorized):
         return 403
     if isinstance(exc, OutOfResources):

@@ -61,6 +61,14 @@ class OutOfResources(StorageError):
     reason = "out_of_resources"
 
 
+class CannotTranscode(StorageError):
+    """The instance cannot be sent in any of the transfer syntaxes asked for (WADO-RS 406,
+    a failed C-MOVE/C-GET sub-operation)."""
+
+    status = 0xC000
+    reason = "cannot_transcode"
+
+
 class NotFound(StorageError):
     status = 0xC000
     reason = "not_found"
