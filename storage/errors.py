@@ -54,6 +54,13 @@ class BadCharset(RejectedInput):
     reason = "bad_charset"
 
 
+class StudyMismatch(RejectedInput):
+    """STOW-RS to /studies/{study} with an instance of another study (PS3.18 10.5.1)."""
+
+    status = 0xA900
+    reason = "study_mismatch"
+
+
 class OutOfResources(StorageError):
     """The archive could not keep the object (blob store or database failed)."""
 

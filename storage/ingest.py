@@ -28,10 +28,10 @@ from storage.access import Principal
 from storage.archive import Archive
 from storage.blobstore import BlobInfo, new_key
 from storage.charset import fold
-from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError
+from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError, StudyMismatch
 from storage.logs import event
 from storage.models import Base, Instance, PatientIdentity, PendingBlob, Series, Study, utcnow
-from storage.parse import ParsedInstance, Source, parse
+from storage.parse import ParsedInstance, Source, parse, with_preamble
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,12 @@ class IngestResult:
     size: int
 
 
-def ingest(source: Source, origin: Origin, principal: Principal, *, archive: Archive) -> IngestResult:
+def ingest(
+    source: Source, origin: Origin, principal: Principal, *, archive: Archive, expect_study: str | None = None
+) -> IngestResult:
     """Store one Part-10 object; return only once it is durable and indexed.
+
+    `expect_study` refuses an instance of another study (STOW-RS to /studies/{study}).
 
     Raises
     ------
@@ -87,8 +91,11 @@ def ingest(source: Source, origin: Origin, principal: Principal, *, archive: Arc
         The blob store or the database failed; nothing of it was kept.
     """
     started = time.perf_counter()
+    source = with_preamble(source)
     try:
         parsed = parse(source)
+        if expect_study is not None and parsed.study_uid != expect_study:
+            raise StudyMismatch(f"StudyInstanceUID {parsed.study_uid} is not the study {expect_study} of the request")
     except RejectedInput as exc:
         _rejected(origin, exc, source.describe())
         raise

@@ -61,6 +61,25 @@ class Source:
         return str(self.path) if self.path is not None else f"<{len(self.data or b'')} bytes>"
 
 
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def with_preamble(source: Source) -> Source:
+    """The same object as a well-formed Part-10 file (PS3.10 7.1).
+
+    pydicom, and dicomweb-client with it, write an in-memory dataset as its File Meta
+    Information without the 128-byte preamble and "DICM" prefix. Such an object is accepted
+    and stored with the preamble added, so every stored object is a conformant file; nothing
+    else about it changes.
+    """
+    with source.open() as fp:
+        head = fp.read(132)
+        if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+            return source
+        fp.seek(0)
+        return Source(data=PREAMBLE + fp.read())
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedInstance:
     sop_uid: str

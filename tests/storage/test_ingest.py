@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -232,3 +233,19 @@ def test_ingest_is_thread_safe_under_load(archive: Archive) -> None:
         t.join()
     assert not errors
     assert row_counts(archive)["instances"] == 32
+
+
+def test_file_meta_without_preamble_is_stored_as_a_conformant_file(archive: Archive) -> None:
+    """What pydicom and dicomweb-client write for an in-memory dataset: no 128-byte preamble."""
+    ds = f.ct_dataset()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    data = buf.getvalue()
+    assert data[128:132] != b"DICM" and data.startswith(b"\x02\x00")
+    assert store(archive, data) is Outcome.STORED
+    with archive.db.read() as s:
+        key = s.scalar(select(Instance.object_key))
+    with archive.blobs.open(key) as blob:
+        stored = blob.read()
+    assert stored[128:132] == b"DICM" and stored[132:] == data
+    assert pydicom.dcmread(io.BytesIO(stored)) == ds
