@@ -136,10 +136,12 @@ class Instance(Base):
 
 
 class PendingBlob(Base):
-    """A blob write in flight: reserved before the write, removed in the commit.
+    """A blob whose fate is not settled: an ingest write in flight (reserved before the write,
+    removed in the commit that indexes it) or a blob a DELETE has just orphaned (recorded in
+    the transaction that removed its rows, removed once the blob is gone).
 
-    Whatever is left here after a crash points at a blob that was never acknowledged; start-up
-    recovery deletes those blobs, so it scans this table, never the bucket.
+    Either way no index row points at it, so whatever is left here after a crash is deleted by
+    start-up recovery, which therefore scans this table, never the bucket.
     """
 
     __tablename__ = "pending_blobs"
