@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri
 from gateway.auth import Authenticator, get_principal
+from gateway.compression import GzipJsonMiddleware
 from storage.archive import Archive
 from storage.settings import Settings
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.state.archive = arch
     app.state.authenticator = Authenticator(settings)
     problems.install(app)
+    app.add_middleware(GzipJsonMiddleware)  # JSON answers only; multipart and images pass untouched
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

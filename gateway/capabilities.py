@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import SettingsDep
-from gateway.stow import ALREADY_PRESENT, DICOM, DICOM_JSON, base_url
+from gateway.deps import SettingsDep, dicomweb_root
+from gateway.stow import ALREADY_PRESENT, DICOM, DICOM_JSON
 from storage.errors import OutOfResources, RejectedInput, StorageError, StudyMismatch
 
 router = APIRouter(tags=["capabilities"])
@@ -26,7 +26,7 @@ _METHODS = ("get", "post", "put", "delete")
 def capabilities(request: Request, settings: SettingsDep) -> dict[str, Any]:
     return {
         "standard": "DICOM PS3.18 (DICOMweb)",
-        "root": base_url(request, settings),
+        "root": dicomweb_root(request, settings),
         "authentication": {
             "scheme": "Bearer",
             "header": "Authorization: Bearer <token>",

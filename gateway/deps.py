@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -20,6 +21,24 @@ def get_archive(request: Request) -> Archive:
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def public_root(request: Request, public_url: str) -> str:
+    """PACS_PUBLIC_URL, with the real port put in when the server listens on an ephemeral one (0).
+
+    The request's Host header is not used: clients get it wrong (dicomweb-client drops the
+    port) and behind a proxy it names the wrong host anyway.
+    """
+    url = urlsplit(public_url)
+    server = request.scope.get("server")
+    if url.port == 0 and server and server[1]:
+        url = url._replace(netloc=f"{url.hostname}:{server[1]}")
+    return url.geturl().rstrip("/")
+
+
+def dicomweb_root(request: Request, settings: Settings) -> str:
+    """The DICOMweb root to advertise in RetrieveURL and BulkDataURI values."""
+    return f"{public_root(request, settings.public_url)}/dicomweb"
 
 
 ArchiveDep = Annotated[Archive, Depends(get_archive)]

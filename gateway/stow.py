@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
-from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep
+from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, dicomweb_root
 from gateway.multipart_reader import MultipartError, Part, parse_content_type, read_parts, request_chunks
 from storage import metrics
 from storage.access import Principal
@@ -86,7 +86,7 @@ def _store(request: Request, study: str | None, archive: Archive, principal: Pri
     _check_accept(request.headers.get("accept", ""))
     boundary = _boundary(request.headers.get("content-type", ""))
     origin = Origin.stow(principal.sub, principal.address)
-    response = StoreResponse(base_url(request, settings), study)
+    response = StoreResponse(dicomweb_root(request, settings), study)
     try:
         for part in read_parts(request_chunks(request), boundary):
             try:
@@ -258,17 +258,3 @@ def _check_accept(accept: str) -> None:
         if media.strip().lower() in ("*/*", "application/*", DICOM_JSON, "application/json"):
             return
     raise HTTPException(406, f"STOW-RS answers in {DICOM_JSON}; application/dicom+xml is not implemented")
-
-
-def base_url(request: Request, settings: Settings) -> str:
-    """The DICOMweb root to advertise: PACS_PUBLIC_URL (default http://<http-host>:<http-port>).
-
-    When the server listens on an ephemeral port (0, in tests), the port it was given is put
-    in. The request's Host header is not used: clients get it wrong (dicomweb-client drops
-    the port) and behind a proxy it names the wrong host anyway.
-    """
-    url = urlsplit(settings.public_url)
-    server = request.scope.get("server")
-    if url.port == 0 and server and server[1]:
-        url = url._replace(netloc=f"{url.hostname}:{server[1]}")
-    return f"{url.geturl().rstrip('/')}/dicomweb"

@@ -19,7 +19,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from gateway import multipart as mp
 from gateway import render
-from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep
+from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, public_root
 from storage import retrieve
 from storage.access import Principal
 from storage.archive import Archive
@@ -41,7 +41,7 @@ _JSON_TYPES = (DICOM_JSON, "application/json")
 def _base(request: Request, public_url: str) -> str:
     """The public DICOMweb root (settings.public_url + the mount prefix, e.g. /dicomweb)."""
     path = request.url.path
-    return public_url + path[: path.index("/studies/")]
+    return public_root(request, public_url) + path[: path.index("/studies/")]
 
 
 def resolve(

@@ -71,6 +71,16 @@ class PatientIdentity(Base):
 
 class Study(Base):
     __tablename__ = "studies"
+    __table_args__ = tuple(  # PostgreSQL: LIKE 'ABC%' under a non-C collation (migration 0002)
+        Index(f"ix_studies_{name}_pattern", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(
+            dialect="postgresql"
+        )
+        for name, column in (
+            ("patient_name", "patient_name_folded"),
+            ("patient_id", "patient_id"),
+            ("accession", "accession_number"),
+        )
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)

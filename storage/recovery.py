@@ -2,8 +2,9 @@
 
 A pending row names a blob no index row points at: one that was never acknowledged (the
 commit that would have acknowledged it also deletes the row) or one a DELETE orphaned.
-Recovery deletes that blob, if it exists at all, then the row. It reads the pending table, never lists the bucket: cost follows the
-number of interrupted writes, not the size of the archive.
+Recovery deletes that blob, if it exists at all, then the row. It reads the pending table,
+never lists the bucket: cost follows the number of interrupted writes, not the size of the
+archive.
 
 Several processes may share one database; a row is only taken over when its writer is
 surely gone: a dead pid on this host, or older than the grace period wherever it came from.

@@ -1,0 +1,413 @@
+"""Study, series and instance search over the index (PS3.18 10.6 Search Transaction, PS3.4 C.6).
+
+A `Query` says what to match and what to return, in DICOM terms (tags and values as sent),
+whoever asked: QIDO-RS builds it from URL parameters, C-FIND from its identifier. The search
+functions turn its keys into SQL on indexed columns (`storage.matching`), apply the caller's
+visibility (`storage.access.visible_to`), page the rows in a fixed order, and answer DICOM JSON
+(PS3.18 F.2) built from what ingest kept: the study and series attributes of their first
+instance, each instance's JSON without bulk data, and the counts ingest maintains. No blob is
+ever opened.
+
+A key this archive cannot match on (a valid attribute with no index column, or a sequence
+path) is matched universally, as PS3.4 C.2.2.2.3 does for unsupported optional keys: it is
+returned when available and reported in `SearchResult.ignored`, so the edge can warn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
+from sqlalchemy import ColumnElement, Row, select
+from sqlalchemy.orm import Session
+
+from storage import matching as m
+from storage.access import Principal, visible_to
+from storage.errors import NotFound
+from storage.matching import InvalidQuery
+from storage.models import Instance, PatientIdentity, Series, Study
+
+STUDY, SERIES, IMAGE = "STUDY", "SERIES", "IMAGE"
+_DEPTH = {STUDY: 0, SERIES: 1, IMAGE: 2}
+#: answers are cut here whatever the caller asks (PS3.18 8.3.4.4)
+MAX_RESULTS = 1000
+
+Builder = Callable[[str, bool], ColumnElement[bool] | None]
+
+
+def _plain(column: Any, fn: Callable[[Any, str], ColumnElement[bool] | None]) -> Builder:
+    return lambda value, _fuzzy: fn(column, value)
+
+
+def _name(column: Any) -> Builder:
+    return lambda value, fuzzy: m.person_name(column, value, fuzzy=fuzzy)
+
+
+def _patient(column: Any, fn: Callable[[Any, str], ColumnElement[bool] | None]) -> Builder:
+    """A key kept on the patient identity of the study, not on the study row."""
+
+    def build(value: str, _fuzzy: bool) -> ColumnElement[bool] | None:
+        expr = fn(column, value)
+        return None if expr is None else Study.identity_id.in_(select(PatientIdentity.id).where(expr))
+
+    return build
+
+
+#: tag -> (level, SQL builder): the keys this archive matches on
+MATCH_KEYS: dict[str, tuple[str, Builder]] = {
+    "00080020": (STUDY, _plain(Study.study_date, m.date)),
+    "00080030": (STUDY, _plain(Study.study_time, m.time)),
+    "00080050": (STUDY, _plain(Study.accession_number, m.string)),
+    "00080061": (STUDY, _plain(Study.modalities, m.multi_valued)),
+    "00080090": (STUDY, _name(Study.referring_physician_folded)),
+    "00081030": (STUDY, _plain(Study.description, m.string)),
+    "00100010": (STUDY, _name(Study.patient_name_folded)),
+    "00100020": (STUDY, _plain(Study.patient_id, m.string)),
+    "00100030": (STUDY, _patient(PatientIdentity.birth_date, m.date)),
+    "00100040": (STUDY, _patient(PatientIdentity.sex, m.string)),
+    "0020000D": (STUDY, _plain(Study.study_uid, m.uid_list)),
+    "00200010": (STUDY, _plain(Study.study_id, m.string)),
+    "00080021": (SERIES, _plain(Series.series_date, m.date)),
+    "00080031": (SERIES, _plain(Series.series_time, m.time)),
+    "00080060": (SERIES, _plain(Series.modality, m.string)),
+    "0008103E": (SERIES, _plain(Series.description, m.string)),
+    "00180015": (SERIES, _plain(Series.body_part, m.string)),
+    "0020000E": (SERIES, _plain(Series.series_uid, m.uid_list)),
+    "00200011": (SERIES, _plain(Series.series_number, m.integer)),
+    "00080016": (IMAGE, _plain(Instance.sop_class_uid, m.uid_list)),
+    "00080018": (IMAGE, _plain(Instance.sop_uid, m.uid_list)),
+    "00200013": (IMAGE, _plain(Instance.instance_number, m.integer)),
+    "00280008": (IMAGE, _plain(Instance.number_of_frames, m.integer)),
+    "00280010": (IMAGE, _plain(Instance.rows, m.integer)),
+    "00280011": (IMAGE, _plain(Instance.columns, m.integer)),
+}
+
+#: PS3.18 Table 10.6.3-3, plus Study Description, which every viewer's study list shows
+STUDY_DEFAULTS = frozenset(
+    "00080005 00080020 00080030 00080050 00080056 00080061 00080090 00080201 00081030 00081190 "
+    "00100010 00100020 00100030 00100040 0020000D 00200010 00201206 00201208".split()
+)
+#: PS3.18 Table 10.6.3-4 (Study Instance UID too, so a series can be addressed)
+SERIES_DEFAULTS = frozenset(
+    "00080005 00080060 00080201 0008103E 00081190 0020000D 0020000E 00200011 00201209 "
+    "00400244 00400245 00400275".split()
+)
+#: PS3.18 Table 10.6.3-5 (Study and Series Instance UIDs too)
+INSTANCE_DEFAULTS = frozenset(
+    "00080005 00080016 00080018 00080056 00080201 00081190 0020000D 0020000E 00200013 "
+    "00280008 00280010 00280011 00280100".split()
+)
+_HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One search: its level, matching keys, return keys and scope.
+
+    `keys` maps tags (8 upper-case hex digits, as in DICOM JSON) to values as sent; an empty
+    value is a return key only (Universal Matching). `include` adds return keys, `include_all`
+    asks for every attribute kept (bulk data excepted). `study_uid` / `series_uid` scope the
+    search to one study or series (the QIDO-RS path, or C-FIND's unique keys above the level).
+    """
+
+    level: str
+    keys: Mapping[str, str] = field(default_factory=dict)
+    include: frozenset[str] = frozenset()
+    include_all: bool = False
+    fuzzy: bool = False
+    study_uid: str | None = None
+    series_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One page of matches (DICOM JSON data sets), whether more follow, and unmatched keys."""
+
+    matches: list[dict[str, Any]]
+    more: bool
+    ignored: tuple[str, ...] = ()
+
+
+def attribute_tag(name: str) -> str:
+    """The tag of a keyword (``PatientAge``) or of a tag written as 8 hex digits (``00101010``).
+
+    Raises
+    ------
+    InvalidQuery
+        `name` is neither a keyword nor a tag of the data dictionary (PS3.6 Table 6-1); private
+        tags (odd groups) are accepted.
+    """
+    text = name.strip()
+    if _HEX_TAG.match(text):
+        tag = int(text, 16)
+        if dictionary_has_tag(tag) or (tag >> 16) % 2 == 1:
+            return f"{tag:08X}"
+        raise InvalidQuery(f"unknown attribute {name!r}: not a tag of the DICOM data dictionary")
+    found = tag_for_keyword(text)
+    if found is None:
+        raise InvalidQuery(f"unknown attribute {name!r}: not a keyword or tag of the DICOM data dictionary")
+    return f"{found:08X}"
+
+
+def keyword(tag: str) -> str:
+    """``00100010`` -> ``PatientName``; a sequence path ``0040A730.0040A040`` keyword by keyword."""
+    return ".".join(keyword_for_tag(int(t, 16)) or t for t in tag.split("."))
+
+
+def search_studies(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """Studies matching `query` that `principal` may see (PS3.18 10.6.1, PS3.4 C.6.1 STUDY level).
+
+    Newest study date first, then most recently indexed. `base_url` (the DICOMweb root) makes
+    RetrieveURL (0008,1190); without it RetrieveURL is left out.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched (a malformed date range, an invalid UID...).
+    """
+    filters, ignored = _filters(query, STUDY)
+    stmt = (
+        select(Study.study_uid, Study.attrs_json, Study.modalities, Study.num_series, Study.num_instances)
+        .where(visible_to(principal), *filters)
+        .order_by(Study.study_date.desc(), Study.id.desc())
+    )
+    if query.study_uid is not None:
+        stmt = stmt.where(Study.study_uid == query.study_uid)
+    rows, more = _page(session, stmt, limit, offset)
+    wanted = _wanted(query, STUDY_DEFAULTS)
+    out = []
+    for row in rows:
+        attrs = json.loads(row.attrs_json)
+        attrs.update(_study_computed(row))
+        _set(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
+        out.append(_select(attrs, wanted, query.include_all))
+    return SearchResult(out, more, ignored)
+
+
+def search_series(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """Series matching `query`, in its study or across all visible ones (PS3.18 10.6.1).
+
+    Study-level keys match the series' study. Outside one study, the study's default
+    attributes are returned too (PS3.18 Table 10.6.3-3). Ordered by study (as for studies),
+    then series number and arrival.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched.
+    NotFound
+        The study of the scope does not exist or `principal` may not see it.
+    """
+    filters, ignored = _filters(query, SERIES)
+    stmt = select(
+        Series.series_uid,
+        Series.attrs_json,
+        Series.num_instances.label("series_instances"),
+        Study.study_uid,
+        Study.attrs_json.label("study_json"),
+        Study.modalities,
+        Study.num_series,
+        Study.num_instances,
+    ).join(Study, Study.id == Series.study_id)
+    stmt = stmt.where(visible_to(principal), *filters)
+    order: list[Any] = [Series.series_number.asc().nulls_last(), Series.id]
+    if query.study_uid is not None:
+        stmt = stmt.where(Series.study_id == _study_pk(session, principal, query.study_uid))
+    else:
+        order = [Study.study_date.desc(), Study.id.desc(), *order]
+    rows, more = _page(session, stmt.order_by(*order), limit, offset)
+    defaults = SERIES_DEFAULTS | (STUDY_DEFAULTS if query.study_uid is None else frozenset())
+    wanted = _wanted(query, defaults)
+    out = []
+    for row in rows:
+        attrs = json.loads(row.study_json)
+        attrs.update(_study_computed(row))
+        attrs.update(json.loads(row.attrs_json))
+        _set(attrs, "0020000D", "UI", row.study_uid)
+        _set(attrs, "00201209", "IS", row.series_instances)
+        url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}" if base_url else None
+        _set(attrs, "00081190", "UR", url)
+        out.append(_select(attrs, wanted, query.include_all))
+    return SearchResult(out, more, ignored)
+
+
+def search_instances(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """Instances matching `query`, in a series, a study or everywhere visible (PS3.18 10.6.1).
+
+    Answers come from each instance's DICOM JSON kept at ingest; ``include_all`` returns all of
+    it except bulk data. Outside a series (or study), the series (and study) default attributes
+    are returned too. Ordered by study, series number, instance number, then arrival.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched.
+    NotFound
+        The study or series of the scope does not exist or `principal` may not see it.
+    """
+    filters, ignored = _filters(query, IMAGE)
+    stmt = (
+        select(
+            Instance.sop_uid,
+            Instance.dicom_json,
+            Instance.number_of_frames,
+            Series.series_uid,
+            Series.num_instances.label("series_instances"),
+            Study.study_uid,
+            Study.modalities,
+            Study.num_series,
+            Study.num_instances,
+        )
+        .join(Series, Series.id == Instance.series_id)
+        .join(Study, Study.id == Instance.study_id)
+        .where(visible_to(principal), *filters)
+    )
+    order: list[Any] = [Instance.instance_number.asc().nulls_last(), Instance.id]
+    defaults = INSTANCE_DEFAULTS
+    if query.study_uid is None:
+        order = [Study.study_date.desc(), Study.id.desc(), Series.series_number.asc().nulls_last(), Series.id, *order]
+        defaults |= STUDY_DEFAULTS | SERIES_DEFAULTS
+    else:
+        study_pk = _study_pk(session, principal, query.study_uid)
+        stmt = stmt.where(Instance.study_id == study_pk)
+        if query.series_uid is None:
+            order = [Series.series_number.asc().nulls_last(), Series.id, *order]
+            defaults |= SERIES_DEFAULTS
+        else:
+            stmt = stmt.where(Instance.series_id == _series_pk(session, study_pk, query.series_uid))
+    rows, more = _page(session, stmt.order_by(*order), limit, offset)
+    wanted = _wanted(query, defaults)
+    out = []
+    for row in rows:
+        attrs = _without_bulk(json.loads(row.dicom_json))
+        attrs.update(_study_computed(row))
+        if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
+            _set(attrs, "00280008", "IS", row.number_of_frames)
+        _set(attrs, "00201209", "IS", row.series_instances)
+        url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+        _set(attrs, "00081190", "UR", url if base_url else None)
+        out.append(_select(attrs, wanted, query.include_all))
+    return SearchResult(out, more, ignored)
+
+
+def search(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """Dispatch on `query.level` (STUDY, SERIES, IMAGE), for callers that carry it (C-FIND)."""
+    fn = {STUDY: search_studies, SERIES: search_series, IMAGE: search_instances}[query.level]
+    return fn(query, principal, session=session, limit=limit, offset=offset, base_url=base_url)
+
+
+def _filters(query: Query, level: str) -> tuple[list[ColumnElement[bool]], tuple[str, ...]]:
+    """SQL conditions for the keys matchable at `level`; the others are named as ignored."""
+    filters: list[ColumnElement[bool]] = []
+    ignored: list[str] = []
+    for tag, value in query.keys.items():
+        spec = MATCH_KEYS.get(tag)
+        if spec is None or _DEPTH[spec[0]] > _DEPTH[level]:
+            if value.strip(" *"):
+                ignored.append(keyword(tag))
+            continue
+        try:
+            expr = spec[1](value, query.fuzzy)
+        except InvalidQuery as exc:
+            raise InvalidQuery(f"{keyword(tag)}: {exc.detail}") from None
+        if expr is not None:
+            filters.append(expr)
+    return filters, tuple(ignored)
+
+
+def _page(session: Session, stmt: Any, limit: int | None, offset: int) -> tuple[list[Row[Any]], bool]:
+    size = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
+    if size < 0 or offset < 0:
+        raise InvalidQuery("limit and offset must not be negative")
+    rows = list(session.execute(stmt.limit(size + 1).offset(offset)).all())
+    return rows[:size], len(rows) > size
+
+
+def _study_pk(session: Session, principal: Principal, study_uid: str) -> int:
+    pk = session.scalar(select(Study.id).where(Study.study_uid == study_uid, visible_to(principal)))
+    if pk is None:
+        raise NotFound(f"no study {study_uid[:80]}")
+    return int(pk)
+
+
+def _series_pk(session: Session, study_pk: int, series_uid: str) -> int:
+    pk = session.scalar(select(Series.id).where(Series.series_uid == series_uid, Series.study_id == study_pk))
+    if pk is None:
+        raise NotFound(f"no series {series_uid[:80]} in this study")
+    return int(pk)
+
+
+def _wanted(query: Query, defaults: frozenset[str]) -> frozenset[str]:
+    return defaults | query.include | frozenset(query.keys)
+
+
+def _set(attrs: dict[str, Any], tag: str, vr: str, value: object) -> None:
+    if value is None:
+        attrs.pop(tag, None)
+    else:
+        attrs[tag] = {"vr": vr, "Value": [value]}
+
+
+def _study_computed(row: Row[Any]) -> dict[str, Any]:
+    """NumberOfStudyRelatedSeries/Instances, ModalitiesInStudy, InstanceAvailability."""
+    modalities = [v for v in (row.modalities or "").split("\\") if v]
+    return {
+        "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+        "00080061": {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"},
+        "00201206": {"vr": "IS", "Value": [row.num_series]},
+        "00201208": {"vr": "IS", "Value": [row.num_instances]},
+    }
+
+
+def _select(attrs: dict[str, Any], wanted: Iterable[str], everything: bool) -> dict[str, Any]:
+    if everything:
+        return {tag: attrs[tag] for tag in sorted(attrs)}
+    return {tag: attrs[tag] for tag in sorted(set(wanted) & attrs.keys())}
+
+
+def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The data set without bulk data references, at every depth (QIDO answers carry none)."""
+    out: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        if "BulkDataURI" in element:
+            continue
+        if element.get("vr") == "SQ" and element.get("Value"):
+            element = {**element, "Value": [_without_bulk(item) for item in element["Value"]]}
+        out[tag] = element
+    return out
