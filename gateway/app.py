@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri
 from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
+from gateway.openapi import describe
 from storage.archive import Archive
 from storage.settings import Settings
 
@@ -76,11 +77,11 @@ def _add_api_docs(app: FastAPI, authenticated: list[Any]) -> None:
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=authenticated)
     def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+        return JSONResponse(describe(app))
 
     @app.get("/docs", include_in_schema=False, dependencies=authenticated)
     def docs() -> HTMLResponse:
         # the page embeds the description: a browser would fetch /openapi.json without the token
         html = bytes(get_swagger_ui_html(openapi_url="", title=app.title).body).decode()
-        spec = json.dumps(app.openapi()).replace("</", "<\\/")
+        spec = json.dumps(describe(app)).replace("</", "<\\/")
         return HTMLResponse(html.replace("url: ''", f"spec: {spec}"))

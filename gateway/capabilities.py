@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from gateway.deps import SettingsDep, dicomweb_root
+from gateway.openapi import describe
 from gateway.stow import ALREADY_PRESENT, DICOM, DICOM_JSON
 from storage.errors import OutOfResources, RejectedInput, StorageError, StudyMismatch
 
@@ -33,7 +34,7 @@ def capabilities(request: Request, settings: SettingsDep) -> dict[str, Any]:
             "roles": ["clinician", "integrator", "admin"],
             "delete_needs": "admin",
         },
-        "transactions": _transactions(request.app.openapi()),
+        "transactions": _transactions(describe(request.app)),
         "store": {
             "request_media_type": f'multipart/related; type="{DICOM}"',
             "response_media_type": DICOM_JSON,

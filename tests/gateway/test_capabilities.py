@@ -45,3 +45,22 @@ def test_openapi_documents_stow_and_delete(gateway: Gateway) -> None:
         op = paths[path]["delete"]
         assert "admin" in op["summary"] and {"200", "403", "404"} <= set(op["responses"])
         assert set(op["responses"]["200"]["content"]["application/json"]["schema"]) == {"$ref"}
+
+
+def test_openapi_says_what_each_route_answers(gateway: Gateway) -> None:
+    spec = httpx.get(f"{gateway.url}/openapi.json", headers=gateway.headers()).json()
+
+    def success(path: str) -> set[str]:
+        return set(spec["paths"][path]["get"]["responses"]["200"]["content"])
+
+    instance = "/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    assert "application/dicom+json" in success("/dicomweb/studies")
+    assert success("/dicomweb/studies/{study}") == {'multipart/related; type="application/dicom"'}
+    assert success("/dicomweb/studies/{study}/metadata") == {"application/dicom+json"}
+    assert success(instance + "/frames/{frames}") == {'multipart/related; type="application/octet-stream"'}
+    assert {"image/jpeg", "image/png"} <= success(instance + "/rendered")
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            assert "422" not in operation["responses"], path  # bad input is a 400 problem here
+            if not path.startswith(("/healthz", "/readyz")):
+                assert "401" in operation["responses"], path
