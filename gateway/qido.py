@@ -10,12 +10,12 @@ JSON array; 200 with ``[]`` when nothing matches) or, when Accept asks for it, a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree as ET
 
+import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from gateway import multipart as mp
@@ -158,7 +158,7 @@ def _wants_xml(accept: str | None) -> bool:
 
 
 def _json_response(matches: list[dict[str, Any]]) -> Response:
-    body = json.dumps(matches, ensure_ascii=False, separators=(",", ":")).encode()
+    body = orjson.dumps(matches)
     return Response(body, media_type=DICOM_JSON)
 
 

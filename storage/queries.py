@@ -15,12 +15,12 @@ returned when available and reported in `SearchResult.ignored`, so the edge can 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Row, select
 from sqlalchemy.orm import Session
@@ -189,7 +189,7 @@ def search_studies(
     wanted = _wanted(query, STUDY_DEFAULTS)
     out = []
     for row in rows:
-        attrs = json.loads(row.attrs_json)
+        attrs = orjson.loads(row.attrs_json)
         attrs.update(_study_computed(row))
         _set(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
         out.append(_select(attrs, wanted, query.include_all))
@@ -240,9 +240,9 @@ def search_series(
     wanted = _wanted(query, defaults)
     out = []
     for row in rows:
-        attrs = json.loads(row.study_json)
+        attrs = orjson.loads(row.study_json)
         attrs.update(_study_computed(row))
-        attrs.update(json.loads(row.attrs_json))
+        attrs.update(orjson.loads(row.attrs_json))
         _set(attrs, "0020000D", "UI", row.study_uid)
         _set(attrs, "00201209", "IS", row.series_instances)
         url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}" if base_url else None
@@ -307,7 +307,10 @@ def search_instances(
     wanted = _wanted(query, defaults)
     out = []
     for row in rows:
-        attrs = _without_bulk(json.loads(row.dicom_json))
+        stored = orjson.loads(row.dicom_json)
+        if not query.include_all:  # keep the few wanted attributes before walking any of them
+            stored = {tag: stored[tag] for tag in wanted if tag in stored}
+        attrs = _without_bulk(stored)
         attrs.update(_study_computed(row))
         if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
             _set(attrs, "00280008", "IS", row.number_of_frames)
