@@ -17,3 +17,4 @@ def configure_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO; our own association lines say what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin at every start
