@@ -74,8 +74,8 @@ SCU_AET=BENCHSCU
 ACCEPT_DICOM='Accept: multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_OCTET='Accept: multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=benchmarks/lib.sh
+source "$HERE/lib.sh"   # log, die, port_busy, pacs_start, pacs_stop
 now() { date +%s.%N; }
 
 if [ -z "${PACS_BIN:-}" ]; then
@@ -136,41 +136,6 @@ PY
 }
 
 # ---------------------------------------------------------------- servers
-port_busy() { [ -n "$(ss -Hltn "sport = :$1")" ]; }
-
-PACS_PGID=
-TOKEN=
-pacs_start() { # DATA_DIR LOG [VAR=value ...] : ours, in its own process group
-  local dir=$1 logf=$2 pid i; shift 2
-  port_busy "$PACS_HTTP_PORT" && die "port $PACS_HTTP_PORT already in use"
-  port_busy "$PACS_DICOM_PORT" && die "port $PACS_DICOM_PORT already in use"
-  setsid env "$@" "$PACS_BIN" serve --data-dir "$dir" --dicom-port "$PACS_DICOM_PORT" --http-port "$PACS_HTTP_PORT" \
-    >> "$logf" 2>&1 < /dev/null &
-  pid=$!
-  PACS_PGID=$(ps -o pgid= -p "$pid" | tr -d ' ')
-  [ "$PACS_PGID" = "$pid" ] || die "pacs (pid $pid) is not a process group leader (pgid $PACS_PGID)"
-  for i in $(seq 1 900); do
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2; die "pacs exited during start-up"; }
-    if curl -sf -o /dev/null "$PACS_HTTP/readyz"; then
-      TOKEN=$(cat "$dir/admin-token")
-      log "pacs up (pgid $PACS_PGID, ${i}00 ms, data $dir)"; return
-    fi
-    sleep 0.1
-  done
-  tail -20 "$logf" >&2; die "pacs not ready after 90 s"
-}
-
-pacs_stop() {
-  [ -n "$PACS_PGID" ] || return 0
-  local i
-  kill -TERM -- "-$PACS_PGID" 2>/dev/null || true
-  for i in $(seq 1 300); do kill -0 -- "-$PACS_PGID" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 -- "-$PACS_PGID" 2>/dev/null; then
-    log "pacs group $PACS_PGID still alive after 30 s: SIGKILL"; kill -KILL -- "-$PACS_PGID" 2>/dev/null || true
-  fi
-  wait "$PACS_PGID" 2>/dev/null || true
-  PACS_PGID=
-}
 
 ORTHANC_UP=
 orthanc_start() {
@@ -198,7 +163,7 @@ evict() { python3 "$BENCH_SHARED/evict_cache.py" "$@"; }
 # base URL and credentials per server: "orthanc" or "pacs" (ours)
 base_of() { if [ "$1" = orthanc ]; then echo "$ORTHANC_DW"; else echo "$PACS_DW"; fi; }
 AUTH=()
-set_auth() { if [ "$1" = orthanc ]; then AUTH=(); else AUTH=(-H "Authorization: Bearer $TOKEN"); fi; }
+set_auth() { if [ "$1" = orthanc ]; then AUTH=(); else AUTH=(-H "Authorization: Bearer $PACS_TOKEN"); fi; }
 
 # probe SERVER PATH [curl args]: one request, body kept; sets P_CODE P_BYTES P_TYPE P_COUNT
 # (JSON: array length; multipart: number of parts; else -)

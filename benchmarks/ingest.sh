@@ -46,8 +46,8 @@ PACS_DIR=$BENCH_DATA/pacs-ingest
 EXPECTED=2000
 SCU_AET=BENCHSCU
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=benchmarks/lib.sh
+source "$HERE/lib.sh"   # log, die, port_busy, pacs_start, pacs_stop
 now() { date +%s.%N; }
 
 if [ -z "${PACS_BIN:-}" ]; then
@@ -101,44 +101,8 @@ cpu_delta() { # BEFORE AFTER (snapshots) -> "total_s pid:s,pid:s"
 }
 
 # ---------------------------------------------------------------- servers
-port_busy() { [ -n "$(ss -Hltn "sport = :$1")" ]; }
-
-PACS_PGID=
-pacs_start() { # WORKERS LOG
-  local workers=$1 logf=$2 pid i
-  port_busy "$PACS_DICOM_PORT" && die "port $PACS_DICOM_PORT already in use"
-  port_busy "$PACS_HTTP_PORT" && die "port $PACS_HTTP_PORT already in use"
-  rm -rf "$PACS_DIR"
-  setsid "$PACS_BIN" serve --data-dir "$PACS_DIR" --dicom-port "$PACS_DICOM_PORT" --http-port "$PACS_HTTP_PORT" \
-    --dicom-workers "$workers" > "$logf" 2>&1 < /dev/null &
-  pid=$!
-  PACS_PGID=$(ps -o pgid= -p "$pid" | tr -d ' ')
-  [ "$PACS_PGID" = "$pid" ] || die "pacs (pid $pid) is not a process group leader (pgid $PACS_PGID)"
-  for i in $(seq 1 600); do
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2; die "pacs exited during start-up"; }
-    if curl -sf -o /dev/null "http://127.0.0.1:$PACS_HTTP_PORT/readyz" \
-       && [ "$(ss -Hltn "sport = :$PACS_DICOM_PORT" | wc -l)" -ge 1 ]; then
-      log "pacs up (pgid $PACS_PGID, $workers SCP process(es), ${i}00 ms)"; return
-    fi
-    sleep 0.1
-  done
-  tail -20 "$logf" >&2; die "pacs not ready after 60 s"
-}
-
-pacs_stop() {
-  [ -n "$PACS_PGID" ] || return 0
-  local i
-  kill -TERM -- "-$PACS_PGID" 2>/dev/null || true
-  for i in $(seq 1 300); do kill -0 -- "-$PACS_PGID" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 -- "-$PACS_PGID" 2>/dev/null; then
-    log "pacs group $PACS_PGID still alive after 30 s: SIGKILL"; kill -KILL -- "-$PACS_PGID" 2>/dev/null || true
-  fi
-  wait "$PACS_PGID" 2>/dev/null || true
-  PACS_PGID=
-}
-
 pacs_count() { # instances the server reports as stored (summed over label sets / processes)
-  curl -sf -H "Authorization: Bearer $(cat "$PACS_DIR/admin-token")" "http://127.0.0.1:$PACS_HTTP_PORT/metrics" \
+  curl -sf -H "Authorization: Bearer $PACS_TOKEN" "http://127.0.0.1:$PACS_HTTP_PORT/metrics" \
     | awk '$1 ~ /^pacs_instances_stored_total($|\{)/ {s += $2} END {printf "%d", s}'
 }
 
@@ -211,7 +175,9 @@ run_orthanc() { # REP CONFIG ASSOC
 run_pacs() { # REP CONFIG ASSOC WORKERS
   local rep=$1 cfg=$2 assoc=$3 workers=$4 c0 c1 t0 t1 started load count blobs rev
   rev=$(commit)   # the code the server loads at start-up
-  pacs_start "$workers" "$LOGS/r$rep-$cfg-pacs.server.log"
+  rm -rf "$PACS_DIR"
+  PACS_SERVE_FLAGS=(--dicom-workers "$workers")
+  pacs_start "$PACS_DIR" "$LOGS/r$rep-$cfg-pacs.server.log"
   sync
   started=$(date -u +%FT%TZ); load=$(cut -d' ' -f1 /proc/loadavg)
   c0=$(cpu_snapshot "$PACS_PGID"); t0=$(now)
