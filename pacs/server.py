@@ -23,10 +23,20 @@ from pydicom import uid
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import dispatch, echo, stats, store
+from pacs import commitment, dispatch, echo, find, get, move, stats, store
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -58,6 +68,21 @@ TRANSFER_SYNTAXES = [
     uid.DeflatedExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
+]
+
+
+#: Query/retrieve, worklist and storage commitment: their messages are small, so any
+#: uncompressed syntax will do.
+UNCOMPRESSED = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.ExplicitVRBigEndian]
+SERVICE_CLASSES = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
 ]
 
 
@@ -134,9 +159,13 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = 60
     ae.dimse_timeout = 300
     ae.add_supported_context(Verification)
+    for sop_class in SERVICE_CLASSES:
+        ae.add_supported_context(sop_class, UNCOMPRESSED)
     for cx in StoragePresentationContexts:
         assert cx.abstract_syntax is not None
-        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        # scu_role/scp_role: accept a C-GET requestor's proposal to be the storage SCP
+        # (PS3.7 D.3.3.4), so the archive can send the retrieved instances back to it.
+        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -144,6 +173,10 @@ def _handlers(archive: Archive) -> list[Any]:
     return [
         (evt.EVT_C_ECHO, echo.handle),
         (evt.EVT_C_STORE, store.handle, [archive]),
+        (evt.EVT_C_FIND, find.handle, [archive]),
+        (evt.EVT_C_MOVE, move.handle, [archive]),
+        (evt.EVT_C_GET, get.handle, [archive]),
+        (evt.EVT_N_ACTION, commitment.handle, [archive]),
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_REJECTED, _on_rejected),
         (evt.EVT_RELEASED, _on_closed, ["released"]),

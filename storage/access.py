@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, true
 
+from storage.errors import NotAuthorized
+
 ROLES = ("clinician", "integrator", "admin", "modality")
 
 
@@ -43,3 +45,19 @@ def visible_to(principal: Principal) -> ColumnElement[bool]:
     """The SQL filter on studies that `principal` may see (all, until [4/7])."""
     del principal
     return true()
+
+
+def may_read(principal: Principal) -> bool:
+    """Whether `principal` may query or retrieve at all (before any study filter).
+
+    DESIGN.md "DICOM surface": an unregistered calling AE (a DICOM principal without an
+    organization) may C-ECHO and C-STORE only; every token holder and every registered AE
+    may read within what `visible_to` lets it see.
+    """
+    return principal.is_admin or principal.org is not None or principal.via != "dimse"
+
+
+def require_read(principal: Principal, action: str) -> None:
+    """Raise `NotAuthorized` (DIMSE 0x0124 Refused: Not Authorized; HTTP 403) unless `may_read`."""
+    if not may_read(principal):
+        raise NotAuthorized(f"{action} refused: calling AE {principal.sub} is not registered to an organization")

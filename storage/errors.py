@@ -82,5 +82,12 @@ class NotFound(StorageError):
 
 
 class NotAuthorized(StorageError):
-    status = 0xA801  # C-MOVE/C-GET: refused
+    status = 0x0124  # PS3.7 C.5: Refused: Not Authorized
     reason = "not_authorized"
+
+
+class UnknownDestination(StorageError):
+    """C-MOVE to an AE title that is not registered with an address (PS3.4 C.4.2.1.4)."""
+
+    status = 0xA801  # Refused: Move Destination unknown
+    reason = "unknown_destination"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,10 @@ def missing(what: str, package: str) -> None:
 
 
 def require_tool(name: str, package: str = "dcmtk") -> str:
-    path = shutil.which(name)
+    """The system's tool, never the venv's namesake (pynetdicom installs its own `storescu`...)."""
+    venv_bin = os.path.dirname(sys.executable)
+    search = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    path = shutil.which(name, path=search)
     if path is None:
         missing(name, package)
     assert path is not None
