@@ -94,8 +94,26 @@ def dicom_json_dict(ds: Dataset) -> dict[str, Any]:
             bulk[f"{tag:08X}"] = {"vr": element_vr(raw), "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
             del ds[tag]
     out = to_json_dict_fast(ds, dataset_encodings(ds), bulk_threshold=BULK_THRESHOLD, bulk_handler=_nested_bulk_handler)
+    for tag, element in out.items():
+        if element.get("vr") == "SQ" and element.get("Value"):
+            _place_nested_bulk(element["Value"], tag)
     out.update(bulk)
     return dict(sorted(out.items()))
+
+
+def _place_nested_bulk(items: list[dict[str, Any]], path: str) -> None:
+    """Give each bulk placeholder inside a sequence its item path (`00880200/1/7FE00010`).
+
+    pydicom's bulk handler sees only the element, so a nested one first gets `bulk:TAG` like a
+    top-level one; the path is what lets WADO-RS find it again (`.../bulk/00880200/1/7FE00010`).
+    """
+    for number, item in enumerate(items, start=1):
+        for tag, element in item.items():
+            step = f"{path}/{number}/{tag}"
+            if "BulkDataURI" in element and element["BulkDataURI"].startswith(BULK_PREFIX):
+                element["BulkDataURI"] = f"{BULK_PREFIX}{step}"
+            elif element.get("vr") == "SQ" and element.get("Value"):
+                _place_nested_bulk(element["Value"], step)
 
 
 def pixel_layout(ds: Dataset, fp: BinaryIO, *, deflated: bool, frames: int, frame_length: int) -> PixelLayout | None:
