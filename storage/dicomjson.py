@@ -94,9 +94,9 @@ def dicom_json_dict(ds: Dataset) -> dict[str, Any]:
             bulk[f"{tag:08X}"] = {"vr": element_vr(raw), "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
             del ds[tag]
     out = to_json_dict_fast(ds, dataset_encodings(ds), bulk_threshold=BULK_THRESHOLD, bulk_handler=_nested_bulk_handler)
-    for tag, element in out.items():
+    for key, element in out.items():
         if element.get("vr") == "SQ" and element.get("Value"):
-            _place_nested_bulk(element["Value"], tag)
+            _place_nested_bulk(element["Value"], key)
     out.update(bulk)
     return dict(sorted(out.items()))
 
