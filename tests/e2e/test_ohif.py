@@ -156,24 +156,31 @@ def test_ohif_lists_studies_and_draws_images(ohif: tuple[str, object], gateway_w
     gateway = gateway_with_cors
     study = _ingest_study(gateway)
     _OhifHandler.config = app_config(gateway.url).encode()
-    # In production OHIF gets the clinician's token from the city's identity provider (OIDC);
-    # here the browser sends a token `pacs token` would issue with every request.
+    # In production OHIF's study list gets the clinician's token from the city's identity provider
+    # (OIDC); here the browser sends a token `pacs token` would issue with every request. The
+    # viewer is then opened the way a RIS/EHR launches it: a link carrying a short-lived token
+    # (`?token=`, which OHIF puts in its Authorization header and removes from the address bar),
+    # in a fresh browser context that adds no header of its own.
     token = gateway.token(roles=("clinician",), ttl=600)
     ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(
             viewport={"width": 1280, "height": 900}, extra_http_headers={"Authorization": f"Bearer {token}"}
         )
-        errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{origin}/", wait_until="domcontentloaded")
         page.get_by_text("Ştefănescu", exact=False).first.wait_for(timeout=60_000)  # the study list, from QIDO-RS
         page.screenshot(path=str(ARTIFACTS / "ohif-study-list.png"))
-        page.goto(f"{origin}/viewer?StudyInstanceUIDs={study}", wait_until="domcontentloaded")
-        canvas = page.locator("canvas").first
+        page.close()
+        launch = browser.new_page(viewport={"width": 1280, "height": 900})  # no injected header
+        launch.on("pageerror", lambda e: errors.append(str(e)))
+        launch.goto(f"{origin}/viewer?StudyInstanceUIDs={study}&token={token}", wait_until="domcontentloaded")
+        canvas = launch.locator("canvas").first
         canvas.wait_for(timeout=60_000)
-        page.wait_for_timeout(4000)  # let the first image decode and draw
+        launch.wait_for_timeout(4000)  # let the first image decode and draw
+        assert "token=" not in launch.url, "OHIF keeps the token in the address bar"
         shot = ARTIFACTS / "ohif-viewer.png"
         canvas.screenshot(path=str(shot))
         browser.close()
