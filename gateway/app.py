@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri
+from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri, worklist
 from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
 from gateway.openapi import describe
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     for module in (capabilities, qido, wado, stow, delete):
         app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated)
     app.include_router(wado_uri.router, dependencies=authenticated)
+    app.include_router(worklist.router, dependencies=authenticated)
     _add_api_docs(app, authenticated)
     return app
 

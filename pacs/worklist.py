@@ -1,18 +1,80 @@
-"""Modality Worklist SCP (PS3.4 K.4): C-FIND on the scheduled procedure steps of storage.worklist.
+"""Modality Worklist SCP (PS3.4 K.4, K.6.1): C-FIND on the scheduled procedure steps of storage.worklist.
 
-STUB: to be written ([3/7]); pacs.find routes Modality Worklist Information Find here.
+pacs.find routes Modality Worklist Information Find requests here. A registered AE gets its
+organization's SCHEDULED steps; an unregistered one is refused (0x0124, DESIGN.md "DICOM
+surface"). Every answer is built before the first is sent, so no database connection stays
+open while a slow modality reads its pending responses.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from pacs.policy import principal_for
+from pacs.status import SUCCESS, failure
+from storage.access import require_read
 from storage.archive import Archive
+from storage.errors import StorageError
+from storage.logs import event as log_event
+from storage.matching import InvalidQuery
+from storage.worklist import find_worklist
+
+log = logging.getLogger(__name__)
+PENDING = 0xFF00
+CANCEL = 0xFE00
 
 
-def find(event: Event, archive: Archive) -> Iterator[tuple[int, Dataset | None]]:
-    del event, archive
-    yield 0xC000, None
+def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Answer one worklist query.
+
+    Yields
+    ------
+    (status, identifier)
+        0xFF00 with each matching worklist item; 0xFE00 once the modality sends C-CANCEL;
+        or a failure status with its Error Comment (0x0124 unregistered AE, 0xA900 bad identifier).
+        pynetdicom sends the final 0x0000 itself.
+    """
+    started = time.perf_counter()
+    principal = principal_for(event.assoc, archive)
+    matches, status = 0, SUCCESS
+    try:
+        require_read(principal, "C-FIND")
+        identifier = _identifier(event)
+        with archive.db.read() as session:
+            answers = find_worklist(identifier, principal, session=session)
+        matches = len(answers)
+        for answer in answers:
+            if event.is_cancelled:
+                status = CANCEL
+                yield CANCEL, None
+                return
+            yield PENDING, answer
+    except StorageError as exc:
+        status = exc.status
+        yield failure(exc), None
+    finally:
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        log_event(
+            log,
+            "dimse.worklist",
+            calling_ae=principal.sub,
+            matches=matches,
+            status=f"0x{status:04X}",
+            duration_ms=duration_ms,
+        )
+
+
+def _identifier(event: Event) -> Dataset:
+    """The request identifier, parsed to the last element so a malformed one is a 0xA900 here."""
+    try:
+        identifier = event.identifier
+        for _ in identifier.iterall():
+            pass
+    except Exception as exc:  # pydicom raises many types on malformed bytes; all mean a bad identifier
+        raise InvalidQuery(f"the identifier does not decode ({type(exc).__name__})") from None
+    return identifier

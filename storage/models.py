@@ -160,3 +160,45 @@ class PendingBlob(Base):
     object_key: Mapped[str] = mapped_column(String(128), unique=True)
     owner: Mapped[str] = mapped_column(String(128), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class ScheduledProcedureStep(Base):
+    """A Modality Worklist item (PS3.4 K.6.1): one scheduled step of a requested procedure.
+
+    An integrator fills these over the admin API, so a modality fetches the patient's
+    identity and the order's Study Instance UID instead of having them typed at the console.
+    `org_id` is the performing institution: only its AEs see the step. Names keep their
+    folded form (`storage.charset.fold`) for diacritic-insensitive matching, as studies do.
+    """
+
+    __tablename__ = "scheduled_procedure_steps"
+    __table_args__ = (
+        Index("ix_sps_date_modality", "scheduled_procedure_step_start_date", "modality"),
+        Index("ix_sps_station_date", "scheduled_station_ae_title", "scheduled_procedure_step_start_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    requested_procedure_id: Mapped[str] = mapped_column(String(16), default="")
+    requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16))
+    scheduled_station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_procedure_step_start_date: Mapped[str] = mapped_column(String(8))
+    scheduled_procedure_step_start_time: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_performing_physician_name: Mapped[str] = mapped_column(Text, default="")
+    scheduled_performing_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_name: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
