@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Accept", "Content-Type", "Range"],
             expose_headers=["Warning", "Content-Location", "Content-Range", "Content-Length", "Accept-Ranges"],
             max_age=600,
