@@ -55,6 +55,26 @@ def serve(
     dicom_workers: Annotated[
         int | None, typer.Option(help="SCP processes sharing the DICOM port (env PACS_DICOM_WORKERS, default 1)")
     ] = None,
+    dicom_tls_port: Annotated[
+        int | None, typer.Option(help="DICOM TLS port (env PACS_DICOM_TLS_PORT, default 2762)")
+    ] = None,
+    dicom_tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate (chain) of the DICOM TLS port; turns TLS on (env PACS_DICOM_TLS_CERT)"),
+    ] = None,
+    dicom_tls_key: Annotated[
+        Path | None, typer.Option(help="PEM private key of that certificate, unencrypted (env PACS_DICOM_TLS_KEY)")
+    ] = None,
+    dicom_tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM CA certificate(s): clients must present a certificate it signed (env PACS_DICOM_TLS_CA)"
+        ),
+    ] = None,
+    dicom_tls_only: Annotated[
+        bool | None,
+        typer.Option("--dicom-tls-only/--dicom-plain", help="Close the plain DICOM port (env PACS_DICOM_TLS_ONLY)"),
+    ] = None,
 ) -> None:
     """Run the DICOM SCP and the HTTP gateway together, on embedded defaults unless configured."""
     settings = load_settings(
@@ -64,6 +84,11 @@ def serve(
         http_host=http_host,
         ae_title=ae_title,
         dicom_workers=dicom_workers,
+        dicom_tls_port=dicom_tls_port,
+        dicom_tls_cert=dicom_tls_cert,
+        dicom_tls_key=dicom_tls_key,
+        dicom_tls_ca=dicom_tls_ca,
+        dicom_tls_only=dicom_tls_only,
     )
     configure_logging(settings.log_level)
     _prepare_metrics_dir(settings)

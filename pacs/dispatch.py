@@ -10,6 +10,11 @@ worker with the fewest associations in progress, round-robin among equals. A wor
 byte when it is ready and one when an association ends; end of file on its pair means it
 died, and it is started again unless it died before it was ever ready (it would die again).
 
+Several listening sockets may feed the same workers (the plain DICOM port and the DICOM TLS
+port): each is named by a tag that travels with the connection, and the worker decides what
+the tag means (for TLS, it wraps the socket and shakes hands on the association's own thread,
+so a slow or broken handshake never holds up this loop).
+
 Nothing here knows DICOM: what a worker does with a socket is `pacs/server.py`'s business.
 """
 
@@ -25,7 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from storage.logs import event
 
@@ -35,7 +40,9 @@ READY = b"R"  # worker -> dispatcher: serving from now on
 DONE = b"."  # worker -> dispatcher: one association is over
 
 Address = tuple[str, int]
-Handle = Callable[[socket.socket, Address], None]
+Handle = Callable[[socket.socket, Address, str], None]
+#: (tag, socket): a listening socket and the name its connections are handed off under
+Listener = tuple[str, socket.socket]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -57,12 +64,12 @@ class _Worker:
 
 
 class Dispatcher:
-    """Owns the listening socket and the worker processes `target(channel, *args)`."""
+    """Owns the listening sockets and the worker processes `target(channel, *args)`."""
 
     def __init__(
-        self, listener: socket.socket, target: Callable[..., None], args: tuple[Any, ...], workers: int
+        self, listeners: list[Listener], target: Callable[..., None], args: tuple[Any, ...], workers: int
     ) -> None:
-        self._listener = listener
+        self._listeners = listeners
         self._target, self._args = target, args
         self._context = multiprocessing.get_context("spawn")
         self._selector = selectors.DefaultSelector()
@@ -87,7 +94,8 @@ class Dispatcher:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._listener.close()
+        for _, listener in self._listeners:
+            listener.close()
         for w in self._workers:
             w.process.terminate()
         for w in self._workers:
@@ -109,19 +117,20 @@ class Dispatcher:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             for key, _ in self._selector.select(timeout=0.5):
-                if key.fileobj is self._listener:
-                    self._accept()
-                else:
+                if isinstance(key.data, _Worker):
                     self._read(key.data)
+                else:
+                    self._accept(key.data, cast(socket.socket, key.fileobj))
 
     def _listen_when_ready(self) -> None:
-        """Open the port once no worker is still starting, so that a client finds an SCP there."""
+        """Open the ports once no worker is still starting, so that a client finds an SCP there."""
         if self._listening or any(not w.ready and w.process.is_alive() for w in self._workers):
             return
         if any(w.ready and w.process.is_alive() for w in self._workers):
-            self._listener.listen(128)
-            self._listener.setblocking(False)
-            self._selector.register(self._listener, selectors.EVENT_READ)
+            for tag, listener in self._listeners:
+                listener.listen(128)
+                listener.setblocking(False)
+                self._selector.register(listener, selectors.EVENT_READ, tag)
             self._listening = True
         self._settled.set()
 
@@ -138,19 +147,19 @@ class Dispatcher:
         else:
             worker.active -= message.count(DONE)
 
-    def _accept(self) -> None:
+    def _accept(self, tag: str, listener: socket.socket) -> None:
         try:
-            conn, address = self._listener.accept()
+            conn, address = listener.accept()
         except BlockingIOError:
             return
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
-            self._hand_off(conn, address)
+            self._hand_off(conn, address, tag)
 
-    def _hand_off(self, conn: socket.socket, address: Address) -> None:
+    def _hand_off(self, conn: socket.socket, address: Address, tag: str) -> None:
         while (worker := self._choose()) is not None:
             try:
-                socket.send_fds(worker.channel, [json.dumps(address[:2]).encode()], [conn.fileno()])
+                socket.send_fds(worker.channel, [json.dumps([*address[:2], tag]).encode()], [conn.fileno()])
             except OSError:
                 self._died(worker)
                 continue
@@ -193,12 +202,12 @@ def receive(channel: socket.socket, handle: Handle) -> None:
         message, fds, _, _ = socket.recv_fds(channel, 1024, 1)
         if not message:
             return
-        host, port = json.loads(message)
+        host, port, tag = json.loads(message)
         for fd in fds:
             sock = socket.socket(fileno=fd)
             sock.setblocking(True)
             try:
-                handle(sock, (host, port))
+                handle(sock, (host, port), tag)
             except Exception:  # one connection that cannot be served must not stop the worker
                 log.exception("dimse.dispatch.handle_failed")
                 sock.close()

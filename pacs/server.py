@@ -5,6 +5,10 @@ by the GIL. With one SCP process, `start()` listens on the DICOM port in the ser
 `pacs serve --dicom-workers N` runs N worker processes (`run_worker`) behind a dispatcher
 (`pacs/dispatch.py`) that owns the port and hands each accepted connection to the least busy
 worker; a worker's SCP listens nowhere and serves the sockets it is handed.
+
+DICOM TLS (PS3.15 B.1 with the BCP 195 profiles' TLS 1.2 floor) is a second port served by the
+same AE, or the only one. The handshake is made on the connection's own thread, never on the
+thread that accepts: a client that stalls or fails its handshake delays no one else.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -94,13 +99,62 @@ def configure_pynetdicom() -> None:
     _config.PASS_CONTEXTVARS = True
 
 
-class _ListeningServer(ThreadedAssociationServer):
+PLAIN, TLS = "plain", "tls"  # the two kinds of DICOM port, and the dispatcher's tags for them
+
+
+class _TlsServer(ThreadedAssociationServer):
+    """An SCP whose connections may be TLS: wrapped when accepted, the handshake on their own thread.
+
+    pynetdicom's own `ssl_context` handshakes inside `get_request`, on the one thread that
+    accepts, where a client that never completes its handshake would stop every other client.
+    """
+
+    tls: ssl.SSLContext | None = None
+
+    @staticmethod
+    def context(settings: Settings) -> ssl.SSLContext:
+        """The server side of DICOM TLS; with a CA file, client certificates are required (mutual TLS)."""
+        if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
+            raise ValueError("DICOM TLS needs a certificate and its key (PACS_DICOM_TLS_CERT, PACS_DICOM_TLS_KEY)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195 (PS3.15 B.9): no SSL, TLS 1.0 or 1.1
+        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+        if settings.dicom_tls_ca is not None:
+            context.load_verify_locations(cafile=settings.dicom_tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def wrap(self, sock: socket.socket) -> socket.socket:
+        if self.tls is None:
+            return sock
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, address: tuple[str, int]) -> bool:
+        sock.settimeout(self.ae.acse_timeout)  # the time a peer has to ask for its association
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:  # SSLError and timeouts are OSErrors
+            ASSOCIATIONS.labels("tls_failed").inc()
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            event(log, "dimse.tls.failed", level=logging.WARNING, peer=f"{address[0]}:{address[1]}", reason=reason)
+            self.shutdown_request(sock)
+            return False
+        sock.settimeout(None)
+        return True
+
+
+class _ListeningServer(_TlsServer):
     """The single-process SCP: listens itself, Nagle off on every accepted connection."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, address
+        return self.wrap(sock), address
 
 
 class _WholeAssociationHandler(RequestHandler):
@@ -117,7 +171,7 @@ class _WholeAssociationHandler(RequestHandler):
         self.assoc.join()
 
 
-class _HandedOffServer(ThreadedAssociationServer):
+class _HandedOffServer(_TlsServer):
     """A worker's SCP: serves the sockets the dispatcher hands it and listens nowhere.
 
     socketserver needs a bound socket, so it binds 127.0.0.1:0 but never listens on it.
@@ -139,15 +193,31 @@ class _HandedOffServer(ThreadedAssociationServer):
 
 @dataclass
 class RunningScp:
-    server: ThreadedAssociationServer
+    """The SCP of a single-process server: one AE listening on the plain port, the TLS port, or both."""
+
+    servers: dict[str, ThreadedAssociationServer]
     archive: Archive
 
     @property
+    def server(self) -> ThreadedAssociationServer:
+        return self.servers.get(PLAIN) or self.servers[TLS]
+
+    @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        if PLAIN not in self.servers:
+            raise LookupError("the plain DICOM port is off (PACS_DICOM_TLS_ONLY)")
+        return int(self.servers[PLAIN].server_address[1])
+
+    @property
+    def tls_port(self) -> int:
+        if TLS not in self.servers:
+            raise LookupError("DICOM TLS is off (no PACS_DICOM_TLS_CERT / PACS_DICOM_TLS_KEY)")
+        return int(self.servers[TLS].server_address[1])
 
     def shutdown(self) -> None:
-        self.server.shutdown()  # also closes the socket and deregisters from the AE
+        commitment.stop(self.server.ae)  # storage commitment reports still waiting to be retried
+        for server in self.servers.values():
+            server.shutdown()  # also closes the socket and deregisters from the AE
 
 
 def build_ae(settings: Settings) -> AE:
@@ -218,22 +288,40 @@ def _on_closed(e: evt.Event, how: str) -> None:
     )
 
 
-def start(settings: Settings, archive: Archive, *, port: int | None = None) -> RunningScp:
-    """Listen in background threads; return at once (tests bind port 0 and read `.port`)."""
+def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_port: int | None = None) -> RunningScp:
+    """Listen in background threads; return at once (tests bind port 0 and read `.port`, `.tls_port`)."""
     configure_pynetdicom()
-    ae = build_ae(settings)
-    address = (settings.dicom_host, settings.dicom_port if port is None else port)
-    server = ae.make_server(address, evt_handlers=_handlers(archive), server_class=_ListeningServer)
-    ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
-    thread = threading.Thread(target=server.serve_forever, name=f"scp:{address[1]}", daemon=True)
-    thread.start()
-    return RunningScp(server=server, archive=archive)
+    ae = build_ae(settings)  # one AE for both ports: one set of handlers, one association limit
+    ports: dict[str, tuple[int, ssl.SSLContext | None]] = {}
+    if not settings.dicom_tls_only:
+        ports[PLAIN] = (settings.dicom_port if port is None else port, None)
+    if settings.dicom_tls:
+        ports[TLS] = (settings.dicom_tls_port if tls_port is None else tls_port, _TlsServer.context(settings))
+    servers: dict[str, ThreadedAssociationServer] = {}
+    for kind, (number, tls) in ports.items():
+        server = cast(
+            _ListeningServer,
+            ae.make_server(
+                (settings.dicom_host, number), evt_handlers=_handlers(archive), server_class=_ListeningServer
+            ),
+        )
+        server.tls = tls
+        ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
+        name = f"scp:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        servers[kind] = server
+    return RunningScp(servers=servers, archive=archive)
 
 
 def start_workers(settings: Settings) -> dispatch.Dispatcher:
-    """`--dicom-workers N`: N SCP processes behind a dispatcher that owns the DICOM port."""
-    listener = dispatch.bind(settings.dicom_host, settings.dicom_port)
-    dispatcher = dispatch.Dispatcher(listener, run_worker, (settings, os.getpid()), settings.dicom_workers)
+    """`--dicom-workers N`: N SCP processes behind a dispatcher that owns the DICOM port(s)."""
+    listeners: list[dispatch.Listener] = []
+    if not settings.dicom_tls_only:
+        listeners.append((PLAIN, dispatch.bind(settings.dicom_host, settings.dicom_port)))
+    if settings.dicom_tls:
+        _TlsServer.context(settings)  # a bad certificate or key fails `pacs serve` here, not in every worker
+        listeners.append((TLS, dispatch.bind(settings.dicom_host, settings.dicom_tls_port)))
+    dispatcher = dispatch.Dispatcher(listeners, run_worker, (settings, os.getpid()), settings.dicom_workers)
     dispatcher.start()
     return dispatcher
 
@@ -251,12 +339,13 @@ def _handed_off_server(settings: Settings, archive: Archive, channel: socket.soc
     )
     server.server_address = (settings.dicom_host, settings.dicom_port)  # what the acceptor reports
     server.on_done = lambda: dispatch.done(channel)
+    server.tls = _TlsServer.context(settings) if settings.dicom_tls else None
     return server
 
 
 def _serve_handed_off(server: _HandedOffServer, channel: socket.socket, stop: threading.Event) -> None:
-    def handle(sock: socket.socket, address: tuple[str, int]) -> None:
-        server.process_request(sock, address)
+    def handle(sock: socket.socket, address: tuple[str, int], kind: str) -> None:
+        server.process_request(server.wrap(sock) if kind == TLS else sock, address)
         server.service_actions()  # pynetdicom's periodic collection of finished associations
 
     try:
@@ -280,6 +369,7 @@ def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> N
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:  # the server died without stopping us
             break
+    commitment.stop(server.ae)
     for assoc in server.ae.active_associations:
         assoc.abort()
     server.server_close()

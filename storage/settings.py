@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     dicom_workers: int = Field(default=1, ge=1, le=64)
     max_pdu: int = Field(default=1_048_576, ge=0)
     max_associations: int = Field(default=64, ge=1)
+    #: DICOM TLS (PS3.15 B.1, BCP 195): on when a certificate and its key are given; 2762 is
+    #: DICOM's registered port for it. A CA file makes client certificates required (mutual TLS).
+    dicom_tls_port: int = Field(default=2762, ge=0, le=65535)
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    dicom_tls_only: bool = False
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -81,6 +88,30 @@ class Settings(BaseSettings):
             raise ValueError("PACS_STORAGE_URL must start with file:// or s3://")
         return value
 
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _absolute(cls, value: object) -> object:
+        # An empty variable means unset; a relative path is made absolute so that worker
+        # processes and the log name one file wherever they run from.
+        if value is None or value == "":
+            return None
+        return Path(str(value)).expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        # A half-configured TLS port would come up without the protection the operator asked for,
+        # or not come up at all hours later: refuse the configuration at start instead.
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("DICOM TLS needs both PACS_DICOM_TLS_CERT and PACS_DICOM_TLS_KEY")
+        if not self.dicom_tls and (self.dicom_tls_ca is not None or self.dicom_tls_only):
+            raise ValueError("PACS_DICOM_TLS_CA and PACS_DICOM_TLS_ONLY need a certificate and key")
+        for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file {path} does not exist")
+        if self.dicom_tls and not self.dicom_tls_only and self.dicom_tls_port == self.dicom_port != 0:
+            raise ValueError("the DICOM TLS port must differ from the plain DICOM port")
+        return self
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         data_dir = self.data_dir.expanduser().resolve()
@@ -98,6 +129,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the SCP also listens with TLS."""
+        return self.dicom_tls_cert is not None
 
     @property
     def run_dir(self) -> Path:
