@@ -114,8 +114,12 @@ def serve(
     create_app = import_from_string("gateway.app:create_app")
     web = create_app(settings, archive)
     out.print(f"[bold]Municipal PACS[/bold]  data: {settings.data_dir}")
+    listens = [] if settings.dicom_tls_only else [f"{settings.dicom_host}:{settings.dicom_port}"]
+    if settings.dicom_tls:
+        mutual = ", client certificates required" if settings.dicom_tls_ca else ""
+        listens.append(f"{settings.dicom_host}:{settings.dicom_tls_port} (TLS{mutual})")
     out.print(
-        f"  DICOM  {settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
+        f"  DICOM  {settings.ae_title} on {', '.join(listens)}"
         f" ({settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''})"
     )
     out.print(f"  HTTP   {settings.public_url}  (DICOMweb {settings.public_url}/dicomweb, /healthz /readyz /metrics)")
