@@ -1,18 +1,271 @@
-"""C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root query, and the Modality Worklist.
+"""C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root queries; the Modality Worklist is routed on.
 
-STUB: to be written ([3/7]).
+The handler only translates. The identifier becomes a `storage.queries.Query` (`parse`), every
+match is read by `storage.queries.search_all` from the index (one statement fetched in batches,
+never a blob), and each becomes a pending response with exactly the requested keys, plus
+QueryRetrieveLevel and RetrieveAETitle (`answer`). Matching is QIDO-RS's: same keys, same rules.
+
+Unique keys above the query level must be single UIDs when present (PS3.4 C.4.1.2.1); when they
+are absent the search spans every visible study, as relational queries do, since most SCUs
+send series and instance queries without them. The requester's Specific Character Set decodes
+its values (refused if unknown or if a value does not decode in it); answers are in UTF-8
+(ISO_IR 192) as soon as one text value is not ASCII.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import select
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
+from pacs import worklist
+from pacs.policy import principal_for
+from pacs.status import failure
+from storage.access import Principal, require_read
 from storage.archive import Archive
+from storage.charset import TEXT_VRS, check_decodes, python_encodings
+from storage.dicomjson import element_vr
+from storage.errors import NotAuthorized, StorageError
+from storage.logs import event as log_event
+from storage.matching import InvalidQuery
+from storage.queries import IMAGE, PATIENT, SERIES, STUDY, Query, keyword, search_all
+
+log = logging.getLogger(__name__)
+
+PENDING, PENDING_WARNING, CANCEL, SUCCESS = 0xFF00, 0xFF01, 0xFE00, 0x0000
+#: information model -> its levels, top down (PS3.4 Tables C.6.1-1 and C.6.2-1)
+MODELS = {
+    PatientRootQueryRetrieveInformationModelFind: ("PATIENT", (PATIENT, STUDY, SERIES, IMAGE)),
+    StudyRootQueryRetrieveInformationModelFind: ("STUDY", (STUDY, SERIES, IMAGE)),
+}
+#: the unique key of each level (PS3.4 C.6.1.1)
+UNIQUE = {PATIENT: "00100020", STUDY: "0020000D", SERIES: "0020000E", IMAGE: "00080018"}
+#: responses pynetdicom may hold unsent before the handler waits (each is two P-DATA primitives)
+BACKLOG = 64
+#: answers between two looks at the network (a look releases the GIL, which costs a thread switch)
+PACE_EVERY = 16
+#: the longest a handler waits for the network before it goes on anyway
+PACE_TIMEOUT = 2.0
+#: identifier elements that are not keys: the level, the character set, and what every answer has
+_NOT_KEYS = frozenset({Tag(0x00080005), Tag(0x00080052), Tag(0x00080054)})
 
 
-def handle(event: Event, archive: Archive) -> Iterator[tuple[int, Any]]:
-    del event, archive
-    yield 0xC000, None
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed C-FIND identifier: the search, and what its answers must echo."""
+
+    query: Query
+    charset: Any = None  # the requester's (0008,0005), echoed on ASCII answers
+    sequences: dict[str, frozenset[str]] = field(default_factory=dict)  # sequence -> its item's keys
+
+
+@dataclass
+class _Outcome:
+    """What the one log line of a C-FIND says."""
+
+    level: str = ""
+    matches: int = 0
+    status: int = SUCCESS
+
+
+def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Answer one C-FIND request.
+
+    Yields
+    ------
+    (status, identifier)
+        0xFF00 (0xFF01 when a key was matched universally) with each match, 0xFE00 on
+        C-CANCEL, or a failure status dataset with an Error Comment: 0x0124 for a calling AE
+        that is not registered, 0xA900 for an identifier that cannot be searched.
+    """
+    sop_class = event.request.AffectedSOPClassUID
+    if sop_class == ModalityWorklistInformationFind:
+        yield from worklist.find(event, archive)
+        return
+    started, principal = time.perf_counter(), principal_for(event.assoc, archive)
+    model, levels = MODELS[sop_class]
+    outcome = _Outcome()
+    try:
+        require_read(principal, "C-FIND")
+        request = parse(event.identifier, levels)
+        outcome.level = request.query.level
+        with archive.db.read() as session:
+            found = search_all(request.query, principal, session=session)
+            pending = PENDING_WARNING if found.ignored else PENDING
+            for match in found.matches:
+                if outcome.matches % PACE_EVERY == 0:
+                    _keep_pace(event.assoc)
+                if event.is_cancelled:
+                    outcome.status = CANCEL
+                    yield CANCEL, None
+                    return
+                yield pending, answer(match, request, archive.settings.ae_title)
+                outcome.matches += 1
+    except StorageError as exc:
+        outcome.status = exc.status
+        if isinstance(exc, NotAuthorized):
+            log_event(log, "dimse.find.refused", level=logging.WARNING, calling_ae=principal.sub, reason=exc.detail)
+        yield failure(exc), None
+    finally:
+        _log(principal, model, outcome, started)
+
+
+def parse(identifier: Dataset, levels: tuple[str, ...]) -> Request:
+    """The C-FIND identifier as a query (PS3.4 C.4.1.1.3.1): empty keys return, others match.
+
+    Raises
+    ------
+    InvalidQuery
+        QueryRetrieveLevel is missing or not a level of the model, or a unique key above the
+        level is not a single UID.
+    BadCharset
+        The Specific Character Set is unknown, or a text value does not decode in it.
+    """
+    charset = _checked_charset(identifier)
+    level = str(identifier.get("QueryRetrieveLevel") or "").strip()
+    if level not in levels:
+        # the Error Comment is an LO: at most 64 characters
+        what = f"{level!r} is not in {'/'.join(levels)}" if level else "(0008,0052) is missing"
+        raise InvalidQuery(f"QueryRetrieveLevel {what}")
+    keys: dict[str, str] = {}
+    include: set[str] = set()
+    sequences: dict[str, frozenset[str]] = {}
+    for elem in identifier:  # decoded in the identifier's own character set
+        if elem.tag.group < 0x0008 or elem.tag in _NOT_KEYS or elem.tag.is_private:
+            continue
+        tag = f"{elem.tag:08X}"
+        if elem.VR == "SQ":
+            include.add(tag)
+            sequences[tag] = _sequence_keys(elem, tag, keys)
+        else:
+            keys[tag] = _text(elem)
+    for above in levels[: levels.index(level)]:
+        _single_uid(keys, UNIQUE[above])
+    query = Query(level, keys, frozenset(include), only_requested=True)
+    return Request(query, charset, sequences)
+
+
+def answer(match: dict[str, Any], request: Request, ae_title: str) -> Dataset:
+    """One pending identifier: the requested keys of a match, its level and where to retrieve it."""
+    for tag, sub_keys in request.sequences.items():
+        if sub_keys and match.get(tag, {}).get("Value"):  # only the item keys the request named
+            items = [{k: v for k, v in item.items() if k in sub_keys} for item in match[tag]["Value"]]
+            match[tag] = {"vr": "SQ", "Value": items}
+    ds = Dataset.from_json(match)
+    ds.QueryRetrieveLevel = request.query.level
+    ds.RetrieveAETitle = ae_title
+    if not orjson.dumps(match).isascii():
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    elif request.charset:
+        ds.SpecificCharacterSet = request.charset
+    return ds
+
+
+def _checked_charset(identifier: Dataset) -> Any:
+    """Refuse an unknown character set, or text bytes that do not decode strictly in it."""
+    raw = identifier.get_item(0x00080005)
+    charset = identifier.SpecificCharacterSet if raw is not None else None
+    encodings = python_encodings(charset)
+    for elem in identifier.elements():
+        value = elem.value
+        if isinstance(value, bytes) and value and element_vr(elem) in TEXT_VRS:
+            check_decodes(value, encodings, keyword(f"{elem.tag:08X}"))
+    return charset
+
+
+def _text(elem: DataElement) -> str:
+    """A key's value as sent, multiple values joined by backslashes (as matching expects)."""
+    value = elem.value
+    if value is None or isinstance(value, bytes | bytearray):
+        return "" if not value else value.decode("ascii", "replace")
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join("" if v is None else str(v) for v in value)
+    return str(value)
+
+
+def _sequence_keys(elem: DataElement, tag: str, keys: dict[str, str]) -> frozenset[str]:
+    """The item keys of a sequence key (PS3.4 C.2.2.2.6), for the answer.
+
+    Sequence matching is not supported: a non-empty item key becomes a ``tag.item`` key, which
+    the search reports as matched universally (0xFF01), as QIDO-RS reports sequence paths.
+    """
+    if not elem.value:
+        return frozenset()
+    item = elem.value[0]
+    for sub in item:
+        value = "" if sub.VR == "SQ" else _text(sub)
+        if value.strip(" *"):
+            keys[f"{tag}.{sub.tag:08X}"] = value
+    return frozenset(f"{sub.tag:08X}" for sub in item)
+
+
+def _single_uid(keys: dict[str, str], tag: str) -> None:
+    value = keys.get(tag, "").strip(" \x00")
+    if tag == UNIQUE[PATIENT] or not value:
+        return  # PatientID is matched like any key; an absent UID searches relationally
+    if len(re.split(r"[\\,]", value)) > 1:
+        raise InvalidQuery(f"{keyword(tag)} above the level must be a single UID")  # PS3.4 C.4.1.2.1
+
+
+def _keep_pace(assoc: Any) -> None:
+    """Wait before the next answer while pynetdicom has many queued or the peer has spoken.
+
+    pynetdicom queues every response in memory, and its reactor reads from the peer (where a
+    C-CANCEL arrives) only when that queue is empty. Unpaced, a long answer would be encoded
+    in full ahead of the network and its C-CANCEL read only after the last match.
+    """
+    dul = assoc.dul
+    deadline = time.monotonic() + PACE_TIMEOUT
+    while assoc.is_established and time.monotonic() < deadline:
+        if dul.to_provider_queue.qsize() <= 2 * BACKLOG and not _peer_spoke(dul):
+            return
+        time.sleep(0.0005)
+
+
+def _peer_spoke(dul: Any) -> bool:
+    """Whether bytes from the peer wait unread (a select on the socket, without side effects)."""
+    sock = getattr(dul.socket, "socket", None)
+    if sock is None:
+        return False
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(ready)
+
+
+def _log(principal: Principal, model: str, outcome: _Outcome, started: float) -> None:
+    status: int | str = outcome.status
+    raised = sys.exc_info()[0]
+    if raised is GeneratorExit and status == SUCCESS:
+        status = "aborted"  # closed before its end: the association went away while answering
+    elif raised is not None and raised is not GeneratorExit:
+        status = 0xC311  # pynetdicom answers a handler crash with it
+    log_event(
+        log,
+        "dimse.find",
+        calling_ae=principal.sub,
+        model=model,
+        query_level=outcome.level,  # `level` is the log level of storage.logs.event
+        matches=outcome.matches,
+        status=status if isinstance(status, str) else f"0x{status:04X}",
+        cancelled=status == CANCEL,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )

@@ -1,28 +1,35 @@
-"""Study, series and instance search over the index (PS3.18 10.6 Search Transaction, PS3.4 C.6).
+"""Patient, study, series and instance search over the index (PS3.18 10.6, PS3.4 C.6.1, C.6.2).
 
 A `Query` says what to match and what to return, in DICOM terms (tags and values as sent),
 whoever asked: QIDO-RS builds it from URL parameters, C-FIND from its identifier. The search
 functions turn its keys into SQL on indexed columns (`storage.matching`), apply the caller's
-visibility (`storage.access.visible_to`), page the rows in a fixed order, and answer DICOM JSON
-(PS3.18 F.2) built from what ingest kept: the study and series attributes of their first
-instance, each instance's JSON without bulk data, and the counts ingest maintains. No blob is
-ever opened.
+visibility (`storage.access.visible_to`), order the rows, and answer DICOM JSON (PS3.18 F.2)
+built from what ingest kept: the patient identity, the study and series attributes of their
+first instance, each instance's JSON without bulk data, and the counts ingest maintains. No
+blob is ever opened.
+
+QIDO-RS reads one page (`search`, at most `MAX_RESULTS`); C-FIND reads every match
+(`search_all`) from one statement fetched in batches, so a long answer costs neither a query
+per match nor the memory of all of them, and the caller can stop between matches (C-CANCEL).
+The computed attributes of PS3.4 C.3.4 that are not kept on the row (SOPClassesInStudy,
+NumberOfPatientRelated*) cost one query per batch, and only when they are asked for.
 
 A key this archive cannot match on (a valid attribute with no index column, or a sequence
 path) is matched universally, as PS3.4 C.2.2.2.3 does for unsupported optional keys: it is
-returned when available and reported in `SearchResult.ignored`, so the edge can warn.
+returned when available and reported in `ignored`, so the edge can warn (QIDO-RS Warning 299,
+C-FIND 0xFF01).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Row, select
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from sqlalchemy import ColumnElement, Result, Row, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from storage import matching as m
@@ -31,10 +38,12 @@ from storage.errors import NotFound
 from storage.matching import InvalidQuery
 from storage.models import Instance, PatientIdentity, Series, Study
 
-STUDY, SERIES, IMAGE = "STUDY", "SERIES", "IMAGE"
-_DEPTH = {STUDY: 0, SERIES: 1, IMAGE: 2}
+PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
+_DEPTH = {PATIENT: -1, STUDY: 0, SERIES: 1, IMAGE: 2}
 #: answers are cut here whatever the caller asks (PS3.18 8.3.4.4)
 MAX_RESULTS = 1000
+#: rows fetched at a time when every match is read (C-FIND)
+BATCH = 500
 
 Builder = Callable[[str, bool], ColumnElement[bool] | None]
 
@@ -47,6 +56,12 @@ def _name(column: Any) -> Builder:
     return lambda value, fuzzy: m.person_name(column, value, fuzzy=fuzzy)
 
 
+def _issuer(column: Any, value: str) -> ColumnElement[bool] | None:
+    """IssuerOfPatientID matches only identities whose issuer the sender gave (not an org or AE)."""
+    expr = m.string(column, value)
+    return None if expr is None else and_(PatientIdentity.issuer_kind == "dicom", expr)
+
+
 def _patient(column: Any, fn: Callable[[Any, str], ColumnElement[bool] | None]) -> Builder:
     """A key kept on the patient identity of the study, not on the study row."""
 
@@ -57,7 +72,7 @@ def _patient(column: Any, fn: Callable[[Any, str], ColumnElement[bool] | None]) 
     return build
 
 
-#: tag -> (level, SQL builder): the keys this archive matches on
+#: tag -> (level, SQL builder): the keys this archive matches on at STUDY level and below
 MATCH_KEYS: dict[str, tuple[str, Builder]] = {
     "00080020": (STUDY, _plain(Study.study_date, m.date)),
     "00080030": (STUDY, _plain(Study.study_time, m.time)),
@@ -67,6 +82,7 @@ MATCH_KEYS: dict[str, tuple[str, Builder]] = {
     "00081030": (STUDY, _plain(Study.description, m.string)),
     "00100010": (STUDY, _name(Study.patient_name_folded)),
     "00100020": (STUDY, _plain(Study.patient_id, m.string)),
+    "00100021": (STUDY, _patient(PatientIdentity.issuer, _issuer)),
     "00100030": (STUDY, _patient(PatientIdentity.birth_date, m.date)),
     "00100040": (STUDY, _patient(PatientIdentity.sex, m.string)),
     "0020000D": (STUDY, _plain(Study.study_uid, m.uid_list)),
@@ -85,6 +101,14 @@ MATCH_KEYS: dict[str, tuple[str, Builder]] = {
     "00280010": (IMAGE, _plain(Instance.rows, m.integer)),
     "00280011": (IMAGE, _plain(Instance.columns, m.integer)),
 }
+#: the keys matched at PATIENT level (PS3.4 Table C.6-1), on the patient identity
+PATIENT_KEYS: dict[str, tuple[str, Builder]] = {
+    "00100010": (PATIENT, _name(PatientIdentity.patient_name_folded)),
+    "00100020": (PATIENT, _plain(PatientIdentity.patient_id, m.string)),
+    "00100021": (PATIENT, _plain(PatientIdentity.issuer, _issuer)),
+    "00100030": (PATIENT, _plain(PatientIdentity.birth_date, m.date)),
+    "00100040": (PATIENT, _plain(PatientIdentity.sex, m.string)),
+}
 
 #: PS3.18 Table 10.6.3-3, plus Study Description, which every viewer's study list shows
 STUDY_DEFAULTS = frozenset(
@@ -101,6 +125,14 @@ INSTANCE_DEFAULTS = frozenset(
     "00080005 00080016 00080018 00080056 00080201 00081190 0020000D 0020000E 00200013 "
     "00280008 00280010 00280011 00280100".split()
 )
+#: attributes of the Patient IE that a study's kept attributes may hold (PATIENT level answers)
+_PATIENT_TAGS = frozenset(
+    "00100010 00100020 00100021 00100024 00100030 00100032 00100040 00101000 00101001 00101002 "
+    "00101040 00102160 00104000".split()
+)
+_SOP_CLASSES = "00080062"  # SOPClassesInStudy
+_PATIENT_COUNTS = frozenset({"00201200", "00201202", "00201204"})  # NumberOfPatientRelated*
+_IDENTITY_TAGS = frozenset(PATIENT_KEYS) | _PATIENT_COUNTS  # what a PATIENT row answers by itself
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 
@@ -111,7 +143,9 @@ class Query:
     `keys` maps tags (8 upper-case hex digits, as in DICOM JSON) to values as sent; an empty
     value is a return key only (Universal Matching). `include` adds return keys, `include_all`
     asks for every attribute kept (bulk data excepted). `study_uid` / `series_uid` scope the
-    search to one study or series (the QIDO-RS path, or C-FIND's unique keys above the level).
+    search to one study or series (the QIDO-RS path). `only_requested` is C-FIND's answer
+    shape (PS3.4 C.4.1.1.3.2): exactly the keys and `include`, an unknown value as an empty
+    element, none of QIDO-RS's default attributes.
     """
 
     level: str
@@ -121,6 +155,7 @@ class Query:
     fuzzy: bool = False
     study_uid: str | None = None
     series_uid: str | None = None
+    only_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +165,26 @@ class SearchResult:
     matches: list[dict[str, Any]]
     more: bool
     ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """Every match of a query, read as the caller iterates, and the keys matched universally."""
+
+    matches: Iterator[dict[str, Any]]
+    ignored: tuple[str, ...] = ()
+
+
+Build = Callable[[Session, list[Row[Any]]], Iterator[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The statement of a search and how a batch of its rows becomes DICOM JSON, row by row."""
+
+    stmt: Any
+    build: Build
+    ignored: tuple[str, ...]
 
 
 def attribute_tag(name: str) -> str:
@@ -158,6 +213,30 @@ def keyword(tag: str) -> str:
     return ".".join(keyword_for_tag(int(t, 16)) or t for t in tag.split("."))
 
 
+def search_patients(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """Patients with at least one study `principal` may see (PS3.4 C.6.1.1.2 PATIENT level).
+
+    A patient is one institution's identity (issuer, patient ID): the archive does not merge
+    identities here, the patient index links them. Its name, birth date and sex are those of
+    its first stored instance; NumberOfPatientRelatedStudies/Series/Instances count only the
+    visible studies. Ordered by name.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched.
+    """
+    return _page(session, _patients(query, principal, session, base_url), limit, offset)
+
+
 def search_studies(
     query: Query,
     principal: Principal,
@@ -177,23 +256,7 @@ def search_studies(
     InvalidQuery
         A key's value cannot be matched (a malformed date range, an invalid UID...).
     """
-    filters, ignored = _filters(query, STUDY)
-    stmt = (
-        select(Study.study_uid, Study.attrs_json, Study.modalities, Study.num_series, Study.num_instances)
-        .where(visible_to(principal), *filters)
-        .order_by(Study.study_date.desc(), Study.id.desc())
-    )
-    if query.study_uid is not None:
-        stmt = stmt.where(Study.study_uid == query.study_uid)
-    rows, more = _page(session, stmt, limit, offset)
-    wanted = _wanted(query, STUDY_DEFAULTS)
-    out = []
-    for row in rows:
-        attrs = orjson.loads(row.attrs_json)
-        attrs.update(_study_computed(row))
-        _set(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
-        out.append(_select(attrs, wanted, query.include_all))
-    return SearchResult(out, more, ignored)
+    return _page(session, _studies(query, principal, session, base_url), limit, offset)
 
 
 def search_series(
@@ -218,37 +281,7 @@ def search_series(
     NotFound
         The study of the scope does not exist or `principal` may not see it.
     """
-    filters, ignored = _filters(query, SERIES)
-    stmt = select(
-        Series.series_uid,
-        Series.attrs_json,
-        Series.num_instances.label("series_instances"),
-        Study.study_uid,
-        Study.attrs_json.label("study_json"),
-        Study.modalities,
-        Study.num_series,
-        Study.num_instances,
-    ).join(Study, Study.id == Series.study_id)
-    stmt = stmt.where(visible_to(principal), *filters)
-    order: list[Any] = [Series.series_number.asc().nulls_last(), Series.id]
-    if query.study_uid is not None:
-        stmt = stmt.where(Series.study_id == _study_pk(session, principal, query.study_uid))
-    else:
-        order = [Study.study_date.desc(), Study.id.desc(), *order]
-    rows, more = _page(session, stmt.order_by(*order), limit, offset)
-    defaults = SERIES_DEFAULTS | (STUDY_DEFAULTS if query.study_uid is None else frozenset())
-    wanted = _wanted(query, defaults)
-    out = []
-    for row in rows:
-        attrs = orjson.loads(row.study_json)
-        attrs.update(_study_computed(row))
-        attrs.update(orjson.loads(row.attrs_json))
-        _set(attrs, "0020000D", "UI", row.study_uid)
-        _set(attrs, "00201209", "IS", row.series_instances)
-        url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}" if base_url else None
-        _set(attrs, "00081190", "UR", url)
-        out.append(_select(attrs, wanted, query.include_all))
-    return SearchResult(out, more, ignored)
+    return _page(session, _series(query, principal, session, base_url), limit, offset)
 
 
 def search_instances(
@@ -273,14 +306,179 @@ def search_instances(
     NotFound
         The study or series of the scope does not exist or `principal` may not see it.
     """
+    return _page(session, _instances(query, principal, session, base_url), limit, offset)
+
+
+def search(
+    query: Query,
+    principal: Principal,
+    *,
+    session: Session,
+    limit: int | None = None,
+    offset: int = 0,
+    base_url: str = "",
+) -> SearchResult:
+    """One page of matches at `query.level` (PATIENT, STUDY, SERIES, IMAGE)."""
+    plan = _PLANNERS[query.level](query, principal, session, base_url)
+    return _page(session, plan, limit, offset)
+
+
+def search_all(query: Query, principal: Principal, *, session: Session, batch: int = BATCH) -> Matches:
+    """Every match at `query.level`, for C-FIND, which has no page size (PS3.4 C.4.1.3.1).
+
+    The statement runs at once (so a database failure is raised here) and is fetched `batch`
+    rows at a time (a server-side cursor on PostgreSQL) as `matches` is iterated, inside the
+    caller's session, which must stay open until then; stopping early costs nothing more.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched.
+    """
+    plan = _PLANNERS[query.level](query, principal, session, "")
+    result = session.execute(plan.stmt, execution_options={"yield_per": batch})
+    return Matches(_stream(session, plan, result), plan.ignored)
+
+
+def _stream(session: Session, plan: _Plan, result: Result[Any]) -> Iterator[dict[str, Any]]:
+    try:
+        for rows in result.partitions():
+            yield from plan.build(session, list(rows))
+    finally:
+        result.close()
+
+
+def _page(session: Session, plan: _Plan, limit: int | None, offset: int) -> SearchResult:
+    size = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
+    if size < 0 or offset < 0:
+        raise InvalidQuery("limit and offset must not be negative")
+    rows = list(session.execute(plan.stmt.limit(size + 1).offset(offset)).all())
+    return SearchResult(list(plan.build(session, rows[:size])), len(rows) > size, plan.ignored)
+
+
+# ----- one plan per level ------------------------------------------------------------------
+
+
+def _patients(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+    del session, base_url
+    filters, ignored = _filters(query, PATIENT)
+    has_visible_study = exists().where(Study.identity_id == PatientIdentity.id, visible_to(principal))
+    stmt = (
+        select(
+            PatientIdentity.id.label("identity_id"),
+            PatientIdentity.issuer_kind,
+            PatientIdentity.issuer,
+            PatientIdentity.patient_id,
+            PatientIdentity.patient_name,
+            PatientIdentity.birth_date,
+            PatientIdentity.sex,
+        )
+        .where(has_visible_study, *filters)
+        .order_by(PatientIdentity.patient_name_folded, PatientIdentity.id)
+    )
+    wanted = _wanted(query, _IDENTITY_TAGS)
+    empties = _empties(query, wanted)
+
+    def build(session: Session, rows: list[Row[Any]]) -> Iterator[dict[str, Any]]:
+        totals = _patient_totals(session, principal, {r.identity_id for r in rows})
+        # attributes beyond the identity's columns come from the patient's latest visible study
+        latest = {identity: t[3] for identity, t in totals.items()}
+        kept = _study_attrs(session, latest.values()) if rows and wanted - _IDENTITY_TAGS else {}
+        for row in rows:
+            stored = kept.get(latest.get(row.identity_id, -1), {})
+            attrs = {tag: stored[tag] for tag in _PATIENT_TAGS & stored.keys()}
+            attrs.update(_identity_attrs(row))
+            attrs.update(_patient_counts(*totals.get(row.identity_id, (0, 0, 0, 0))[:3]))
+            yield _select(attrs, wanted, query, empties)
+
+    return _Plan(stmt, build, ignored)
+
+
+def _studies(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+    del session
+    filters, ignored = _filters(query, STUDY)
+    stmt = (
+        select(
+            Study.id.label("study_pk"),
+            Study.identity_id,
+            Study.study_uid,
+            Study.attrs_json,
+            Study.modalities,
+            Study.num_series,
+            Study.num_instances,
+        )
+        .where(visible_to(principal), *filters)
+        .order_by(Study.study_date.desc(), Study.id.desc())
+    )
+    if query.study_uid is not None:
+        stmt = stmt.where(Study.study_uid == query.study_uid)
+    wanted = _wanted(query, STUDY_DEFAULTS)
+    empties = _empties(query, wanted)
+
+    def build(session: Session, rows: list[Row[Any]]) -> Iterator[dict[str, Any]]:
+        computed = _computed(session, principal, rows, wanted)
+        for row in rows:
+            attrs = orjson.loads(row.attrs_json)
+            attrs.update(_study_computed(row))
+            attrs.update(computed(row))
+            _set(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
+            yield _select(attrs, wanted, query, empties)
+
+    return _Plan(stmt, build, ignored)
+
+
+def _series(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+    filters, ignored = _filters(query, SERIES)
+    stmt = select(
+        Series.series_uid,
+        Series.attrs_json,
+        Series.num_instances.label("series_instances"),
+        Study.id.label("study_pk"),
+        Study.identity_id,
+        Study.study_uid,
+        Study.attrs_json.label("study_json"),
+        Study.modalities,
+        Study.num_series,
+        Study.num_instances,
+    ).join(Study, Study.id == Series.study_id)
+    stmt = stmt.where(visible_to(principal), *filters)
+    order: list[Any] = [Series.series_number.asc().nulls_last(), Series.id]
+    if query.study_uid is not None:
+        stmt = stmt.where(Series.study_id == _study_pk(session, principal, query.study_uid))
+    else:
+        order = [Study.study_date.desc(), Study.id.desc(), *order]
+    defaults = SERIES_DEFAULTS | (STUDY_DEFAULTS if query.study_uid is None else frozenset())
+    wanted = _wanted(query, defaults)
+    empties = _empties(query, wanted)
+
+    def build(session: Session, rows: list[Row[Any]]) -> Iterator[dict[str, Any]]:
+        computed = _computed(session, principal, rows, wanted)
+        for row in rows:
+            attrs = orjson.loads(row.study_json)
+            attrs.update(_study_computed(row))
+            attrs.update(computed(row))
+            attrs.update(orjson.loads(row.attrs_json))
+            _set(attrs, "0020000D", "UI", row.study_uid)
+            _set(attrs, "00201209", "IS", row.series_instances)
+            url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}" if base_url else None
+            _set(attrs, "00081190", "UR", url)
+            yield _select(attrs, wanted, query, empties)
+
+    return _Plan(stmt.order_by(*order), build, ignored)
+
+
+def _instances(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
     filters, ignored = _filters(query, IMAGE)
     stmt = (
         select(
             Instance.sop_uid,
             Instance.dicom_json,
             Instance.number_of_frames,
+            Instance.transfer_syntax_uid,
             Series.series_uid,
             Series.num_instances.label("series_instances"),
+            Study.id.label("study_pk"),
+            Study.identity_id,
             Study.study_uid,
             Study.modalities,
             Study.num_series,
@@ -303,44 +501,48 @@ def search_instances(
             defaults |= SERIES_DEFAULTS
         else:
             stmt = stmt.where(Instance.series_id == _series_pk(session, study_pk, query.series_uid))
-    rows, more = _page(session, stmt.order_by(*order), limit, offset)
     wanted = _wanted(query, defaults)
-    out = []
-    for row in rows:
-        stored = orjson.loads(row.dicom_json)
-        if not query.include_all:  # keep the few wanted attributes before walking any of them
-            stored = {tag: stored[tag] for tag in wanted if tag in stored}
-        attrs = _without_bulk(stored)
-        attrs.update(_study_computed(row))
-        if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
-            _set(attrs, "00280008", "IS", row.number_of_frames)
-        _set(attrs, "00201209", "IS", row.series_instances)
-        url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
-        _set(attrs, "00081190", "UR", url if base_url else None)
-        out.append(_select(attrs, wanted, query.include_all))
-    return SearchResult(out, more, ignored)
+    empties = _empties(query, wanted)
+
+    def build(session: Session, rows: list[Row[Any]]) -> Iterator[dict[str, Any]]:
+        computed = _computed(session, principal, rows, wanted)
+        for row in rows:
+            stored = orjson.loads(row.dicom_json)
+            if not query.include_all:  # keep the few wanted attributes before walking any of them
+                stored = {tag: stored[tag] for tag in wanted if tag in stored}
+            attrs = _without_bulk(stored)
+            attrs.update(_study_computed(row))
+            attrs.update(computed(row))
+            if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
+                _set(attrs, "00280008", "IS", row.number_of_frames)
+            _set(attrs, "00201209", "IS", row.series_instances)
+            if "00083002" in wanted:  # AvailableTransferSyntaxUID (PS3.4 C.6.1.1.5)
+                _set(attrs, "00083002", "UI", row.transfer_syntax_uid)
+            url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+            _set(attrs, "00081190", "UR", url if base_url else None)
+            yield _select(attrs, wanted, query, empties)
+
+    return _Plan(stmt.order_by(*order), build, ignored)
 
 
-def search(
-    query: Query,
-    principal: Principal,
-    *,
-    session: Session,
-    limit: int | None = None,
-    offset: int = 0,
-    base_url: str = "",
-) -> SearchResult:
-    """Dispatch on `query.level` (STUDY, SERIES, IMAGE), for callers that carry it (C-FIND)."""
-    fn = {STUDY: search_studies, SERIES: search_series, IMAGE: search_instances}[query.level]
-    return fn(query, principal, session=session, limit=limit, offset=offset, base_url=base_url)
+_PLANNERS: dict[str, Callable[[Query, Principal, Session, str], _Plan]] = {
+    PATIENT: _patients,
+    STUDY: _studies,
+    SERIES: _series,
+    IMAGE: _instances,
+}
+
+
+# ----- keys, scope and computed attributes -------------------------------------------------
 
 
 def _filters(query: Query, level: str) -> tuple[list[ColumnElement[bool]], tuple[str, ...]]:
     """SQL conditions for the keys matchable at `level`; the others are named as ignored."""
+    table = PATIENT_KEYS if level == PATIENT else MATCH_KEYS
     filters: list[ColumnElement[bool]] = []
     ignored: list[str] = []
     for tag, value in query.keys.items():
-        spec = MATCH_KEYS.get(tag)
+        spec = table.get(tag)
         if spec is None or _DEPTH[spec[0]] > _DEPTH[level]:
             if value.strip(" *"):
                 ignored.append(keyword(tag))
@@ -352,14 +554,6 @@ def _filters(query: Query, level: str) -> tuple[list[ColumnElement[bool]], tuple
         if expr is not None:
             filters.append(expr)
     return filters, tuple(ignored)
-
-
-def _page(session: Session, stmt: Any, limit: int | None, offset: int) -> tuple[list[Row[Any]], bool]:
-    size = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
-    if size < 0 or offset < 0:
-        raise InvalidQuery("limit and offset must not be negative")
-    rows = list(session.execute(stmt.limit(size + 1).offset(offset)).all())
-    return rows[:size], len(rows) > size
 
 
 def _study_pk(session: Session, principal: Principal, study_uid: str) -> int:
@@ -376,8 +570,99 @@ def _series_pk(session: Session, study_pk: int, series_uid: str) -> int:
     return int(pk)
 
 
+def _computed(
+    session: Session, principal: Principal, rows: list[Row[Any]], wanted: frozenset[str]
+) -> Callable[[Row[Any]], dict[str, Any]]:
+    """SOPClassesInStudy and NumberOfPatientRelated* of a batch of rows, one query each if asked."""
+    if not rows:
+        return lambda _row: {}
+    classes: dict[int, list[str]] = {}
+    if _SOP_CLASSES in wanted:
+        pairs = session.execute(
+            select(Instance.study_id, Instance.sop_class_uid)
+            .where(Instance.study_id.in_({r.study_pk for r in rows}))
+            .distinct()
+        )
+        for study_pk, sop_class in pairs:
+            classes.setdefault(study_pk, []).append(sop_class)
+    counts: dict[int, dict[str, Any]] = {}
+    if wanted & _PATIENT_COUNTS:
+        totals = _patient_totals(session, principal, {r.identity_id for r in rows})
+        counts = {identity: _patient_counts(*t[:3]) for identity, t in totals.items()}
+
+    def computed(row: Row[Any]) -> dict[str, Any]:
+        attrs = dict(counts.get(row.identity_id, {}))
+        if _SOP_CLASSES in wanted:
+            found = sorted(classes.get(row.study_pk, []))
+            attrs[_SOP_CLASSES] = {"vr": "UI", "Value": found} if found else {"vr": "UI"}
+        return attrs
+
+    return computed
+
+
+def _patient_totals(
+    session: Session, principal: Principal, identity_ids: set[int]
+) -> dict[int, tuple[int, int, int, int]]:
+    """Per patient identity: visible studies, their series and instances, and the latest study's key."""
+    if not identity_ids:
+        return {}
+    rows = session.execute(
+        select(
+            Study.identity_id,
+            func.count(Study.id),
+            func.sum(Study.num_series),
+            func.sum(Study.num_instances),
+            func.max(Study.id),
+        )
+        .where(Study.identity_id.in_(identity_ids), visible_to(principal))
+        .group_by(Study.identity_id)
+    )
+    return {identity: (int(n), int(s or 0), int(i or 0), int(last)) for identity, n, s, i, last in rows}
+
+
+def _study_attrs(session: Session, study_pks: Iterable[int]) -> dict[int, dict[str, Any]]:
+    rows = session.execute(select(Study.id, Study.attrs_json).where(Study.id.in_(set(study_pks))))
+    return {pk: orjson.loads(text) for pk, text in rows}
+
+
+def _identity_attrs(row: Row[Any]) -> dict[str, Any]:
+    """The patient attributes kept on the identity row, as DICOM JSON."""
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), row.patient_name.split("="), strict=False))
+    name = {group: text for group, text in groups.items() if text}
+    attrs: dict[str, Any] = {"00100010": {"vr": "PN", "Value": [name]} if name else {"vr": "PN"}}
+    for tag, vr, value in (
+        ("00100020", "LO", row.patient_id),
+        ("00100021", "LO", row.issuer if row.issuer_kind == "dicom" else ""),
+        ("00100030", "DA", row.birth_date),
+        ("00100040", "CS", row.sex),
+    ):
+        attrs[tag] = {"vr": vr, "Value": [value]} if value else {"vr": vr}
+    return attrs
+
+
+def _patient_counts(studies: int, series: int, instances: int) -> dict[str, Any]:
+    return {
+        "00201200": {"vr": "IS", "Value": [studies]},
+        "00201202": {"vr": "IS", "Value": [series]},
+        "00201204": {"vr": "IS", "Value": [instances]},
+    }
+
+
 def _wanted(query: Query, defaults: frozenset[str]) -> frozenset[str]:
-    return defaults | query.include | frozenset(query.keys)
+    requested = query.include | frozenset(query.keys)
+    return requested if query.only_requested else defaults | requested
+
+
+def _empties(query: Query, wanted: frozenset[str]) -> dict[str, dict[str, Any]]:
+    """Zero-length elements for the requested keys a match has no value for (C-FIND answers)."""
+    if not query.only_requested:
+        return {}
+    out = {}
+    for tag in wanted:
+        if "." in tag or not dictionary_has_tag(int(tag, 16)):
+            continue  # a sequence path, or a private tag whose VR is unknown
+        out[tag] = {"vr": dictionary_VR(int(tag, 16)).split(" ")[0]}
+    return out
 
 
 def _set(attrs: dict[str, Any], tag: str, vr: str, value: object) -> None:
@@ -398,10 +683,14 @@ def _study_computed(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def _select(attrs: dict[str, Any], wanted: Iterable[str], everything: bool) -> dict[str, Any]:
-    if everything:
+def _select(
+    attrs: dict[str, Any], wanted: frozenset[str], query: Query, empties: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
+    if query.include_all:
         return {tag: attrs[tag] for tag in sorted(attrs)}
-    return {tag: attrs[tag] for tag in sorted(set(wanted) & attrs.keys())}
+    if query.only_requested:
+        return {tag: attrs.get(tag) or empties[tag] for tag in sorted(wanted) if tag in attrs or tag in empties}
+    return {tag: attrs[tag] for tag in sorted(wanted & attrs.keys())}
 
 
 def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
