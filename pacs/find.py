@@ -203,8 +203,10 @@ def _text(elem: DataElement) -> str:
 def _sequence_keys(elem: DataElement, tag: str, keys: dict[str, str]) -> frozenset[str]:
     """The item keys of a sequence key (PS3.4 C.2.2.2.6), for the answer.
 
-    Sequence matching is not supported: a non-empty item key becomes a ``tag.item`` key, which
-    the search reports as matched universally (0xFF01), as QIDO-RS reports sequence paths.
+    A non-empty item key becomes a ``sequence.attribute`` key, the form QIDO-RS uses, which the
+    search matches in the stored DICOM JSON where the level keeps that sequence (any item
+    matching all its keys), and otherwise reports as matched universally (0xFF01). Nested
+    sequences inside the item are return keys only.
     """
     if not elem.value:
         return frozenset()

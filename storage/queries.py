@@ -37,6 +37,7 @@ from storage.access import Principal, visible_to
 from storage.errors import NotFound
 from storage.matching import InvalidQuery
 from storage.models import Instance, PatientIdentity, Series, Study
+from storage.parse import SERIES_TAGS, STUDY_TAGS
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 _DEPTH = {PATIENT: -1, STUDY: 0, SERIES: 1, IMAGE: 2}
@@ -541,7 +542,16 @@ def _filters(query: Query, level: str) -> tuple[list[ColumnElement[bool]], tuple
     table = PATIENT_KEYS if level == PATIENT else MATCH_KEYS
     filters: list[ColumnElement[bool]] = []
     ignored: list[str] = []
+    sequences: dict[Any, dict[str, str]] = {}  # JSON column -> the sequence keys matched in it
     for tag, value in query.keys.items():
+        if "." in tag:
+            column = _sequence_column(tag.split(".", 1)[0], level)
+            if column is None:
+                if value.strip(" *"):
+                    ignored.append(keyword(tag))
+            else:
+                sequences.setdefault(column, {})[tag] = value
+            continue
         spec = table.get(tag)
         if spec is None or _DEPTH[spec[0]] > _DEPTH[level]:
             if value.strip(" *"):
@@ -553,7 +563,37 @@ def _filters(query: Query, level: str) -> tuple[list[ColumnElement[bool]], tuple
             raise InvalidQuery(f"{keyword(tag)}: {exc.detail}") from None
         if expr is not None:
             filters.append(expr)
+    for column, keys in sequences.items():
+        expr = m.sequence_keys(column, keys)  # its errors already name the path
+        if expr is not None:
+            filters.append(expr)
     return filters, tuple(ignored)
+
+
+#: sequences kept with the study's and the series' attributes at ingest (storage.parse)
+_STUDY_SEQUENCES = frozenset(
+    t for t in STUDY_TAGS if dictionary_has_tag(int(t, 16)) and dictionary_VR(int(t, 16)) == "SQ"
+)
+_SERIES_SEQUENCES = frozenset(
+    t for t in SERIES_TAGS if dictionary_has_tag(int(t, 16)) and dictionary_VR(int(t, 16)) == "SQ"
+)
+
+
+def _sequence_column(sequence_tag: str, level: str) -> Any:
+    """The stored DICOM JSON a sequence key is matched in at `level`, or None if not kept there.
+
+    An instance's JSON holds every sequence; a study's and a series' only those ingest keeps at
+    that level (ProcedureCodeSequence, OtherPatientIDsSequence..., RequestAttributesSequence).
+    A sequence kept only per instance is not matched at study or series level, where it would
+    mean parsing every instance's JSON: it is reported as ignored instead.
+    """
+    if level == IMAGE:
+        return Instance.dicom_json
+    if sequence_tag in _STUDY_SEQUENCES and level in (STUDY, SERIES):
+        return Study.attrs_json
+    if sequence_tag in _SERIES_SEQUENCES and level == SERIES:
+        return Series.attrs_json
+    return None
 
 
 def _study_pk(session: Session, principal: Principal, study_uid: str) -> int:
