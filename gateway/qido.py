@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree as ET
 
-import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from gateway import multipart as mp
@@ -92,7 +91,7 @@ def _search(
     base = dicomweb_root(request, settings)
     with archive.db.read() as session:
         result = search(query, principal, session=session, limit=limit, offset=offset, base_url=base)
-    response = _xml_response(result.matches) if xml else _json_response(result.matches)
+    response = _xml_response(result.matches) if xml else _json_response(result.to_json())
     for text in warnings + _warnings(result):
         response.headers.append("Warning", f'299 {urlsplit(base).netloc}: "{text}"')
     return response
@@ -157,8 +156,7 @@ def _wants_xml(accept: str | None) -> bool:
     raise mp.not_acceptable(f'QIDO-RS answers {DICOM_JSON} or {mp.MULTIPART}; type="{DICOM_XML}"')
 
 
-def _json_response(matches: list[dict[str, Any]]) -> Response:
-    body = orjson.dumps(matches)
+def _json_response(body: bytes) -> Response:
     return Response(body, media_type=DICOM_JSON)
 
 

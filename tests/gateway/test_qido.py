@@ -346,7 +346,9 @@ def test_computed_and_default_attributes(loaded: Gateway) -> None:
     assert value(study, "00081190") == f"{base}/studies/{maria.uid}"  # RetrieveURL
     assert value(study, "00080056") == "ONLINE"
     assert study["00100010"]["Value"] == [{"Alphabetic": "Popescu^Maria"}]
-    assert "00101010" not in study  # PatientAge is kept but is not a default attribute
+    # a study answer carries every study attribute kept at ingest (README: spliced, not re-built)
+    assert value(study, "00101010") == "046Y"
+    assert "0008103E" not in study  # SeriesDescription is not a study attribute
 
     (series, _) = client.search_for_series(maria.uid)
     assert value(series, "00201209") == 2  # NumberOfSeriesRelatedInstances
