@@ -1,6 +1,9 @@
-"""C-GET SCP (PS3.4 C.4.3).
+"""C-GET SCP (PS3.4 C.4.3): send what the identifier names back over the requester's association.
 
-STUB: to be written ([3/7]).
+The same rules as C-MOVE (`pacs.move`) without a destination: the instances go as C-STORE
+sub-operations on the presentation contexts for which the requester took the storage SCP
+role (PS3.4 C.4.3.3, role selection PS3.7 D.3.3.4), as stored when it accepted the stored
+syntax, else decoded to explicit or implicit VR little endian.
 """
 
 from __future__ import annotations
@@ -10,9 +13,39 @@ from typing import Any
 
 from pynetdicom.events import Event
 
+from pacs.policy import principal_for
+from pacs.suboperations import Retrieval, model_of, refuse
+from storage.access import require_read
 from storage.archive import Archive
+from storage.errors import StorageError
+from storage.selection import parse_identifier, select_instances
 
 
 def handle(event: Event, archive: Archive) -> Iterator[Any]:
-    del event, archive
-    yield 0xC000, None
+    """pynetdicom's EVT_C_GET handler.
+
+    Yields
+    ------
+    int
+        The number of C-STORE sub-operations (0 for a refused request: `refuse` sets why).
+    (status, dataset)
+        The sub-operations, from `Retrieval.run`.
+    """
+    principal = principal_for(event.assoc, archive)
+    fields = {"calling_ae": principal.sub}
+    try:
+        require_read(principal, "C-GET")
+        keys = parse_identifier(event.identifier, model_of(event))
+        with archive.db.read() as session:
+            instances = select_instances(session, principal, keys)
+    except StorageError as exc:
+        refuse(event, exc, service="get", fields=fields)
+        yield 0
+        return
+    retrieval = Retrieval(archive, instances, service="get", originator=principal.sub, fields=fields)
+    retrieval.send_through(event.assoc)
+    try:
+        yield len(instances)
+        yield from retrieval.run(event)
+    finally:
+        retrieval.finish()

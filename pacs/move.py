@@ -1,6 +1,10 @@
-"""C-MOVE SCP (PS3.4 C.4.2).
+"""C-MOVE SCP (PS3.4 C.4.2): send what the identifier names to a registered node of the caller.
 
-STUB: to be written ([3/7]).
+The caller must be a registered AE (`storage.access.require_read`), the identifier valid for
+its information model (`storage.selection`), and the Move Destination an AE of the caller's
+own organization registered with an address (`storage.orgs.move_destination`). pynetdicom then
+opens one association to it, proposing each SOP class in its stored syntaxes and in explicit
+and implicit VR little endian, and sends the sub-operations `pacs.suboperations` yields.
 """
 
 from __future__ import annotations
@@ -10,9 +14,44 @@ from typing import Any
 
 from pynetdicom.events import Event
 
+from pacs.policy import principal_for
+from pacs.suboperations import Retrieval, destination_contexts, model_of, refuse
+from storage.access import require_read
 from storage.archive import Archive
+from storage.errors import StorageError
+from storage.orgs import move_destination
+from storage.selection import parse_identifier, select_instances
 
 
 def handle(event: Event, archive: Archive) -> Iterator[Any]:
-    del event, archive
-    yield 0xC000, None
+    """pynetdicom's EVT_C_MOVE handler.
+
+    Yields
+    ------
+    (host, port, {"contexts", "evt_handlers"}) or (None, None)
+        The destination, or no destination: the request is refused (`refuse` sets why).
+    int
+        The number of C-STORE sub-operations.
+    (status, dataset)
+        The sub-operations, from `Retrieval.run`.
+    """
+    principal = principal_for(event.assoc, archive)
+    fields = {"calling_ae": principal.sub, "destination": event.move_destination or ""}
+    try:
+        require_read(principal, "C-MOVE")
+        keys = parse_identifier(event.identifier, model_of(event))
+        with archive.db.read() as session:
+            destination = move_destination(session, event.move_destination or "", principal.org)
+            instances = select_instances(session, principal, keys)
+    except StorageError as exc:
+        refuse(event, exc, service="move", fields=fields)
+        yield None, None
+        return
+    retrieval = Retrieval(archive, instances, service="move", originator=principal.sub, fields=fields)
+    try:
+        options = {"contexts": destination_contexts(instances), "evt_handlers": retrieval.destination_handlers()}
+        yield destination.host, destination.port, options
+        yield len(instances)
+        yield from retrieval.run(event)
+    finally:
+        retrieval.finish()

@@ -111,6 +111,9 @@ class S3BlobStore:
             raise
         return True
 
+    def local_path(self, key: str) -> Path | None:  # noqa: ARG002 - the objects live on the S3 server
+        return None
+
     def check(self) -> None:
         if not self.client.bucket_exists(self.bucket):
             raise OSError(f"bucket {self.bucket} does not exist")

@@ -44,6 +44,14 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def local_path(self, key: str) -> Path | None:
+        """The object as a file on this host, or None for a remote store.
+
+        Lets a sender hand the stored file to the network layer as it is (C-MOVE/C-GET
+        sub-operations) instead of copying it through memory.
+        """
+        ...
+
     def check(self) -> None:
         """Raise if the store cannot be reached (readiness probe)."""
         ...

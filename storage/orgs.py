@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage.errors import UnknownDestination
 from storage.models import ApplicationEntity, Organization
 from storage.settings import AE_TITLE_RE
 
@@ -79,3 +80,25 @@ def get_org(session: Session, org_id: str) -> OrgSummary:
 
 def org_of_ae(session: Session, ae_title: str) -> str | None:
     return session.scalar(select(ApplicationEntity.org_id).where(ApplicationEntity.ae_title == ae_title.strip()))
+
+
+def move_destination(session: Session, ae_title: str, org: str | None) -> AeSpec:
+    """Where a C-MOVE of organization `org` to `ae_title` may go (PS3.4 C.4.2.1.4: Move Destination).
+
+    Only to an AE registered with an address, and only to one of the caller's own
+    organization: a provider must not have the archive push data, its own or another
+    institution's, to a third party's node.
+
+    Raises
+    ------
+    UnknownDestination
+        The AE title is not registered, has no host:port, or belongs to another organization
+        (the answer does not say which, so a caller cannot probe other organizations' nodes).
+    """
+    title = ae_title.strip()
+    ae = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == title))
+    if ae is None or org is None or ae.org_id != org:
+        raise UnknownDestination(f"{title}: not a registered node of the caller's organization")
+    if not ae.host or not ae.port:
+        raise UnknownDestination(f"{title}: registered without host:port")
+    return AeSpec(ae.ae_title, ae.host, ae.port)

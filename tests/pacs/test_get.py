@@ -1,0 +1,183 @@
+"""C-GET against the SCP with real peers: dcmtk's getscu, and pynetdicom for C-CANCEL.
+
+The instances come back over the requester's own association, on the storage contexts for
+which it took the SCP role; getscu writes them (`+B`: the data set as received) to the test's
+folder, which is compared with what the archive holds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from pacs.server import RunningScp
+from storage.archive import Archive
+from tests import dicom_factory as f
+from tests.conftest import require_tool
+from tests.pacs.test_move import ENV, assert_same_objects, keys, spooled, store, study, undecodable
+
+pytestmark = pytest.mark.dcmtk
+
+
+def getscu(scp: RunningScp, folder: Path, *args: str, calling: str = "CT1", ok: bool = True) -> str:
+    """dcmtk getscu writing to `folder`; its verbose output. `args`: options, then -k keys."""
+    folder.mkdir(exist_ok=True)
+    command = [require_tool("getscu"), "-v", "+B", "-aet", calling, "-aec", "MUNIPACS", "-od", str(folder), *args]
+    r = subprocess.run([*command, "127.0.0.1", str(scp.port)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def k(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("-k", pair)]
+
+
+def test_get_study_series_instance(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    datasets = study(6)
+    sent = store(archive, tmp_path / "in", datasets)
+    st, se, sop = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID, datasets[0].SOPInstanceUID
+
+    out = getscu(scp, tmp_path / "study", "-S", *k("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={st}"))
+    assert "Number of Completed Suboperations : 6" in out
+    assert_same_objects(sent, tmp_path / "study", as_stored=True)
+
+    series = k("QueryRetrieveLevel=SERIES", f"StudyInstanceUID={st}", f"SeriesInstanceUID={se}")
+    getscu(scp, tmp_path / "series", "-S", *series)
+    assert_same_objects(sent[0::2], tmp_path / "series", as_stored=True)
+
+    image = k("QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={st}", f"SeriesInstanceUID={se}", f"SOPInstanceUID={sop}")
+    getscu(scp, tmp_path / "one", "-S", *image)
+    assert_same_objects(sent[:1], tmp_path / "one", as_stored=True)
+
+
+def test_get_patient_in_patient_root(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    mine = store(archive, tmp_path / "a", study(2, patient_id="PAT-G")) + store(
+        archive, tmp_path / "b", study(3, patient_id="PAT-G")
+    )
+    store(archive, tmp_path / "c", study(2, patient_id="PAT-H"))
+    getscu(scp, tmp_path / "out", "-P", *k("QueryRetrieveLevel=PATIENT", "PatientID=PAT-G"))
+    assert_same_objects(mine, tmp_path / "out", as_stored=True)
+
+
+@pytest.mark.parametrize(("ts", "prefer"), [(RLELossless, "+xr"), (JPEG2000Lossless, "+xv")], ids=["rle", "j2k"])
+def test_compressed_comes_as_stored_or_decoded(
+    scp: RunningScp, archive: Archive, tmp_path: Path, ts: str, prefer: str
+) -> None:
+    """As stored to a getscu that offers the stored syntax, decoded for one that offers only
+    uncompressed syntaxes (getscu's default)."""
+    datasets = study(3)
+    sent = store(archive, tmp_path / "in", datasets, ts)
+    st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
+    getscu(scp, tmp_path / "compressed", "-S", prefer, *k("QueryRetrieveLevel=STUDY", st))
+    assert_same_objects(sent, tmp_path / "compressed", as_stored=True)
+    getscu(scp, tmp_path / "plain", "-S", *k("QueryRetrieveLevel=STUDY", st))
+    assert_same_objects(sent, tmp_path / "plain", as_stored=False)
+    assert spooled() == []
+
+
+def test_unknown_calling_ae_is_refused(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    datasets = study(2)
+    store(archive, tmp_path / "in", datasets)
+    responses = pynetdicom_get(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), calling="STRANGER")
+    status = responses[-1][0]
+    assert status.Status == 0x0124
+    assert "not registered" in status.ErrorComment
+    st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
+    out = getscu(scp, tmp_path / "out", "-S", *k("QueryRetrieveLevel=STUDY", st), calling="STRANGER")
+    assert "C-GET Response (Unknown Status: 0x124)" in out  # dcmtk 3.6.7 has no name for 0x0124
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_invalid_identifier_is_refused(scp: RunningScp) -> None:
+    status = pynetdicom_get(scp, keys("IMAGE", StudyInstanceUID=f.uid()))[-1][0]  # no SOPInstanceUID
+    assert status.Status == 0xA900
+    assert "SOPInstanceUID" in status.ErrorComment
+
+
+def test_a_failed_suboperation_is_reported(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    datasets = study(2)
+    sent = store(archive, tmp_path / "in", datasets)
+    video = undecodable(datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID)
+    store(archive, tmp_path / "in", [video], MPEG2MPML)
+    received: list[Dataset] = []
+    responses = pynetdicom_get(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), received=received)
+    status, identifier = responses[-1]
+    assert status.Status == 0xB000
+    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (2, 1)
+    assert identifier is not None and identifier.FailedSOPInstanceUIDList == video.SOPInstanceUID
+    assert sorted(ds.SOPInstanceUID for ds in received) == sorted(
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sent
+    )
+
+
+def test_cancel_stops_a_get_midway(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    """pynetdicom as SCU sends C-CANCEL while it stores the 3rd instance: the SCP sends no 4th,
+    and answers Cancel with the counts so far (PS3.4 C.4.3.3)."""
+    total = 10
+    datasets = study(total, series=1)
+    store(archive, tmp_path / "in", datasets)
+    received: list[Dataset] = []
+
+    def cancel_after_third(event: evt.Event) -> None:
+        if len(received) == 3:
+            event.assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)
+
+    responses = pynetdicom_get(
+        scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), received=received, then=cancel_after_third
+    )
+    status, identifier = responses[-1]
+    assert status.Status == 0xFE00
+    assert len(received) == 3 < total
+    assert status.NumberOfCompletedSuboperations == 3
+    assert status.NumberOfRemainingSuboperations == total - 3
+    assert status.NumberOfFailedSuboperations == 0
+
+
+def pynetdicom_get(
+    scp: RunningScp,
+    identifier: Dataset,
+    *,
+    calling: str = "CT1",
+    model: str = "study",
+    received: list[Dataset] | None = None,
+    then=None,
+) -> list[tuple[Dataset, Dataset | None]]:
+    """A C-GET by pynetdicom as SCU, storage SCP for CT in explicit VR little endian only."""
+    sop_class = {
+        "study": StudyRootQueryRetrieveInformationModelGet,
+        "patient": PatientRootQueryRetrieveInformationModelGet,
+    }
+    kept = [] if received is None else received
+
+    def on_store(event: evt.Event) -> int:
+        kept.append(event.dataset)
+        if then is not None:
+            then(event)
+        return 0x0000
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class[model])
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.port,
+        ae_title="MUNIPACS",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_get(identifier, sop_class[model], msg_id=1))
+    finally:
+        assoc.release()
