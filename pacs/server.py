@@ -95,6 +95,7 @@ SERVICE_CLASSES = [
 def configure_pynetdicom() -> None:
     """Process-global pynetdicom options, set once here (they are module flags, not per AE)."""
     _config.STORE_RECV_CHUNKED_DATASET = True  # C-STORE data lands in a temp file, not in memory
+    _config.STORE_SEND_CHUNKED_DATASET = True  # C-MOVE/C-GET send a stored file's bytes, not a re-encoding
     _config.LOG_REQUEST_IDENTIFIERS = False  # no patient data in logs
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.PASS_CONTEXTVARS = True

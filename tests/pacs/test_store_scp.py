@@ -79,11 +79,11 @@ def _pydicom_test_files() -> list[tuple[Path, UID, UID]]:
 @pytest.fixture()
 def send_raw() -> Iterator[None]:
     """Make pynetdicom send a file's encoded bytes as they are, the way a modality streams them."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    previous, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
         yield
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 @pytest.mark.usefixtures("send_raw")
