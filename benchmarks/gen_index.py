@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from storage.charset import fold  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.models import Base, Instance, Organization, PatientIdentity, Series, Study  # noqa: E402
+from storage.parse import INSTANCE_TAGS  # noqa: E402
 
 ROOT = "1.2.826.0.1.3680043.8.498.99"  # synthetic UIDs: ROOT.kind.counter
 KIND_STUDY, KIND_SERIES, KIND_INSTANCE, KIND_FOR = 1, 2, 3, 4
@@ -367,11 +368,14 @@ class Generator:
             # the per-instance values go into a template: json.dumps per instance was most of the time
             common.update({"00080018": el("UI", "@@"), "00200013": el("IS", "@@"), "00200032": el("DS", "@@")})
             p0, p1, p2, p3 = dumps(common).split('"@@"')
+            # the instance-level subset ingest keeps beside the whole JSON (storage.parse.INSTANCE_TAGS)
+            a0, a1, a2, a3 = dumps({k: v for k, v in sorted(common.items()) if k in INSTANCE_TAGS}).split('"@@"')
             for i_no in range(1, count + 1):
                 self.instance_n += 1
                 in_id = self.instance_n
                 sop = uid(KIND_INSTANCE, in_id)
                 dicom_json = f'{p0}"{sop}"{p1}{i_no}{p2}-250.0,-250.0,{i_no * 5}.0{p3}'
+                attrs_json = f'{a0}"{sop}"{a1}{i_no}{a2}-250.0,-250.0,{i_no * 5}.0{a3}'
                 instance_rows.append(
                     {
                         "id": in_id,
@@ -388,6 +392,7 @@ class Generator:
                         "number_of_frames": 1,
                         "pixel_layout": layout,
                         "dicom_json": dicom_json,
+                        "attrs_json": attrs_json,
                         "source_ae": "MODALITY1",
                         "created_at": created,
                     }

@@ -260,6 +260,7 @@ def _commit(
             "number_of_frames": p.number_of_frames,
             "pixel_layout": p.layout.to_json() if p.layout else None,
             "dicom_json": p.dicom_json,
+            "attrs_json": p.instance_attrs_json,
             "source_ae": origin.calling_ae[:16],
             "created_at": now,
         },

@@ -35,6 +35,15 @@ STUDY_TAGS = frozenset(
     "00100010 00100020 00100021 00100024 00100030 00100032 00100040 00101000 00101001 00101002 "
     "00101010 00101020 00101030 00101040 00102160 00104000 0020000D 00200010 00321032 00321060".split()
 )
+#: what QIDO-RS and C-FIND answer about an instance beside its study and series: the PS3.18
+#: defaults and what viewers and workstations commonly ask (image geometry, windowing, content
+#: date, SR and presentation-state labels); never bulk data
+INSTANCE_TAGS = frozenset(
+    "00080005 00080008 00080012 00080013 00080016 00080018 00080022 00080023 00080032 00080033 "
+    "00080201 00200012 00200013 00200020 00200032 00200037 00201041 00280002 00280004 00280008 "
+    "00280010 00280011 00280030 00280100 00280101 00280102 00280103 00281050 00281051 00281052 "
+    "00281053 0040A043 0040A491 0040A493 00420010 00700080 00700081".split()
+)
 SERIES_TAGS = frozenset(
     "00080005 00080021 00080031 00080060 00080070 00080080 00081010 0008103E 00081040 00081090 "
     "00180015 0020000E 00200011 00200052 00200060 00185100 00400244 00400245 00400275".split()
@@ -111,6 +120,7 @@ class ParsedInstance:
     dicom_json: str
     study_attrs_json: str
     series_attrs_json: str
+    instance_attrs_json: str
     layout: PixelLayout | None
 
 
@@ -269,6 +279,7 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
         dicom_json=json.dumps(full, separators=(",", ":"), ensure_ascii=False),
         study_attrs_json=_subset(full, STUDY_TAGS),
         series_attrs_json=_subset(full, SERIES_TAGS),
+        instance_attrs_json=_subset(full, INSTANCE_TAGS),
         **fields,  # type: ignore[arg-type]
     )
 

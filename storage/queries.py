@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Result, Row, and_, exists, func, select
+from sqlalchemy import ColumnElement, Result, Row, and_, exists, func, select, true
 from sqlalchemy.orm import Session
 
 from storage import matching as m
@@ -37,7 +37,7 @@ from storage.access import Principal, visible_to
 from storage.errors import NotFound
 from storage.matching import InvalidQuery
 from storage.models import Instance, PatientIdentity, Series, Study
-from storage.parse import SERIES_TAGS, STUDY_TAGS
+from storage.parse import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 _DEPTH = {PATIENT: -1, STUDY: 0, SERIES: 1, IMAGE: 2}
@@ -134,6 +134,10 @@ _PATIENT_TAGS = frozenset(
 _SOP_CLASSES = "00080062"  # SOPClassesInStudy
 _PATIENT_COUNTS = frozenset({"00201200", "00201202", "00201204"})  # NumberOfPatientRelated*
 _COMPUTED_PER_BATCH = _PATIENT_COUNTS | {_SOP_CLASSES}  # need a query over the whole batch
+#: answered from columns and counts, or added by the edge, never read from stored JSON
+_COMPUTED_TAGS = _COMPUTED_PER_BATCH | frozenset(
+    "00080052 00080054 00080056 00080061 00081190 00083002 00201206 00201208 00201209".split()
+)
 _IDENTITY_TAGS = frozenset(PATIENT_KEYS) | _PATIENT_COUNTS  # what a PATIENT row answers by itself
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
@@ -522,12 +526,16 @@ def _series(query: Query, principal: Principal, session: Session, base_url: str)
 
 def _instances(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
     filters, ignored = _filters(query, IMAGE)
+    subset = _reads_subset(query, _wanted(query, INSTANCE_DEFAULTS | SERIES_DEFAULTS | STUDY_DEFAULTS))
+    json_column = func.coalesce(Instance.attrs_json, Instance.dicom_json) if subset else Instance.dicom_json
     stmt = (
         select(
             Instance.sop_uid,
-            Instance.dicom_json,
+            json_column.label("dicom_json"),
+            (Instance.attrs_json.is_(None) if subset else true()).label("whole"),
             Instance.number_of_frames,
             Instance.transfer_syntax_uid,
+            Series.id.label("series_pk"),
             Series.series_uid,
             Series.num_instances.label("series_instances"),
             Study.id.label("study_pk"),
@@ -556,26 +564,101 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
             stmt = stmt.where(Instance.series_id == _series_pk(session, study_pk, query.series_uid))
     wanted = _wanted(query, defaults)
     empties = _empties(query, wanted)
+    parents = _Parents(wanted)
+    splice = subset and not (query.only_requested or wanted & (_COMPUTED_PER_BATCH | {"00083002"}))
+
+    def url(row: Row[Any]) -> str | None:
+        return (
+            f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}" if base_url else None
+        )
+
+    def one(row: Row[Any], computed: Callable[[Row[Any]], dict[str, Any]]) -> dict[str, Any]:
+        stored = parents.of(row) | orjson.loads(row.dicom_json)
+        if not query.include_all:  # keep the few wanted attributes before walking any of them
+            stored = {tag: stored[tag] for tag in wanted if tag in stored}
+        attrs = _without_bulk(stored)
+        attrs.update(_study_computed(row))
+        attrs.update(computed(row))
+        if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
+            _set(attrs, "00280008", "IS", row.number_of_frames)
+        _set(attrs, "00201209", "IS", row.series_instances)
+        if "00083002" in wanted:  # AvailableTransferSyntaxUID (PS3.4 C.6.1.1.5)
+            _set(attrs, "00083002", "UI", row.transfer_syntax_uid)
+        _set(attrs, "00081190", "UR", url(row))
+        return _select(attrs, wanted, query, empties)
 
     def build(session: Session, rows: list[Row[Any]]) -> Iterator[Match]:
         computed = _computed(session, principal, rows, wanted)
+        parents.load(session, rows)
         for row in rows:
-            stored = orjson.loads(row.dicom_json)
-            if not query.include_all:  # keep the few wanted attributes before walking any of them
-                stored = {tag: stored[tag] for tag in wanted if tag in stored}
-            attrs = _without_bulk(stored)
-            attrs.update(_study_computed(row))
-            attrs.update(computed(row))
-            if "00280008" not in attrs and row.number_of_frames:  # single-frame objects have no element
-                _set(attrs, "00280008", "IS", row.number_of_frames)
-            _set(attrs, "00201209", "IS", row.series_instances)
-            if "00083002" in wanted:  # AvailableTransferSyntaxUID (PS3.4 C.6.1.1.5)
-                _set(attrs, "00083002", "UI", row.transfer_syntax_uid)
-            url = f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
-            _set(attrs, "00081190", "UR", url if base_url else None)
-            yield _select(attrs, wanted, query, empties)
+            yield _spliced_instance(row, parents, url(row)) if splice and not row.whole else one(row, computed)
 
     return _Plan(stmt.order_by(*order), build, ignored)
+
+
+def _spliced_instance(row: Row[Any], parents: _Parents, url: str | None) -> bytes:
+    """A default instance answer: the stored instance-level subset as it is, spliced between
+    the wanted study and series attributes (one fragment per series) and the per-row ones.
+
+    Like a study answer (`_spliced_studies`) it carries every instance attribute ingest keeps
+    (storage.parse.INSTANCE_TAGS), not only the PS3.18 defaults: that is what saves the parse.
+    """
+    own = row.dicom_json
+    tail: dict[str, Any] = {}
+    if url is not None:
+        tail["00081190"] = {"vr": "UR", "Value": [url]}
+    if row.number_of_frames and '"00280008"' not in own:  # single-frame objects have no element
+        tail["00280008"] = {"vr": "IS", "Value": [row.number_of_frames]}
+    pieces = [parents.fragment(row), own[1:-1].encode(), orjson.dumps(tail)[1:-1]]
+    return b"{" + b",".join(piece for piece in pieces if piece) + b"}"
+
+
+#: what an instance answer can be built from without the instance's whole JSON
+_SUBSET_TAGS = INSTANCE_TAGS | SERIES_TAGS | STUDY_TAGS
+
+
+def _reads_subset(query: Query, wanted: frozenset[str]) -> bool:
+    """Whether an instance search can read the instance-level subset instead of the whole JSON.
+
+    The subset (`Instance.attrs_json`, a tenth of the whole) is completed with the study's and
+    the series' attributes (`_Parents`); asking for anything else (`includefield=all`, an
+    attribute kept only in the whole JSON) reads the whole JSON, as do rows indexed before the
+    subset existed (NULL: `coalesce`).
+    """
+    return not query.include_all and {t for t in wanted if "." not in t} <= _SUBSET_TAGS | _COMPUTED_TAGS
+
+
+class _Parents:
+    """The study and series attributes of the instances of a search, each parsed once."""
+
+    def __init__(self, wanted: frozenset[str]) -> None:
+        self._wanted = wanted
+        self._studies: dict[int, dict[str, Any]] = {}
+        self._series: dict[int, dict[str, Any]] = {}
+        self._fragments: dict[int, bytes] = {}
+
+    def load(self, session: Session, rows: list[Row[Any]]) -> None:
+        studies = {r.study_pk for r in rows} - self._studies.keys()
+        series = {r.series_pk for r in rows} - self._series.keys()
+        if studies:
+            self._studies.update(_study_attrs(session, studies))
+        if series:
+            found = session.connection().execute(select(Series.id, Series.attrs_json).where(Series.id.in_(series)))
+            self._series.update({pk: orjson.loads(text) for pk, text in found})
+
+    def of(self, row: Row[Any]) -> dict[str, Any]:
+        return self._studies.get(row.study_pk, {}) | self._series.get(row.series_pk, {})
+
+    def fragment(self, row: Row[Any]) -> bytes:
+        """The wanted study and series attributes of `row`'s series, serialized without braces;
+        instance-level tags are left to the instance's own subset, so no key appears twice."""
+        found = self._fragments.get(row.series_pk)
+        if found is None:
+            attrs = self.of(row) | _study_computed(row)
+            attrs["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
+            keep = {tag: attrs[tag] for tag in sorted(self._wanted & attrs.keys()) if tag not in INSTANCE_TAGS}
+            found = self._fragments[row.series_pk] = orjson.dumps(keep)[1:-1]
+        return found
 
 
 _PLANNERS: dict[str, Callable[[Query, Principal, Session, str], _Plan]] = {

@@ -65,7 +65,7 @@ def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         r = pacs("db", "upgrade", data_dir=data)
         assert r.returncode == 0, r.stderr
-        assert "at revision 0003" in r.stdout
+        assert "at revision 0004" in r.stdout
     assert (data / "index.db").exists()
 
 
