@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/dicomweb.sh                  # all phases: load qido wado scale table
 #   bash benchmarks/dicomweb.sh qido wado table  # on what an earlier `load` left in place
+#   RUNS=100 bash benchmarks/dicomweb.sh frames table  # frame raw / rendered only
 #
 # Phases:
 #   load   Orthanc: wipe, start, storescu ct2000 then fill (as orthanc_baseline.sh ingest+fill left it:
@@ -16,7 +17,9 @@
 #          curl start) as the baseline did; the result counts of both servers are compared.
 #   wado   study retrieve (multipart/related; type="application/dicom"; transfer-syntax=*) cold and
 #          warm; study metadata cold and warm; series retrieve, single instance, series metadata;
-#          frame 1 raw (multipart octet-stream, transfer-syntax=*), rendered image/jpeg and image/png.
+#          frame 1 raw (multipart octet-stream, transfer-syntax=*), rendered image/jpeg and image/png,
+#          these three with Orthanc and ours alternating request by request.
+#   frames only the frame and rendered tests of `wado` (quick: ~1 min with RUNS=100)
 #          Cold = the server stopped, every file of its storage and index evicted from the page
 #          cache (evict_cache.py, posix_fadvise DONTNEED), started again, first request timed.
 #          Orthanc and ours alternate run by run.
@@ -332,7 +335,7 @@ phase_wado() {
   ensure_servers
   local st se inst r server t cold_note="restart + storage and index evicted from the page cache"
   st=$(big_study); se=$(big_series)
-  inst=$(curl -sf "$ORTHANC_DW/studies/$st/series/$se/instances" | jq -r '.[0]["00080018"].Value[0]')
+  inst=$(frame_instance)
   log "instance for single-instance, frame and rendered tests: $inst"
   local -A vals=() meta=()
   # study retrieve, cold: Orthanc and ours alternate
@@ -397,15 +400,54 @@ phase_wado() {
   for server in orthanc pacs; do
     latency wado "wado-rs: series metadata 250 inst, warm" "$server" "studies/$st/series/$se/metadata"
   done
-  for server in orthanc pacs; do
-    latency wado "wado-rs: frame 1 raw (octet-stream)" "$server" "studies/$st/series/$se/instances/$inst/frames/1" -H "$ACCEPT_OCTET"
+  frame_tests wado "studies/$st/series/$se/instances/$inst/frames/1"
+}
+
+frame_instance() { # the instance of the single-instance, frame and rendered tests: Orthanc's first of the series
+  curl -sf "$ORTHANC_DW/studies/$(big_study)/series/$(big_series)/instances" | jq -r '.[0]["00080018"].Value[0]'
+}
+
+# frame_tests PHASE FRAME_PATH: frame raw (multipart octet-stream), rendered image/jpeg and image/png.
+# Orthanc and ours alternate request by request (RUNS each, after a probe and 2 warm-ups), so a load
+# spike from elsewhere on the machine hits both alike: these are latencies of a few ms.
+frame_tests() {
+  local phase=$1 path=$2 spec name accept suffix server r t failed
+  local -A vals=() meta=()
+  for spec in "frame 1 raw (octet-stream)|$ACCEPT_OCTET|" "frame 1 rendered JPEG|Accept: image/jpeg|/rendered" \
+              "frame 1 rendered PNG|Accept: image/png|/rendered"; do
+    IFS='|' read -r name accept suffix <<< "$spec"
+    vals=(); meta=(); failed=
+    for server in orthanc pacs; do
+      probe "$server" "$path$suffix" -H "$accept"
+      meta[$server]="$P_COUNT|$P_BYTES|$P_CODE|$P_TYPE"
+      times_ms "$server" "$path$suffix" 2 -H "$accept" > /dev/null || true
+    done
+    for r in $(seq 1 "$RUNS"); do
+      for server in orthanc pacs; do
+        if t=$(times_ms "$server" "$path$suffix" 1 -H "$accept"); then vals[$server]+="$t "; else failed+=" $server"; fi
+      done
+    done
+    for server in orthanc pacs; do
+      IFS='|' read -r P_COUNT P_BYTES P_CODE P_TYPE <<< "${meta[$server]}"
+      if [ "$P_CODE" != 200 ]; then
+        record "$phase" "wado-rs: $name" "$server" "latency (curl time_total)" ms "$P_COUNT" "$P_BYTES" "HTTP $P_CODE" "$P_TYPE"
+      elif [[ $failed == *" $server"* ]]; then
+        record "$phase" "wado-rs: $name" "$server" "latency (curl time_total)" ms "$P_COUNT" "$P_BYTES" failed "a timed request failed"
+      else
+        # shellcheck disable=SC2086
+        record "$phase" "wado-rs: $name" "$server" "latency (curl time_total)" ms "$P_COUNT" "$P_BYTES" ok \
+          "$P_TYPE; interleaved with the other server" ${vals[$server]}
+      fi
+    done
   done
-  for server in orthanc pacs; do
-    latency wado "wado-rs: frame 1 rendered JPEG" "$server" "studies/$st/series/$se/instances/$inst/frames/1/rendered" -H 'Accept: image/jpeg'
-  done
-  for server in orthanc pacs; do
-    latency wado "wado-rs: frame 1 rendered PNG" "$server" "studies/$st/series/$se/instances/$inst/frames/1/rendered" -H 'Accept: image/png'
-  done
+}
+
+phase_frames() { # the frame part of `wado` alone, on what `load` left
+  ensure_servers
+  local inst
+  inst=$(frame_instance)
+  log "instance for the frame and rendered tests: $inst"
+  frame_tests frames "studies/$(big_study)/series/$(big_series)/instances/$inst/frames/1"
 }
 
 scale_queries() { # the QIDO queries at scale; a lower-case name with diacritics checks the folding
@@ -494,7 +536,7 @@ out = ["| test | metric | unit | Orthanc | ours | ours / Orthanc | results (Orth
        "|---|---|---|---:|---:|---:|---|---|---|"]
 notes = []
 for (phase, test, metric) in order:
-    if phase not in ("qido", "wado", "load"):
+    if phase not in ("qido", "wado", "frames", "load"):
         continue
     s = by[(phase, test, metric)]
     o, p = s.get("orthanc"), s.get("pacs")
@@ -549,7 +591,7 @@ PY
 PHASES=("$@")
 [ ${#PHASES[@]} -gt 0 ] || PHASES=(load qido wado scale table)
 for p in "${PHASES[@]}"; do
-  case $p in load|check|qido|wado|scale|table) ;; *) die "unknown phase $p (load check qido wado scale table)" ;; esac
+  case $p in load|check|qido|wado|frames|scale|table) ;; *) die "unknown phase $p (load check qido wado frames scale table)" ;; esac
 done
 {
   echo "started_utc=$(date -u +%FT%TZ)"

@@ -1,17 +1,21 @@
 """Rendered images (PS3.18 8.3.5, 9; PS3.4 N.2 pixel transformations): dataset -> JPEG/PNG/GIF.
 
 Pure functions, no I/O: `render` takes a pydicom dataset, a frame number and the request's
-parameters and returns the encoded image. Grayscale goes through the Modality LUT (rescale
-slope/intercept, or the frame's Pixel Value Transformation in enhanced objects), then the VOI
-(the query's window, else the dataset's Window Center/Width or VOI LUT, else the frame's
-min/max), then MONOCHROME1 inversion. Colour comes from pydicom's pixel_array as RGB (YBR
-converted by pixel_array itself, palette colour through its LUT) scaled to 8 bits. Then the region is cut out and
-scaled to fit the viewport, preserving the aspect ratio.
+parameters and returns the encoded image; `render_frame` takes a frame already decoded and the
+attributes that describe it (what `storage.retrieve.native_frame` gives without reading the
+whole object). Grayscale goes through the Modality LUT (rescale slope/intercept, or the
+frame's Pixel Value Transformation in enhanced objects), then the VOI (the query's window,
+else the dataset's Window Center/Width or VOI LUT, else the frame's min/max), then MONOCHROME1
+inversion, computed once per stored value into a lookup table for 8- and 16-bit pixels.
+Colour comes from pydicom's pixel_array as RGB (YBR converted by pixel_array itself, palette
+colour through its LUT) scaled to 8 bits. Then the region is cut out and scaled to fit the
+viewport, preserving the aspect ratio.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +131,21 @@ def render(ds: Dataset, *, frame: int = 1, params: RenderParams | None = None) -
         The dataset has no pixel data, or the frame number is out of range.
     """
     params = params or RenderParams()
-    image = to_image(ds, frame, params.window)
+    return encode(to_image(ds, frame, params.window), params)
+
+
+def render_frame(pixels: NDArray[Any], attributes: Dataset, params: RenderParams | None = None) -> bytes:
+    """Encode one already decoded frame; `attributes` describe it as a single-frame image.
+
+    The fast path of a rendered request: the frame's pixels from a ranged read and its display
+    attributes from the index (`storage.retrieve.native_frame`), the same pipeline as `render`.
+    """
+    params = params or RenderParams()
+    return encode(frame_image(pixels, attributes, 1, params.window), params)
+
+
+def encode(image: Image.Image, params: RenderParams) -> bytes:
+    """Cut the region, fit the viewport, and encode at the requested quality."""
     image = _fit(_crop(image, params), params.viewport)
     out = io.BytesIO()
     fmt = _FORMATS[params.media_type]
@@ -145,17 +163,59 @@ def to_image(ds: Dataset, frame: int, window: Window | None) -> Image.Image:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame <= frames:
         raise ValueError(f"frame {frame} does not exist; the instance has {frames} frame(s)")
-    arr = pixel_array(ds, index=frame - 1)
+    return frame_image(pixel_array(ds, index=frame - 1), ds, frame, window)
+
+
+def frame_image(arr: NDArray[Any], ds: Dataset, frame: int, window: Window | None) -> Image.Image:
+    """Decoded frame `frame` of `ds` as an 8-bit grayscale or RGB Pillow image."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         return Image.fromarray(_to_uint8(apply_color_lut(arr, ds)), "RGB")
     if arr.ndim == 3:
         return Image.fromarray(_to_uint8(arr, int(ds.get("BitsStored", 8) or 8)), "RGB")
-    values = _modality(arr, ds, frame)
-    out = _voi(values, ds, frame, window)
-    if photometric == "MONOCHROME1":
-        out = 255 - out
-    return Image.fromarray(out, "L")
+    return Image.fromarray(_grayscale(arr, ds, frame, window, invert=photometric == "MONOCHROME1"), "L")
+
+
+def _grayscale(arr: NDArray[Any], ds: Dataset, frame: int, window: Window | None, *, invert: bool) -> NDArray[np.uint8]:
+    """Modality LUT, VOI, MONOCHROME1 inversion (PS3.4 N.2.1), through a lookup table when cheaper.
+
+    Each step maps a stored value to an output value independently of the other pixels (the
+    min/max window aside, taken over the values present), so for 8- and 16-bit pixels the
+    pipeline runs once per stored value between the frame's minimum and maximum (~4,000 for
+    a CT slice) instead of once per pixel (262,144 for 512x512), and the frame becomes one
+    table lookup: the same numbers, computed by the same operations, in a tenth of the time.
+    """
+    size = arr.dtype.itemsize
+    if arr.dtype.kind not in "iu" or size > 2 or not arr.size:
+        return _gray_values(arr, ds, frame, window, invert=invert)
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo >= arr.size // 4:  # a table not much smaller than the frame saves nothing
+        return _gray_values(arr, ds, frame, window, invert=invert)
+    unsigned = np.dtype(f"u{size}")
+    codes = arr.view(unsigned)  # a signed value's bit pattern indexes its table entry
+    domain = np.arange(lo, hi + 1, dtype=np.int64).astype(arr.dtype)
+
+    def present(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        counts = np.bincount(codes.ravel(), minlength=1 << (8 * size))
+        occurring: NDArray[np.float64] = values[counts[domain.view(unsigned)] > 0]
+        return occurring
+
+    table = np.zeros(1 << (8 * size), dtype=np.uint8)
+    table[domain.view(unsigned)] = _gray_values(domain, ds, frame, window, invert=invert, present=present)
+    return np.take(table, codes)
+
+
+def _gray_values(
+    arr: NDArray[Any],
+    ds: Dataset,
+    frame: int,
+    window: Window | None,
+    *,
+    invert: bool,
+    present: Callable[[NDArray[np.float64]], NDArray[np.float64]] | None = None,
+) -> NDArray[np.uint8]:
+    out = _voi(_modality(arr, ds, frame), ds, frame, window, present)
+    return 255 - out if invert else out
 
 
 def _frame_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -176,14 +236,22 @@ def _modality(arr: NDArray[Any], ds: Dataset, frame: int) -> NDArray[np.float64]
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
 
 
-def _voi(values: NDArray[np.float64], ds: Dataset, frame: int, window: Window | None) -> NDArray[np.uint8]:
+def _voi(
+    values: NDArray[np.float64],
+    ds: Dataset,
+    frame: int,
+    window: Window | None,
+    present: Callable[[NDArray[np.float64]], NDArray[np.float64]] | None = None,
+) -> NDArray[np.uint8]:
+    """The VOI transformation to 0..255; `present` picks the values that occur in the frame."""
     if window is None:
         window = _stored_window(ds, frame)
     if window is not None:
         return apply_window(values, window)
     if "VOILUTSequence" in ds:
         values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
+    sample = values if present is None else present(values)
+    lo, hi = float(sample.min()), float(sample.max())
     if hi <= lo:
         return np.full(values.shape, 128 if hi > 0 else 0, dtype=np.uint8)
     return np.round((values - lo) / (hi - lo) * 255).astype(np.uint8)
@@ -211,7 +279,8 @@ def apply_window(x: NDArray[np.float64], window: Window) -> NDArray[np.uint8]:
     """PS3.3 C.11.2.1.2: the linear, linear-exact and sigmoid VOI functions to 0..255."""
     c, w = window.center, window.width
     if window.function == "sigmoid":
-        y = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        with np.errstate(over="ignore"):  # exp overflows to inf far below the window: y is then 0
+            y = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
     elif window.function == "linear-exact":
         y = np.clip((x - c) / w + 0.5, 0.0, 1.0)
     elif w <= 1:

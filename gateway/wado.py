@@ -255,7 +255,7 @@ def retrieve_frames(
     study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
 ) -> Response:
     numbers = _frame_numbers(frames)
-    inst = resolve(archive, principal, study, series, sop, with_json=True)[0]
+    inst = retrieve.instance(archive, principal, study, series, sop)
     _check_frames(inst, numbers)
     return _pixels(archive, inst, numbers, mp.negotiate_bulk(request.headers.get("accept")))
 
@@ -338,23 +338,35 @@ def _rendered(
     numbers = _frame_numbers(frames) if frames is not None else [1]
     if len(numbers) > 1:
         raise HTTPException(400, detail="a rendered frame request names one frame")
-    found = resolve(archive, principal, study, series, sop)
+    if series is not None and sop is not None:
+        found = [retrieve.instance(archive, principal, study, series, sop)]
+    else:
+        found = resolve(archive, principal, study, series)
     images = [i for i in found if i.frame_count]
     if not images:
         raise mp.not_acceptable("nothing here has pixel data to render as an image")
     if sop is None:  # a representative image: the middle one of the first series with images
         images = [i for i in images if i.series_uid == images[0].series_uid]
     inst = images[len(images) // 2]
+    if inst.dicom_json is None:  # the representative image: its attributes let it render from its frame
+        inst = retrieve.instance(archive, principal, inst.study_uid, inst.series_uid, inst.sop_uid)
     return Response(rendered_image(archive, inst, numbers[0], params), media_type=media_type)
 
 
 def rendered_image(archive: Archive, inst: StoredInstance, frame: int, params: render.RenderParams) -> bytes:
-    """Render one frame of `inst`, mapping what can go wrong to 400 (bad request) or 406."""
+    """Render one frame of `inst`, mapping what can go wrong to 400 (bad request) or 406.
+
+    A native frame of an instance resolved with its DICOM JSON is rendered from its own bytes
+    and the index's attributes (`retrieve.native_frame`); anything else from the whole object.
+    """
     if not inst.frame_count:
         raise mp.not_acceptable(f"instance {inst.sop_uid} has no pixel data to render as an image")
     if frame > inst.frame_count:
         raise HTTPException(400, detail=f"frame {frame} does not exist; the instance has {inst.frame_count}")
     try:
+        decoded = retrieve.native_frame(archive, inst, frame)
+        if decoded is not None:
+            return render.render_frame(decoded.pixels, decoded.attributes, params)
         return render.render(retrieve.read_dataset(archive, inst), frame=frame, params=params)
     except ValueError as exc:
         raise HTTPException(400, detail=str(exc)) from None

@@ -7,10 +7,13 @@ transcoded), metadata, bulk data, frames byte for byte, rendered images.
 
 from __future__ import annotations
 
+import copy
 import io
+import time
 from pathlib import Path
 
 import httpx
+import jwt
 import numpy as np
 import pydicom
 import pytest
@@ -18,9 +21,12 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from requests import HTTPError
 
+from gateway import render
+from storage import retrieve
 from storage.access import Principal
 from storage.ingest import Origin, ingest
 from storage.parse import Source
@@ -310,6 +316,17 @@ def test_frames_are_byte_equal_to_the_stored_pixel_data(gateway: Gateway) -> Non
     assert r.content == read(multi).PixelData[length : 2 * length]
 
 
+def test_native_ybr_full_422_frames_are_two_samples_a_pixel(gateway: Gateway) -> None:
+    """YBR_FULL_422 keeps 2 bytes a pixel, not 3 (PS3.3 C.7.6.3.1.2): frame 2 starts at 2*rows*columns."""
+    ds = pydicom.dcmread(BUNDLED["SC_ybr_full_422_uncompressed.dcm"])
+    first = ds.PixelData
+    second = bytes(255 - b for b in first)
+    ds.NumberOfFrames, ds.PixelData = 2, first + second
+    data = store(gateway, _copy(ds, f.uid(), f.uid()))
+    got = gateway.client().retrieve_instance_frames(*uids(data), [2, 1], media_types=("application/octet-stream",))
+    assert got == [second, first]
+
+
 # ----- rendered -----------------------------------------------------------------------------
 
 
@@ -366,6 +383,179 @@ def test_monochrome1_is_inverted(gateway: Gateway) -> None:
     pb = np.asarray(image(client.retrieve_instance_rendered(*uids(b), media_types=("image/png",)))).astype(int)
     assert pa.std() > 10
     assert np.array_equal(pa + pb, np.full_like(pa, 255))
+
+
+# ----- rendering from a frame's own bytes ---------------------------------------------------
+
+RNG = np.random.default_rng(7)
+SYSTEM = Principal.system()
+
+
+def _pixels(ds: Dataset, low: int, high: int, dtype: str, frames: int = 1) -> None:
+    """Random pixels in [low, high) for `ds`'s geometry (a different picture per frame)."""
+    shape = (frames, ds.Rows, ds.Columns) if frames > 1 else (ds.Rows, ds.Columns)
+    ds.PixelData = RNG.integers(low, high, size=shape).astype(dtype).tobytes()
+
+
+def _render_cases() -> dict[str, Dataset]:
+    """Native images that between them take every step of the pipeline (PS3.4 N.2).
+
+    300x300 or more, so the grayscale ones go through the lookup table, as a CT slice does.
+    """
+    cases: dict[str, Dataset] = {}
+    ds = f.ct_dataset(rows=300, columns=310, frames=2)  # MONOCHROME2, 12 of 16 bits, rescaled
+    _pixels(ds, 0, 4096, "<u2", frames=2)
+    cases["monochrome2 multi-frame"] = ds
+
+    ds = f.ct_dataset(rows=300, columns=300)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.WindowCenter, ds.WindowWidth = "1200", "1600"
+    _pixels(ds, 0, 4096, "<u2")
+    cases["monochrome1 windowed"] = ds
+
+    ds = f.ct_dataset(rows=320, columns=300)  # signed, slope and intercept, no window: min/max
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
+    ds.RescaleSlope, ds.RescaleIntercept = "2.5", "-100"
+    _pixels(ds, -3000, 3000, "<i2")
+    cases["signed rescaled"] = ds
+
+    ds = f.ct_dataset(rows=300, columns=300, frames=3)  # enhanced: functional groups per frame
+    del ds.RescaleSlope, ds.RescaleIntercept
+    shared, transform = Dataset(), Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = "0.5", "10", "US"
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for n in range(3):
+        item, voi = Dataset(), Dataset()
+        voi.WindowCenter, voi.WindowWidth = str(300 + 400 * n), str(500 + 300 * n)
+        item.FrameVOILUTSequence = Sequence([voi])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    _pixels(ds, 0, 4096, "<u2", frames=3)
+    cases["functional groups"] = ds
+
+    ds = f.ct_dataset(rows=300, columns=300)  # a Modality LUT that sends the absent odd values far away
+    del ds.RescaleSlope, ds.RescaleIntercept
+    lut = Dataset()
+    lut.LUTDescriptor, lut.ModalityLUTType = [512, 0, 16], "OD"
+    lut.add_new(0x00283006, "US", [i if i % 2 == 0 else 60000 for i in range(512)])
+    ds.ModalityLUTSequence = Sequence([lut])
+    _pixels(ds, 0, 256, "<u2")
+    ds.PixelData = (np.frombuffer(ds.PixelData, "<u2") * 2).astype("<u2").tobytes()  # even values only
+    cases["modality LUT"] = ds
+
+    for name, planar in (("RGB", 0), ("RGB planar", 1)):
+        ds = f.ct_dataset(rows=200, columns=300)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", planar
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.PixelData = RNG.integers(0, 256, size=200 * 300 * 3).astype("u1").tobytes()
+        cases[name] = ds
+
+    cases["palette colour"] = pydicom.dcmread(BUNDLED["examples_palette.dcm"])
+    return cases
+
+
+def _copy(ds: Dataset, study: str, series: str, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """`ds` as a new instance of `study`/`series` in `transfer_syntax` (RLE: compressed here)."""
+    out = copy.deepcopy(ds)
+    out.StudyInstanceUID, out.SeriesInstanceUID, out.SOPInstanceUID = study, series, f.uid()
+    if transfer_syntax == RLELossless:
+        out.compress(RLELossless, generate_instance_uid=False)
+    return f.to_bytes(out, transfer_syntax)
+
+
+def _decodes_from_frame(gw: Gateway, data: bytes, frame: int) -> bool:
+    st, se, sop = uids(data)
+    return retrieve.native_frame(gw.archive, retrieve.instance(gw.archive, SYSTEM, st, se, sop), frame) is not None
+
+
+def test_rendering_from_the_frame_bytes_equals_rendering_the_whole_object(gateway: Gateway) -> None:
+    """A native frame renders from its ranged read and the index's attributes (`native_frame`);
+    a deflated or RLE copy of the same instance can only render from the whole object. Both must
+    give the same pixels, and those of rendering the original dataset in-process."""
+    st, se = f.uid(), f.uid()
+    queries = ("", "?window=40,400", "?window=900,1200,sigmoid", "?window=500,1,linear-exact", "?viewport=77,64")
+    for name, ds in _render_cases().items():
+        native = store(gateway, _copy(ds, st, se))
+        copies = [store(gateway, _copy(ds, st, se, DeflatedExplicitVRLittleEndian))]
+        # encapsulated too; not "RGB planar": pydicom's RLE encoder reads its pixels as interleaved
+        if name in ("monochrome2 multi-frame", "RGB", "signed rescaled"):
+            copies.append(store(gateway, _copy(ds, st, se, RLELossless)))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        for frame in sorted({1, frames}):
+            assert _decodes_from_frame(gateway, native, frame), name
+            assert not any(_decodes_from_frame(gateway, c, frame) for c in copies), name
+            for query in queries:
+                suffix = f"/frames/{frame}/rendered{query}"
+                got = get(gateway, url(gateway, native, suffix), "image/png")
+                assert got.status_code == 200, (name, suffix, got.text)
+                pixels = np.asarray(image(got.content))
+                for other in copies:
+                    assert np.array_equal(
+                        np.asarray(image(get(gateway, url(gateway, other, suffix), "image/png").content)), pixels
+                    ), (name, suffix)
+                params = render.RenderParams(
+                    media_type="image/png",
+                    window=render.parse_window(query.removeprefix("?window=")) if "window" in query else None,
+                    viewport=(77, 64) if "viewport" in query else None,
+                )
+                expected = np.asarray(image(render.render(read(native), frame=frame, params=params)))
+                assert np.array_equal(pixels, expected), (name, suffix)
+            jpeg = get(gateway, url(gateway, native, f"/frames/{frame}/rendered"), "image/jpeg")
+            assert "content-encoding" not in jpeg.headers  # httpx asks for gzip: images go as they are
+            assert (
+                jpeg.content == get(gateway, url(gateway, copies[0], f"/frames/{frame}/rendered"), "image/jpeg").content
+            )
+
+
+def test_the_lookup_table_gives_what_the_pipeline_gives_per_pixel() -> None:
+    """A frame too small for the table (computed pixel by pixel) tiled 5x5 (through the table):
+    the rendering must be the tile of the small one's, window by window, min/max included."""
+    variants: list[Dataset] = []
+    for signed, photometric in ((0, "MONOCHROME2"), (1, "MONOCHROME1"), (1, "MONOCHROME2")):
+        ds = f.ct_dataset(rows=60, columns=60)
+        ds.PixelRepresentation, ds.PhotometricInterpretation = signed, photometric
+        _pixels(ds, -2048 if signed else 0, 2048 if signed else 4096, "<i2" if signed else "<u2")
+        variants.append(ds)
+    ds = f.ct_dataset(rows=30, columns=30)  # 8-bit: a 256-entry table
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    del ds.RescaleSlope, ds.RescaleIntercept
+    _pixels(ds, 0, 256, "u1")
+    variants.append(ds)
+    modality_lut = _render_cases()["modality LUT"]
+    modality_lut.Rows = modality_lut.Columns = 60
+    modality_lut.PixelData = modality_lut.PixelData[: 60 * 60 * 2]
+    variants.append(modality_lut)
+    for ds in variants:
+        big = copy.deepcopy(ds)
+        small_pixels = np.frombuffer(ds.PixelData, ds.pixel_array.dtype).reshape(ds.Rows, ds.Columns)
+        big.Rows, big.Columns = ds.Rows * 5, ds.Columns * 5
+        big.PixelData = np.tile(small_pixels, (5, 5)).tobytes()
+        small, tiled = read(f.to_bytes(ds)), read(f.to_bytes(big))
+        for window in (None, "40,400", "100,1,linear", "0,1000,linear-exact", "40,80,sigmoid"):
+            params = render.RenderParams(media_type="image/png", window=render.parse_window(window) if window else None)
+            want = np.tile(np.asarray(image(render.render(small, params=params))), (5, 5))
+            assert np.array_equal(np.asarray(image(render.render(tiled, params=params))), want), window
+
+
+def test_a_remembered_token_still_expires_and_goes_with_its_key(gateway: Gateway) -> None:
+    """The gateway remembers verified local tokens (`Authenticator`): that must not outlive `exp`
+    nor a change of the signing key."""
+    data = store(gateway, f.to_bytes(f.ct_dataset(rows=8, columns=8)))
+    path = url(gateway, data, "/frames/1")
+    short, long = gateway.token(ttl=2), gateway.token(ttl=600)
+    for token in (short, short, long, long):  # the second use of each comes from memory
+        assert get(gateway, path, Authorization=f"Bearer {token}").status_code == 200
+    exp = jwt.decode(short, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 0.2)
+    r = get(gateway, path, Authorization=f"Bearer {short}")
+    assert r.status_code == 401 and "expired" in r.headers["www-authenticate"]
+    (gateway.settings.data_dir / "jwt-secret").write_text("another-signing-key-" + "k" * 40)
+    r = get(gateway, path, Authorization=f"Bearer {long}")
+    assert r.status_code == 401 and "signature" in r.headers["www-authenticate"]
+    assert get(gateway, path).status_code == 200  # a token of the new key
 
 
 # ----- byte ranges and the SCP path ---------------------------------------------------------
