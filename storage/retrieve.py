@@ -135,7 +135,8 @@ def _check_uids(study: str, series: str | None, sop: str | None) -> None:
             check_uid(keyword, uid)
 
 
-_INSTANCE_COLUMNS = (
+#: the columns a StoredInstance is built from (also what C-MOVE/C-GET select, storage.selection)
+STORED_INSTANCE_COLUMNS = (
     Study.study_uid,
     Series.series_uid,
     Instance.sop_uid,
@@ -172,7 +173,7 @@ def instances(
         Nothing matches, or the study is not visible to `principal`.
     """
     _check_uids(study_uid, series_uid, sop_uid)
-    cols = (*_INSTANCE_COLUMNS, Instance.dicom_json) if with_json else _INSTANCE_COLUMNS
+    cols = (*STORED_INSTANCE_COLUMNS, Instance.dicom_json) if with_json else STORED_INSTANCE_COLUMNS
     rows = session.execute(_scoped(select(*cols), principal, study_uid, series_uid, sop_uid)).all()
     if not rows:
         raise NotFound(_missing(study_uid, series_uid, sop_uid))

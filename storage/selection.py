@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from storage.access import Principal, visible_to
 from storage.errors import StorageError
 from storage.models import Instance, PatientIdentity, Series, Study
-from storage.retrieve import Delivery, StoredInstance, check_uid, plan
+from storage.retrieve import STORED_INSTANCE_COLUMNS, Delivery, StoredInstance, check_uid, plan
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 #: the levels of each information model, top down (PS3.4 C.3.1, C.3.2)
@@ -113,21 +113,6 @@ def _values(identifier: Dataset, keyword: str) -> tuple[str, ...]:
     return tuple(s for s in (str(v).strip().rstrip("\0") for v in items if v is not None) if s)
 
 
-_COLUMNS = (
-    Study.study_uid,
-    Series.series_uid,
-    Instance.sop_uid,
-    Instance.sop_class_uid,
-    Instance.transfer_syntax_uid,
-    Instance.object_key,
-    Instance.size,
-    Instance.rows,
-    Instance.columns,
-    Instance.number_of_frames,
-    Instance.pixel_layout,
-)
-
-
 def select_instances(session: Session, principal: Principal, keys: RetrieveKeys) -> list[StoredInstance]:
     """The instances `keys` names that `principal` may read, study by study, in series and instance order.
 
@@ -135,7 +120,7 @@ def select_instances(session: Session, principal: Principal, keys: RetrieveKeys)
     (the retrieve then completes with no sub-operations).
     """
     q = (
-        select(*_COLUMNS)
+        select(*STORED_INSTANCE_COLUMNS)
         .join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Instance.study_id)
         .where(visible_to(principal), *_filters(keys))
