@@ -471,17 +471,23 @@ def _spliced_studies(base_url: str) -> Build:
     other IDs, procedure codes...), which PS3.18 allows beyond the required ones.
     """
 
+    prefix = _json_text(f"{base_url}/studies/") if base_url else None
+
     def build(session: Session, rows: list[Row[Any]]) -> Iterator[Match]:
         del session
         for row in rows:
-            tail = _study_computed(row)
-            if base_url:
-                tail["00081190"] = {"vr": "UR", "Value": [f"{base_url}/studies/{row.study_uid}"]}
-            stored = row.attrs_json.encode()
-            computed = orjson.dumps(tail)
-            yield computed if stored == b"{}" else stored[:-1] + b"," + computed[1:]
+            tail = _study_computed_json(row)
+            if prefix is not None:  # UIDs are digits and dots (checked at ingest): nothing to escape
+                tail += f',"00081190":{{"vr":"UR","Value":["{prefix}{row.study_uid}"]}}'
+            stored = row.attrs_json
+            yield f"{{{tail}}}".encode() if stored == "{}" else f"{stored[:-1]},{tail}}}".encode()
 
     return build
+
+
+def _json_text(text: str) -> str:
+    """`text` escaped for use inside a JSON string."""
+    return orjson.dumps(text).decode()[1:-1]
 
 
 def _series(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
@@ -591,12 +597,12 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
         computed = _computed(session, principal, rows, wanted)
         parents.load(session, rows)
         for row in rows:
-            yield _spliced_instance(row, parents, url(row)) if splice and not row.whole else one(row, computed)
+            yield _spliced_instance(row, parents, base_url) if splice and not row.whole else one(row, computed)
 
     return _Plan(stmt.order_by(*order), build, ignored)
 
 
-def _spliced_instance(row: Row[Any], parents: _Parents, url: str | None) -> bytes:
+def _spliced_instance(row: Row[Any], parents: _Parents, base_url: str) -> bytes:
     """A default instance answer: the stored instance-level subset as it is, spliced between
     the wanted study and series attributes (one fragment per series) and the per-row ones.
 
@@ -604,13 +610,12 @@ def _spliced_instance(row: Row[Any], parents: _Parents, url: str | None) -> byte
     (storage.parse.INSTANCE_TAGS), not only the PS3.18 defaults: that is what saves the parse.
     """
     own = row.dicom_json
-    tail: dict[str, Any] = {}
-    if url is not None:
-        tail["00081190"] = {"vr": "UR", "Value": [url]}
+    pieces = [parents.fragment(row, base_url), own[1:-1]]
+    if base_url:  # UIDs are digits and dots (checked at ingest): nothing to escape
+        pieces.append(f'"00081190":{{"vr":"UR","Value":["{parents.url_prefix}{row.sop_uid}"]}}')
     if row.number_of_frames and '"00280008"' not in own:  # single-frame objects have no element
-        tail["00280008"] = {"vr": "IS", "Value": [row.number_of_frames]}
-    pieces = [parents.fragment(row), own[1:-1].encode(), orjson.dumps(tail)[1:-1]]
-    return b"{" + b",".join(piece for piece in pieces if piece) + b"}"
+        pieces.append(f'"00280008":{{"vr":"IS","Value":[{int(row.number_of_frames)}]}}')
+    return ("{" + ",".join(piece for piece in pieces if piece) + "}").encode()
 
 
 #: what an instance answer can be built from without the instance's whole JSON
@@ -635,7 +640,9 @@ class _Parents:
         self._wanted = wanted
         self._studies: dict[int, dict[str, Any]] = {}
         self._series: dict[int, dict[str, Any]] = {}
-        self._fragments: dict[int, bytes] = {}
+        self._fragments: dict[int, str] = {}
+        self._last: int | None = None
+        self.url_prefix = ""
 
     def load(self, session: Session, rows: list[Row[Any]]) -> None:
         studies = {r.study_pk for r in rows} - self._studies.keys()
@@ -649,15 +656,19 @@ class _Parents:
     def of(self, row: Row[Any]) -> dict[str, Any]:
         return self._studies.get(row.study_pk, {}) | self._series.get(row.series_pk, {})
 
-    def fragment(self, row: Row[Any]) -> bytes:
+    def fragment(self, row: Row[Any], base_url: str) -> str:
         """The wanted study and series attributes of `row`'s series, serialized without braces;
-        instance-level tags are left to the instance's own subset, so no key appears twice."""
+        instance-level tags are left to the instance's own subset, so no key appears twice.
+        Sets `url_prefix`, the series' RetrieveURL prefix for its instances."""
+        if row.series_pk != self._last:
+            self._last = row.series_pk
+            self.url_prefix = _json_text(f"{base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/")
         found = self._fragments.get(row.series_pk)
         if found is None:
             attrs = self.of(row) | _study_computed(row)
             attrs["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
             keep = {tag: attrs[tag] for tag in sorted(self._wanted & attrs.keys()) if tag not in INSTANCE_TAGS}
-            found = self._fragments[row.series_pk] = orjson.dumps(keep)[1:-1]
+            found = self._fragments[row.series_pk] = orjson.dumps(keep).decode()[1:-1]
         return found
 
 
@@ -845,6 +856,17 @@ def _set(attrs: dict[str, Any], tag: str, vr: str, value: object) -> None:
         attrs.pop(tag, None)
     else:
         attrs[tag] = {"vr": vr, "Value": [value]}
+
+
+def _study_computed_json(row: Row[Any]) -> str:
+    """`_study_computed` already serialized (without braces), for spliced answers."""
+    modalities = [v for v in (row.modalities or "").split("\\") if v]
+    found = f'{{"vr":"CS","Value":{orjson.dumps(modalities).decode()}}}' if modalities else '{"vr":"CS"}'
+    return (
+        f'"00080056":{{"vr":"CS","Value":["ONLINE"]}},"00080061":{found},'
+        f'"00201206":{{"vr":"IS","Value":[{int(row.num_series)}]}},'
+        f'"00201208":{{"vr":"IS","Value":[{int(row.num_instances)}]}}'
+    )
 
 
 def _study_computed(row: Row[Any]) -> dict[str, Any]:
