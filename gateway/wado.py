@@ -133,7 +133,7 @@ def _dicom_parts(
         part's Content-Type (PS3.18 8.7.3.5.2 allows this where only a lossy original exists);
         otherwise the failure aborts the response, so the client sees an incomplete body.
     """
-    for d in deliveries:
+    for d in retrieve.read_ahead(archive, deliveries):
         inst = d.instance
         location = f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}"
         ts, body = d.transfer_syntax, ready.get(inst.sop_uid)

@@ -111,6 +111,10 @@ class S3BlobStore:
             raise
         return True
 
+    def prefetch(self, key: str) -> None:
+        """No read-ahead: each GET streams from the S3 server as it is sent on."""
+        del key
+
     def local_path(self, key: str) -> Path | None:  # noqa: ARG002 - the objects live on the S3 server
         return None
 

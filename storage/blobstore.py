@@ -44,6 +44,12 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def prefetch(self, key: str) -> None:
+        """Hint that `key` will be read soon, so a cold read overlaps the sending of the one before.
+
+        Best effort: a store that cannot read ahead, or a key that is gone, is ignored.
+        """
+
     def local_path(self, key: str) -> Path | None:
         """The object as a file on this host, or None for a remote store.
 

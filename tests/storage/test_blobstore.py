@@ -47,6 +47,9 @@ def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:
         assert blob.read() == data
     assert store.read_range(key, 1000, 5000) == data[1000:6000]
     assert b"".join(store.iter_chunks(key, 65536)) == data
+    store.prefetch(key)  # a read-ahead hint: changes nothing that is read
+    store.prefetch(new_key())  # nor fails for a key that is not there
+    assert store.read_range(key, 0, 10) == data[:10]
     src = tmp_path / "src.bin"
     src.write_bytes(data[::-1])
     other = new_key()
