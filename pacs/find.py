@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import select
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from pacs import worklist
+from pacs.pacing import PACE_EVERY, keep_pace
 from pacs.policy import principal_for
 from pacs.status import failure
 from storage.access import Principal, require_read
@@ -57,12 +57,6 @@ MODELS = {
 }
 #: the unique key of each level (PS3.4 C.6.1.1)
 UNIQUE = {PATIENT: "00100020", STUDY: "0020000D", SERIES: "0020000E", IMAGE: "00080018"}
-#: responses pynetdicom may hold unsent before the handler waits (each is two P-DATA primitives)
-BACKLOG = 64
-#: answers between two looks at the network (a look releases the GIL, which costs a thread switch)
-PACE_EVERY = 16
-#: the longest a handler waits for the network before it goes on anyway
-PACE_TIMEOUT = 2.0
 #: identifier elements that are not keys: the level, the character set, and what every answer has
 _NOT_KEYS = frozenset({Tag(0x00080005), Tag(0x00080052), Tag(0x00080054)})
 
@@ -111,7 +105,7 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
             pending = PENDING_WARNING if found.ignored else PENDING
             for match in found.matches:
                 if outcome.matches % PACE_EVERY == 0:
-                    _keep_pace(event.assoc)
+                    keep_pace(event.assoc)
                 if event.is_cancelled:
                     outcome.status = CANCEL
                     yield CANCEL, None
@@ -224,33 +218,6 @@ def _single_uid(keys: dict[str, str], tag: str) -> None:
         return  # PatientID is matched like any key; an absent UID searches relationally
     if len(re.split(r"[\\,]", value)) > 1:
         raise InvalidQuery(f"{keyword(tag)} above the level must be a single UID")  # PS3.4 C.4.1.2.1
-
-
-def _keep_pace(assoc: Any) -> None:
-    """Wait before the next answer while pynetdicom has many queued or the peer has spoken.
-
-    pynetdicom queues every response in memory, and its reactor reads from the peer (where a
-    C-CANCEL arrives) only when that queue is empty. Unpaced, a long answer would be encoded
-    in full ahead of the network and its C-CANCEL read only after the last match.
-    """
-    dul = assoc.dul
-    deadline = time.monotonic() + PACE_TIMEOUT
-    while assoc.is_established and time.monotonic() < deadline:
-        if dul.to_provider_queue.qsize() <= 2 * BACKLOG and not _peer_spoke(dul):
-            return
-        time.sleep(0.0005)
-
-
-def _peer_spoke(dul: Any) -> bool:
-    """Whether bytes from the peer wait unread (a select on the socket, without side effects)."""
-    sock = getattr(dul.socket, "socket", None)
-    if sock is None:
-        return False
-    try:
-        ready, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(ready)
 
 
 def _log(principal: Principal, model: str, outcome: _Outcome, started: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from pacs.pacing import PACE_EVERY, keep_pace
 from pacs.policy import principal_for
 from pacs.status import SUCCESS, failure
 from storage.access import require_read
@@ -48,7 +49,9 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
         with archive.db.read() as session:
             answers = find_worklist(identifier, principal, session=session)
         matches = len(answers)
-        for answer in answers:
+        for sent, answer in enumerate(answers):
+            if sent % PACE_EVERY == 0:
+                keep_pace(event.assoc)
             if event.is_cancelled:
                 status = CANCEL
                 yield CANCEL, None

@@ -291,7 +291,8 @@ def _load(archive: Archive) -> tuple[str, str]:
 
 
 def _plan(archive: Archive, run: Any) -> str:
-    """Run a search, capture the statement it sends last, and EXPLAIN that statement."""
+    """Run a search, capture its main statement (the longest it sends; the others fetch the
+    study and series attributes of the rows found), and EXPLAIN that statement."""
     sent: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
@@ -304,7 +305,7 @@ def _plan(archive: Archive, run: Any) -> str:
             run(session)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
-    statement, parameters = sent[-1]
+    statement, parameters = max(sent, key=lambda sent_one: len(sent_one[0]))
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()

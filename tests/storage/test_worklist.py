@@ -315,7 +315,7 @@ def test_a_bad_identifier_is_an_invalid_query(day: Session) -> None:
 def test_the_migration_goes_down_and_up(archive: Archive) -> None:
     """0003 on the backend under test: the table and its indexes appear and go away."""
     engine = archive.db.engine
-    assert current(engine) == "0003"
+    assert current(engine) >= "0003"
     indexes = {i["name"] for i in inspect(engine).get_indexes("scheduled_procedure_steps")}
     assert {"ix_sps_station_date", "ix_sps_date_modality"} <= indexes
     cfg = alembic_config()
