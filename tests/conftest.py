@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -182,3 +182,34 @@ def archive(settings: Settings) -> Iterator[Archive]:
         yield arch
     finally:
         arch.close()
+
+
+def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings, Callable[[], None]]:
+    """Settings for one backend pair that live as long as a module, and how to clean up.
+
+    For test modules that only search: they share one database per backend instead of one per
+    test, so their archive is stored once (STYLE rule 20 allows a database per session).
+    """
+    if request.param == "sqlite-fs":
+        return Settings(data_dir=tmp / "var", dicom_port=0, http_port=0), lambda: None  # type: ignore[call-arg]
+    admin_url, s3 = request.getfixturevalue("postgres_url"), request.getfixturevalue("s3_settings")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp / "var",
+        dicom_port=0,
+        http_port=0,
+        database_url=make_url(admin_url).set(database=name).render_as_string(hide_password=False),
+        storage_url=s3_storage_url(s3),
+        s3_access_key=s3["S3_ACCESS_KEY"],
+        s3_secret_key=s3["S3_SECRET_KEY"],
+    )
+    return settings, drop

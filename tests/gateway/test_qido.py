@@ -13,11 +13,9 @@ import json
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -27,8 +25,7 @@ from fastapi.responses import StreamingResponse
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from requests.exceptions import HTTPError
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from gateway.app import create_app
 from gateway.compression import GzipJsonMiddleware, accepts_gzip
@@ -39,9 +36,8 @@ from storage.archive import Archive
 from storage.ingest import Origin, ingest
 from storage.migrate import upgrade
 from storage.parse import INSTANCE_TAGS, Source
-from storage.settings import Settings
 from tests import dicom_factory as f
-from tests.conftest import BACKENDS, s3_storage_url
+from tests.conftest import BACKENDS, module_settings
 from tests.gateway.conftest import Gateway, serve_gateway
 
 MODALITY = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
@@ -123,42 +119,10 @@ BY_UID = {s.uid: s.label for s in ARCHIVE.values()}
 ORDER = ["stef", "andrei", "ion", "maria", "turcanu", "yamada", "elena", "dan", "escapes", "nodate"]
 
 
-def _module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings, Callable[[], None]]:
-    """Settings for one backend pair that live as long as the module, and how to clean up.
-
-    The conftest fixtures give each test a fresh database; the read-only searches here share
-    one per backend instead, so the ten studies are stored once (STYLE rule 20 allows a
-    database per session).
-    """
-    if request.param == "sqlite-fs":
-        return Settings(data_dir=tmp / "var", dicom_port=0, http_port=0), lambda: None  # type: ignore[call-arg]
-    admin_url, s3 = request.getfixturevalue("postgres_url"), request.getfixturevalue("s3_settings")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp / "var",
-        dicom_port=0,
-        http_port=0,
-        database_url=make_url(admin_url).set(database=name).render_as_string(hide_password=False),
-        storage_url=s3_storage_url(s3),
-        s3_access_key=s3["S3_ACCESS_KEY"],
-        s3_secret_key=s3["S3_SECRET_KEY"],
-    )
-    return settings, drop
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway over the ten studies, per backend, shared by the tests that only search."""
-    settings, drop = _module_settings(request, tmp_path_factory.mktemp("qido"))
+    settings, drop = module_settings(request, tmp_path_factory.mktemp("qido"))
     archive = Archive.open(settings)
     try:
         upgrade(archive.db.engine)

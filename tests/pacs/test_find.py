@@ -13,8 +13,7 @@ import logging
 import re
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
 
 from pacs.server import start
 from storage.access import Principal
@@ -39,9 +37,8 @@ from storage.migrate import upgrade
 from storage.orgs import AeSpec, add_org
 from storage.parse import Source
 from storage.queries import PATIENT, STUDY, Query, search, search_all
-from storage.settings import Settings
 from tests import dicom_factory as f
-from tests.conftest import BACKENDS, require_tool, s3_storage_url
+from tests.conftest import BACKENDS, module_settings, require_tool
 
 MODALITY = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
 ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
@@ -117,37 +114,6 @@ ARCHIVE = {
 }
 BY_UID = {s.uid: s.label for s in ARCHIVE.values()}
 NAMED = {label for label in ARCHIVE if not label.startswith("masiv")}
-
-
-def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings, Callable[[], None]]:
-    """Settings for one backend pair that live as long as the module, and how to clean up.
-
-    The tests only search, so they share one database per backend (STYLE rule 20 allows a
-    database per session) and the archive is stored once.
-    """
-    if request.param == "sqlite-fs":
-        return Settings(data_dir=tmp / "var", dicom_port=0, http_port=0), lambda: None  # type: ignore[call-arg]
-    admin_url, s3 = request.getfixturevalue("postgres_url"), request.getfixturevalue("s3_settings")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp / "var",
-        dicom_port=0,
-        http_port=0,
-        database_url=make_url(admin_url).set(database=name).render_as_string(hide_password=False),
-        storage_url=s3_storage_url(s3),
-        s3_access_key=s3["S3_ACCESS_KEY"],
-        s3_secret_key=s3["S3_SECRET_KEY"],
-    )
-    return settings, drop
 
 
 @dataclass
