@@ -36,8 +36,8 @@ from pacs.policy import principal_for
 from pacs.status import SUCCESS, failure
 from storage.access import Principal, require_read
 from storage.archive import Archive
-from storage.commitment import InvalidCommitmentRequest, Request, Result, evaluate, report_address, request
-from storage.errors import StorageError
+from storage.commitment import Request, Result, evaluate, report_address, request
+from storage.errors import InvalidCommitmentRequest, StorageError
 from storage.logs import event as log_event
 
 log = logging.getLogger(__name__)

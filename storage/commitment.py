@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.access import Principal, visible_to
-from storage.errors import StorageError
+from storage.errors import InvalidCommitmentRequest
 from storage.models import ApplicationEntity, Instance, Study
 from storage.parse import UID_RE
 
@@ -30,13 +30,6 @@ ALL_COMMITTED = 1
 FAILURES_EXIST = 2
 
 _CHUNK = 500  # UIDs per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-
-
-class InvalidCommitmentRequest(StorageError):
-    """The N-ACTION's Action Information cannot be acted upon (PS3.7 10.1.4.1.10)."""
-
-    status = 0x0115  # Invalid Argument Value
-    reason = "invalid_commitment_request"
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,20 @@ class StudyMismatch(RejectedInput):
     reason = "study_mismatch"
 
 
+class InvalidIdentifier(RejectedInput):
+    """A C-MOVE/C-GET identifier that does not say what to retrieve (PS3.4 C.4.2.1.4)."""
+
+    status = 0xA900  # Failed: Identifier does not match SOP Class
+    reason = "invalid_identifier"
+
+
+class InvalidCommitmentRequest(RejectedInput):
+    """A storage commitment N-ACTION whose Action Information cannot be acted upon (PS3.7 10.1.4.1.10)."""
+
+    status = 0x0115  # Invalid Argument Value
+    reason = "invalid_commitment_request"
+
+
 class OutOfResources(StorageError):
     """The archive could not keep the object (blob store or database failed)."""
 

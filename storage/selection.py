@@ -30,7 +30,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from storage.access import Principal, visible_to
-from storage.errors import StorageError
+from storage.errors import InvalidIdentifier
 from storage.models import Instance, PatientIdentity, Series, Study
 from storage.retrieve import STORED_INSTANCE_COLUMNS, Delivery, StoredInstance, check_uid, plan
 
@@ -41,13 +41,6 @@ MODEL_LEVELS = {PATIENT: (PATIENT, STUDY, SERIES, IMAGE), STUDY: (STUDY, SERIES,
 UNIQUE_KEY = {PATIENT: "PatientID", STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID", IMAGE: "SOPInstanceUID"}
 #: what an instance may be decoded to when the peer did not accept its stored syntax, preferred first
 FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class InvalidIdentifier(StorageError):
-    """The retrieve identifier does not say what to retrieve (C-MOVE/C-GET 0xA900)."""
-
-    status = 0xA900  # Failed: Identifier does not match SOP Class
-    reason = "invalid_identifier"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,12 @@ from pacs.server import RunningScp
 from pacs.suboperations import destination_contexts
 from storage.access import Principal
 from storage.archive import Archive
+from storage.errors import InvalidIdentifier
 from storage.ingest import Origin, ingest
 from storage.orgs import AeSpec, add_org
 from storage.parse import Source
 from storage.retrieve import StoredInstance
-from storage.selection import InvalidIdentifier, parse_identifier
+from storage.selection import parse_identifier
 from tests import dicom_factory as f
 from tests.conftest import require_tool
 from tests.servers import free_port
