@@ -243,102 +243,6 @@ def keyword(tag: str) -> str:
     return ".".join(keyword_for_tag(int(t, 16)) or t for t in tag.split("."))
 
 
-def search_patients(
-    query: Query,
-    principal: Principal,
-    *,
-    session: Session,
-    limit: int | None = None,
-    offset: int = 0,
-    base_url: str = "",
-) -> SearchResult:
-    """Patients with at least one study `principal` may see (PS3.4 C.6.1.1.2 PATIENT level).
-
-    A patient is one institution's identity (issuer, patient ID): the archive does not merge
-    identities here, the patient index links them. Its name, birth date and sex are those of
-    its first stored instance; NumberOfPatientRelatedStudies/Series/Instances count only the
-    visible studies. Ordered by name.
-
-    Raises
-    ------
-    InvalidQuery
-        A key's value cannot be matched.
-    """
-    return _page(session, _patients(query, principal, session, base_url), limit, offset)
-
-
-def search_studies(
-    query: Query,
-    principal: Principal,
-    *,
-    session: Session,
-    limit: int | None = None,
-    offset: int = 0,
-    base_url: str = "",
-) -> SearchResult:
-    """Studies matching `query` that `principal` may see (PS3.18 10.6.1, PS3.4 C.6.1 STUDY level).
-
-    Newest study date first, then most recently indexed. `base_url` (the DICOMweb root) makes
-    RetrieveURL (0008,1190); without it RetrieveURL is left out.
-
-    Raises
-    ------
-    InvalidQuery
-        A key's value cannot be matched (a malformed date range, an invalid UID...).
-    """
-    return _page(session, _studies(query, principal, session, base_url), limit, offset)
-
-
-def search_series(
-    query: Query,
-    principal: Principal,
-    *,
-    session: Session,
-    limit: int | None = None,
-    offset: int = 0,
-    base_url: str = "",
-) -> SearchResult:
-    """Series matching `query`, in its study or across all visible ones (PS3.18 10.6.1).
-
-    Study-level keys match the series' study. Outside one study, the study's default
-    attributes are returned too (PS3.18 Table 10.6.3-3). Ordered by study (as for studies),
-    then series number and arrival.
-
-    Raises
-    ------
-    InvalidQuery
-        A key's value cannot be matched.
-    NotFound
-        The study of the scope does not exist or `principal` may not see it.
-    """
-    return _page(session, _series(query, principal, session, base_url), limit, offset)
-
-
-def search_instances(
-    query: Query,
-    principal: Principal,
-    *,
-    session: Session,
-    limit: int | None = None,
-    offset: int = 0,
-    base_url: str = "",
-) -> SearchResult:
-    """Instances matching `query`, in a series, a study or everywhere visible (PS3.18 10.6.1).
-
-    Answers come from each instance's DICOM JSON kept at ingest; ``include_all`` returns all of
-    it except bulk data. Outside a series (or study), the series (and study) default attributes
-    are returned too. Ordered by study, series number, instance number, then arrival.
-
-    Raises
-    ------
-    InvalidQuery
-        A key's value cannot be matched.
-    NotFound
-        The study or series of the scope does not exist or `principal` may not see it.
-    """
-    return _page(session, _instances(query, principal, session, base_url), limit, offset)
-
-
 def search(
     query: Query,
     principal: Principal,
@@ -348,7 +252,25 @@ def search(
     offset: int = 0,
     base_url: str = "",
 ) -> SearchResult:
-    """One page of matches at `query.level` (PATIENT, STUDY, SERIES, IMAGE)."""
+    """One page of matches at `query.level` that `principal` may see (PS3.18 10.6.1, PS3.4 C.6).
+
+    - PATIENT: identities (issuer, patient ID) with at least one visible study, not merged
+      (the patient index links them); NumberOfPatientRelated* count visible studies only;
+      ordered by name.
+    - STUDY: newest study date first, then most recently indexed.
+    - SERIES / IMAGE: in the study (and series) of the scope, else across every visible study,
+      with the study's (and series') default attributes too; ordered by study, then series
+      and instance number, then arrival.
+
+    `base_url` (the DICOMweb root) makes RetrieveURL (0008,1190); without it, it is left out.
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched (a malformed date range, an invalid UID...).
+    NotFound
+        The study or series of the scope does not exist or `principal` may not see it.
+    """
     plan = _PLANNERS[query.level](query, principal, session, base_url)
     return _page(session, plan, limit, offset)
 
@@ -532,7 +454,14 @@ def _series(query: Query, principal: Principal, session: Session, base_url: str)
 
 def _instances(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
     filters, ignored = _filters(query, IMAGE)
-    subset = _reads_subset(query, _wanted(query, INSTANCE_DEFAULTS | SERIES_DEFAULTS | STUDY_DEFAULTS))
+    # outside a series (or a study) the series' (and the study's) default attributes come along
+    defaults = INSTANCE_DEFAULTS
+    if query.study_uid is None:
+        defaults |= STUDY_DEFAULTS | SERIES_DEFAULTS
+    elif query.series_uid is None:
+        defaults |= SERIES_DEFAULTS
+    wanted = _wanted(query, defaults)
+    subset = _reads_subset(query, wanted)
     json_column = func.coalesce(Instance.attrs_json, Instance.dicom_json) if subset else Instance.dicom_json
     stmt = (
         select(
@@ -556,19 +485,15 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
         .where(visible_to(principal), *filters)
     )
     order: list[Any] = [Instance.instance_number.asc().nulls_last(), Instance.id]
-    defaults = INSTANCE_DEFAULTS
     if query.study_uid is None:
         order = [Study.study_date.desc(), Study.id.desc(), Series.series_number.asc().nulls_last(), Series.id, *order]
-        defaults |= STUDY_DEFAULTS | SERIES_DEFAULTS
     else:
         study_pk = _study_pk(session, principal, query.study_uid)
         stmt = stmt.where(Instance.study_id == study_pk)
         if query.series_uid is None:
             order = [Series.series_number.asc().nulls_last(), Series.id, *order]
-            defaults |= SERIES_DEFAULTS
         else:
             stmt = stmt.where(Instance.series_id == _series_pk(session, study_pk, query.series_uid))
-    wanted = _wanted(query, defaults)
     empties = _empties(query, wanted)
     parents = _Parents(wanted)
     splice = subset and not (query.only_requested or wanted & (_COMPUTED_PER_BATCH | {"00083002"}))

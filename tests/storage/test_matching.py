@@ -23,7 +23,7 @@ from storage.ingest import Origin, ingest
 from storage.matching import InvalidQuery
 from storage.models import PatientIdentity, Study
 from storage.parse import Source
-from storage.queries import IMAGE, STUDY, Query, attribute_tag, search_instances, search_studies
+from storage.queries import IMAGE, STUDY, Query, attribute_tag, search
 from tests import dicom_factory as f
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -335,7 +335,7 @@ def _full_scan(plan: str, dialect: str, table: str) -> bool:
 def test_plan_of_studies_by_patient_name_wildcard(archive: Archive) -> None:
     _load(archive)
     query = Query(STUDY, {"00100010": "popescu*"})
-    plan = _plan(archive, lambda s: search_studies(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     # SQLite: GLOB on ix_studies_patient_name_folded; PostgreSQL: LIKE on the text_pattern_ops index
     assert _uses_index(plan, dialect, "studies", r"ix_studies_patient_name_\w+"), plan
@@ -345,7 +345,7 @@ def test_plan_of_studies_by_patient_name_wildcard(archive: Archive) -> None:
 def test_plan_of_studies_by_date_range(archive: Archive) -> None:
     _load(archive)
     query = Query(STUDY, {"00080020": "20260101-20261231"})
-    plan = _plan(archive, lambda s: search_studies(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     assert _uses_index(plan, dialect, "studies", "ix_studies_study_date"), plan
     assert not _full_scan(plan, dialect, "studies"), plan
@@ -354,7 +354,7 @@ def test_plan_of_studies_by_date_range(archive: Archive) -> None:
 def test_plan_of_instances_of_a_study(archive: Archive) -> None:
     study_uid, _ = _load(archive)
     query = Query(IMAGE, study_uid=study_uid)
-    plan = _plan(archive, lambda s: search_instances(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     assert _uses_index(plan, dialect, "instances", "ix_instances_study_id"), plan
     for table in ("instances", "series", "studies"):
