@@ -54,8 +54,16 @@ def secret_path(settings: Settings) -> Path:
     return settings.data_dir / "jwt-secret"
 
 
+#: key file -> (its identity when read: inode, size, mtime; the key)
+_key_files: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+
 def signing_key(settings: Settings) -> str:
-    """The local signing key: PACS_JWT_SECRET, else the data dir's key file, made on first use."""
+    """The local signing key: PACS_JWT_SECRET, else the data dir's key file, made on first use.
+
+    Every authenticated request asks for it, so the file is read again only when a stat says it
+    was replaced or rewritten (a new key then takes effect at once, as before).
+    """
     if settings.jwt_secret.get_secret_value():
         return settings.jwt_secret.get_secret_value()
     path = secret_path(settings)
@@ -64,7 +72,12 @@ def signing_key(settings: Settings) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    st = path.stat()
+    identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+    known = _key_files.get(path)
+    if known is None or known[0] != identity:
+        known = _key_files[path] = (identity, path.read_text().strip())
+    return known[1]
 
 
 def issue(settings: Settings, *, sub: str, org: str | None, roles: list[str], ttl_seconds: int) -> str:
