@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,14 +45,23 @@ def missing(what: str, package: str) -> None:
 
 
 def require_tool(name: str, package: str = "dcmtk") -> str:
-    """The system's tool, never the venv's namesake (pynetdicom installs its own `storescu`...)."""
-    venv_bin = os.path.dirname(sys.executable)
-    search = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
-    path = shutil.which(name, path=search)
-    if path is None:
-        missing(name, package)
-    assert path is not None
-    return path
+    """The system's tool, never a Python namesake on PATH.
+
+    pynetdicom installs console scripts called `storescu`, `findscu`... in every venv it is
+    installed in, and any such venv may come first on PATH (not only this test run's).
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=folder) if folder else None
+        if path is not None and not _is_python_script(path):
+            return path
+    missing(name, package)
+    raise AssertionError("unreachable")  # missing() skips or fails
+
+
+def _is_python_script(path: str) -> bool:
+    with open(path, "rb") as fh:
+        first = fh.readline(200)
+    return first.startswith(b"#!") and b"python" in first
 
 
 def _free_port_pair() -> int:
