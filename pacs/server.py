@@ -42,7 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import commitment, dispatch, echo, find, get, move, stats, store
+from pacs import commitment, direct_send, dispatch, echo, find, get, move, stats, store
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -96,6 +96,7 @@ def configure_pynetdicom() -> None:
     """Process-global pynetdicom options, set once here (they are module flags, not per AE)."""
     _config.STORE_RECV_CHUNKED_DATASET = True  # C-STORE data lands in a temp file, not in memory
     _config.STORE_SEND_CHUNKED_DATASET = True  # C-MOVE/C-GET send a stored file's bytes, not a re-encoding
+    _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's per-message log handlers: we log one line per event
     _config.LOG_REQUEST_IDENTIFIERS = False  # no patient data in logs
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.PASS_CONTEXTVARS = True
@@ -290,6 +291,7 @@ def _peer(e: evt.Event) -> dict[str, Any]:
 
 def _on_accepted(e: evt.Event) -> None:
     stats.stats_for(e.assoc)
+    direct_send.install(e.assoc)  # before any request: every response and C-GET sub-operation goes direct
     ASSOCIATIONS.labels("accepted").inc()
 
 

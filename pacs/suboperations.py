@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.status import STATUS_FAILURE, STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
+from pacs import direct_send
 from pacs.status import failure
 from storage.archive import Archive
 from storage.errors import CannotTranscode, OutOfResources, StorageError
@@ -62,6 +64,8 @@ log = logging.getLogger(__name__)
 PENDING, CANCEL = 0xFF00, 0xFE00
 #: PS3.8 9.3.2.2: presentation context IDs are the odd numbers 1-255
 MAX_CONTEXTS = 128
+#: the DUL thread's idle sleep while sub-operations wait for their responses (pynetdicom: 1 ms)
+RESPONSE_POLL = 0.0001
 #: instances prepared ahead of the one being sent (S3 downloads, transcodes) and threads doing it
 PREFETCH = 4
 #: the information model (patient or study root) of each retrieve SOP class
@@ -133,6 +137,7 @@ class Prepared:
     size: int = 0
     temporary: bool = False
     failure: StorageError | None = None
+    transfer_syntax: str = ""  # the file's: the stored one, or what it was transcoded to
 
     def discard(self) -> None:
         if self.temporary and self.path is not None:
@@ -148,10 +153,10 @@ def prepare(archive: Archive, inst: StoredInstance, delivery: Delivery | None, w
         if delivery.as_stored:
             path = archive.blobs.local_path(inst.object_key)
             if path is not None:
-                return Prepared(inst, path, inst.size)
-            return _spooled(inst, archive.blobs.iter_chunks(inst.object_key))
+                return Prepared(inst, path, inst.size, transfer_syntax=delivery.transfer_syntax)
+            return _spooled(inst, archive.blobs.iter_chunks(inst.object_key), delivery.transfer_syntax)
         data = transcode(read_object(archive, inst), delivery.transfer_syntax)
-        return _spooled(inst, iter((data,)))
+        return _spooled(inst, iter((data,)), delivery.transfer_syntax)
     except CannotTranscode as exc:
         return Prepared(inst, failure=exc)
     except Exception as exc:  # this object is unreadable (blob gone, store down): fail its sub-operation only
@@ -159,7 +164,7 @@ def prepare(archive: Archive, inst: StoredInstance, delivery: Delivery | None, w
         return Prepared(inst, failure=OutOfResources(f"cannot read the stored object: {type(exc).__name__} {first}"))
 
 
-def _spooled(inst: StoredInstance, chunks: Iterator[bytes]) -> Prepared:
+def _spooled(inst: StoredInstance, chunks: Iterator[bytes], transfer_syntax: str) -> Prepared:
     fd, name = tempfile.mkstemp(prefix="pacs-retrieve-", suffix=".dcm")
     size = 0
     try:
@@ -170,7 +175,7 @@ def _spooled(inst: StoredInstance, chunks: Iterator[bytes]) -> Prepared:
     except BaseException:
         os.unlink(name)
         raise
-    return Prepared(inst, Path(name), size, temporary=True)
+    return Prepared(inst, Path(name), size, temporary=True, transfer_syntax=transfer_syntax)
 
 
 class StoredObject(Dataset):
@@ -211,6 +216,7 @@ class _Sender:
     """`send_c_store` of a sending association: a StoredObject goes as its file, anything else as before."""
 
     def __init__(self, assoc: Association, retrieval: Retrieval) -> None:
+        self.assoc = assoc
         self.send_c_store = assoc.send_c_store  # the bound method of the class
         self.retrieval = retrieval
 
@@ -232,16 +238,29 @@ class _Sender:
         if originator_aet is not None:  # PS3.7 9.3.1.1: the AE that asked for the C-MOVE, not this archive
             originator_aet = self.retrieval.originator
         try:
-            try:
-                status = self.send_c_store(prepared.path, msg_id, priority, originator_aet, originator_id)
-            except AttributeError:  # a stored file meta without the Media Storage UIDs: send it decoded
-                status = self.send_c_store(dcmread(prepared.path), msg_id, priority, originator_aet, originator_id)
+            status = self._send(prepared, prepared.path, msg_id, priority, originator_aet, originator_id)
         except Exception as exc:  # pynetdicom counts the sub-operation failed; say why in our log
             first = str(exc).splitlines()[0] if str(exc) else ""
             self.retrieval.failed(prepared.instance, type(exc).__name__, first)
             raise
         self.retrieval.sent(prepared, status)
         return status
+
+    def _send(
+        self, prepared: Prepared, path: Path, msg_id: int, priority: int, aet: str | None, aet_msg_id: int | None
+    ) -> Dataset:
+        """Straight to the socket (`pacs.direct_send`) unless the association has no direct sender (TLS)."""
+        direct = direct_send.installed(self.assoc)
+        if direct is not None:
+            inst = prepared.instance
+            request = direct_send.StoreRequest(
+                inst.sop_class_uid, inst.sop_uid, prepared.transfer_syntax, msg_id, priority, aet, aet_msg_id
+            )
+            return direct.c_store(path, request)
+        try:
+            return self.send_c_store(path, msg_id, priority, aet, aet_msg_id)
+        except AttributeError:  # a stored file meta without the Media Storage UIDs: send it decoded
+            return self.send_c_store(dcmread(path), msg_id, priority, aet, aet_msg_id)
 
 
 class Retrieval:
@@ -263,6 +282,7 @@ class Retrieval:
         self.fields = fields
         self.tally = Tally(len(instances))
         self.peer: Association | None = None
+        self._idle_delay = 0.001
 
     # ----- the sending association --------------------------------------------------------
 
@@ -270,10 +290,15 @@ class Retrieval:
         """Send this retrieval's sub-operations through `assoc` (C-GET: the requester's own)."""
         self.peer = assoc
         setattr(assoc, "send_c_store", _Sender(assoc, self))  # noqa: B010 - this association only
+        # each sub-operation waits for the peer's response, which the DUL thread reads: it polls
+        # the socket and sleeps 1 ms when idle, up to 1 ms added to every instance
+        self._idle_delay = assoc.dul._run_loop_delay
+        assoc.dul._run_loop_delay = RESPONSE_POLL
 
     def stop_sending(self) -> None:
         if self.peer is not None and "send_c_store" in vars(self.peer):
             delattr(self.peer, "send_c_store")
+            self.peer.dul._run_loop_delay = self._idle_delay
 
     def destination_handlers(self) -> list[Any]:
         """Handlers bound to the association pynetdicom opens to the move destination."""
@@ -398,4 +423,45 @@ def _on_destination_established(event: Event, retrieval: Retrieval) -> None:
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    direct_send.install(event.assoc)
+    _HeldCheckpoint.hold(event.assoc)
     retrieval.send_through(event.assoc)
+
+
+class _HeldCheckpoint(threading.Event):
+    """The reactor checkpoint of the association to a move destination, kept cleared until release.
+
+    pynetdicom pauses a requestor's reactor thread around each `send_c_store` (clear the
+    checkpoint, wait until the reactor waits on it, send, take the response, set it again).
+    Between two sub-operations that set() lets the reactor run one loop; scheduled late, as
+    the GIL allows, it takes the next C-STORE response off the queue before `send_c_store` does
+    ("Received unexpected C-STORE service message"), and the sub-operation waits out the DIMSE
+    timeout. Sub-operations now follow each other within a millisecond, so that happens. A
+    destination sends no requests of its own, so its reactor stays paused until the association
+    is released or aborted, where pynetdicom needs it running again to end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = True
+
+    def set(self) -> None:
+        if not self.held:
+            super().set()
+
+    def let_go(self) -> None:
+        self.held = False
+        super().set()
+
+    @classmethod
+    def hold(cls, assoc: Association) -> None:
+        checkpoint = cls()
+        setattr(assoc, "_reactor_checkpoint", checkpoint)  # noqa: B010 - the reactor reads it at each loop
+        for name in ("release", "abort"):
+            end = getattr(assoc, name)
+
+            def ending(end: Any = end) -> None:
+                checkpoint.let_go()
+                end()
+
+            setattr(assoc, name, ending)

@@ -1,0 +1,153 @@
+"""`pacs.direct_send`: DIMSE messages framed and written without pynetdicom's DUL queue.
+
+Framing is held byte-equal to pynetdicom's own P-DATA-TF PDUs for the same message; then real
+peers take what it writes: pynetdicom as C-GET SCU with a small and with an unlimited maximum
+PDU length (data sets compared byte for byte with the stored ones), and dcmtk storescp for a
+C-MOVE of many small instances back to back, the case where pynetdicom's reactor used to take
+a C-STORE response meant for the sub-operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+from pacs.direct_send import COMMAND, data_set_offset, file_fragments, fragments
+from pacs.server import RunningScp
+from storage.archive import Archive
+from storage.settings import Settings
+from tests import dicom_factory as f
+from tests.conftest import make_settings
+from tests.pacs.test_move import (
+    dataset_bytes,
+    keys,
+    pynetdicom_move,
+    register,
+    store,
+    storescp,  # noqa: F401 - the dcmtk receiver fixture
+    study,
+)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.fixture()
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """SQLite + folder only: what is tested here happens on the association, not in the backends."""
+    return make_settings(request, tmp_path, "sqlite-fs")
+
+
+def pynetdicom_pdus(path: Path, offset: int, context_id: int, max_pdu: int) -> bytes:
+    """What pynetdicom itself puts on the wire for a C-STORE request streaming `path`."""
+    primitive = C_STORE()
+    primitive.MessageID, primitive.Priority = 5, 2
+    primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID = CT, "1.2.3.4"
+    primitive._dataset_path = (path, offset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(context_id, max_pdu)), message
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 4096, 1000, 0])
+def test_framing_is_pynetdicoms(tmp_path: Path, max_pdu: int) -> None:
+    path = f.write(tmp_path / "ct.dcm", f.ct_dataset(rows=96, columns=96), ExplicitVRLittleEndian)
+    _, offset = split_dataset(path)
+    expected, message = pynetdicom_pdus(path, offset, 3, max_pdu)
+    command = encode(message.command_set, True, True)
+    size = max_pdu - 6 if max_pdu else None
+    with open(path, "rb", buffering=0) as fp:
+        fp.seek(offset)
+        length = path.stat().st_size - offset
+        ours = b"".join(fragments(memoryview(command), 3, COMMAND, size)) + b"".join(
+            file_fragments(fp, length, 3, size)
+        )
+    assert ours == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm", "rtplan.dcm"]
+)
+def test_data_set_offset_agrees_with_pydicom(name: str) -> None:
+    path = Path(get_testdata_file(name))
+    with open(path, "rb") as fp:
+        assert data_set_offset(fp, path) == split_dataset(path)[1]
+        assert fp.tell() == split_dataset(path)[1]
+
+
+def test_data_set_offset_without_a_group_length(tmp_path: Path) -> None:
+    """A file meta lacking (0002,0000) (not conformant, but seen) is measured by pydicom's reader."""
+    conformant = f.write(tmp_path / "ct.dcm", f.ct_dataset(), ExplicitVRLittleEndian)
+    original = conformant.read_bytes()
+    assert original[132:138] == b"\x02\x00\x00\x00UL"
+    path = tmp_path / "no-group-length.dcm"
+    path.write_bytes(original[:132] + original[144:])
+    with open(path, "rb") as fp:
+        assert data_set_offset(fp, path) == split_dataset(conformant)[1] - 12 == fp.tell()
+
+
+def get_raw(scp: RunningScp, identifier: Dataset, max_pdu: int) -> dict[str, bytes]:
+    """C-GET by pynetdicom with `max_pdu` as its maximum PDU length: SOP Instance UID -> data set bytes."""
+    got: dict[str, bytes] = {}
+
+    def on_store(event: evt.Event) -> int:  # chunked receive (pacs.server): the data set is in a file
+        got[str(event.request.AffectedSOPInstanceUID)] = dataset_bytes(Path(event.dataset_path))
+        return 0x0000
+
+    ae = AE(ae_title="CT1")
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.port,
+        ae_title="MUNIPACS",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
+    finally:
+        assoc.release()
+    assert responses[-1][0].Status == 0x0000
+    return got
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 0])
+def test_get_at_small_and_unlimited_pdu_sizes(scp: RunningScp, archive: Archive, tmp_path: Path, max_pdu: int) -> None:
+    datasets = study(5, size=64)
+    sent = store(archive, tmp_path / "in", datasets)
+    got = get_raw(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), max_pdu)
+    expected = {str(ds.SOPInstanceUID): dataset_bytes(p) for ds, p in zip(datasets, sent, strict=True)}
+    assert got == expected
+
+
+def test_many_small_moves_back_to_back(
+    scp: RunningScp,
+    archive: Archive,
+    storescp,  # noqa: F811 - the fixture imported from test_move
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 sub-operations of a few KB each: each response reaches its sub-operation, none is lost."""
+    datasets = study(300, size=16)
+    store(archive, tmp_path / "in", datasets)
+    dest = storescp()
+    register(archive, "hosp-a", "DEST", dest.port)
+    with caplog.at_level(logging.WARNING):
+        responses = pynetdicom_move(scp, "DEST", keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID))
+    status = responses[-1][0]
+    assert (status.Status, status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (0, 300, 0)
+    assert len(list(dest.folder.iterdir())) == 300
+    assert "unexpected" not in caplog.text
