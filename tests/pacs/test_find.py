@@ -493,6 +493,7 @@ def test_one_log_line_per_find_without_patient_data(loaded: Loaded, caplog: pyte
     fields = getattr(record, FIELDS)
     assert fields["calling_ae"] == "CT1" and fields["model"] == "PATIENT" and fields["query_level"] == "PATIENT"
     assert fields["matches"] == 3 and fields["status"] == "0x0000" and fields["cancelled"] is False
+    assert fields["by_pydicom"] == 0  # every answer written from the index's JSON by pacs.identifier
     assert fields["duration_ms"] >= 0
     assert "opescu" not in repr(fields).lower()
 
