@@ -64,8 +64,6 @@ log = logging.getLogger(__name__)
 PENDING, CANCEL = 0xFF00, 0xFE00
 #: PS3.8 9.3.2.2: presentation context IDs are the odd numbers 1-255
 MAX_CONTEXTS = 128
-#: the DUL thread's idle sleep while sub-operations wait for their responses (pynetdicom: 1 ms)
-RESPONSE_POLL = 0.0001
 #: instances prepared ahead of the one being sent (S3 downloads, transcodes) and threads doing it
 PREFETCH = 4
 #: the information model (patient or study root) of each retrieve SOP class
@@ -282,7 +280,6 @@ class Retrieval:
         self.fields = fields
         self.tally = Tally(len(instances))
         self.peer: Association | None = None
-        self._idle_delay = 0.001
 
     # ----- the sending association --------------------------------------------------------
 
@@ -290,15 +287,10 @@ class Retrieval:
         """Send this retrieval's sub-operations through `assoc` (C-GET: the requester's own)."""
         self.peer = assoc
         setattr(assoc, "send_c_store", _Sender(assoc, self))  # noqa: B010 - this association only
-        # each sub-operation waits for the peer's response, which the DUL thread reads: it polls
-        # the socket and sleeps 1 ms when idle, up to 1 ms added to every instance
-        self._idle_delay = assoc.dul._run_loop_delay
-        assoc.dul._run_loop_delay = RESPONSE_POLL
 
     def stop_sending(self) -> None:
         if self.peer is not None and "send_c_store" in vars(self.peer):
             delattr(self.peer, "send_c_store")
-            self.peer.dul._run_loop_delay = self._idle_delay
 
     def destination_handlers(self) -> list[Any]:
         """Handlers bound to the association pynetdicom opens to the move destination."""
