@@ -128,6 +128,7 @@ def serve(
     if report.removed:
         out.print(f"  recovery removed {report.removed} unfinished write(s)")
     sys.stdout.flush()
+    server.freeze_startup_heap()
     try:
         uvicorn.run(web, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
     finally:

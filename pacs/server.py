@@ -14,6 +14,7 @@ thread that accepts: a client that stalls or fails its handshake delays no one e
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import signal
@@ -354,6 +355,18 @@ def start_workers(settings: Settings) -> dispatch.Dispatcher:
     return dispatcher
 
 
+def freeze_startup_heap() -> None:
+    """Keep what start-up built out of every later garbage collection.
+
+    pynetdicom runs a full `gc.collect()` every 60 connections (`AssociationServer.service_actions`)
+    and Python's oldest-generation passes walk the whole heap too: with SQLAlchemy, FastAPI and
+    pydicom loaded that is ~150,000 objects, ~100 ms holding the GIL, a stall for every
+    association and request in flight (the 250 ms outliers of a 60 ms C-ECHO). Frozen, a pass
+    walks only what was made since; what start-up built lives as long as the process anyway.
+    """
+    gc.freeze()
+
+
 def _handed_off_server(settings: Settings, archive: Archive, channel: socket.socket) -> _HandedOffServer:
     configure_pynetdicom()
     server = cast(
@@ -390,6 +403,7 @@ def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> N
     configure_logging(settings.log_level)
     archive = Archive.open(settings)
     server = _handed_off_server(settings, archive, channel)
+    freeze_startup_heap()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
