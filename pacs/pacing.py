@@ -3,7 +3,10 @@
 pynetdicom queues every response in memory, and its reactor reads from the peer (where a
 C-CANCEL arrives) only when that queue is empty. Unpaced, a long answer (study search or
 worklist) would be encoded in full ahead of the network and its C-CANCEL read only after the
-last match. Both C-FIND handlers call `keep_pace` every `PACE_EVERY` answers.
+last match. Both C-FIND handlers call `keep_pace` every `PACE_EVERY` answers. Where
+`pacs.direct_send` writes the answers (every plain-TCP association) nothing is queued and the
+DUL thread reads meanwhile; the pause when the peer has spoken still lets it take the C-CANCEL
+before the next answer is read from the index.
 """
 
 from __future__ import annotations
