@@ -51,8 +51,9 @@ _HEADER = struct.Struct(">BBIIBB")
 P_DATA_TF = 0x04
 #: message control header bits (PS3.8 E.2): bit 0 command, bit 1 last fragment
 COMMAND, LAST = 0x01, 0x02
-#: bytes of PDUs joined into one socket write
+#: bytes of PDUs handed to one socket write, and at most this many buffers (IOV_MAX is 1024)
 WRITE_SIZE = 1 << 20
+MAX_BUFFERS = 512
 
 
 _INSTALLED: weakref.WeakKeyDictionary[Association, DirectSend] = weakref.WeakKeyDictionary()
@@ -105,22 +106,48 @@ def fragments(data: memoryview, context_id: int, flags: int, size: int | None) -
         start = end
 
 
-def file_fragments(f: BinaryIO, length: int, context_id: int, size: int | None) -> Iterator[bytes]:
-    """The PDUs of the `length` data set bytes at `f`'s position, read as they are framed."""
+def file_fragments(f: BinaryIO, length: int, context_id: int, size: int | None) -> Iterator[bytes | memoryview]:
+    """The PDUs of the `length` data set bytes at `f`'s position: ~WRITE_SIZE bytes read at a time
+    and framed as views into them (no copy); a fragment larger than that is read in pieces."""
     step = size or length or 1
+    if step > WRITE_SIZE:
+        yield from _large_fragments(f, length, context_id, step)
+        return
+    block = (WRITE_SIZE // step) * step
+    done = 0
+    while True:
+        view = memoryview(_read_exactly(f, min(block, length - done), length - done))
+        for start in range(0, len(view), step) if view else [0]:
+            chunk = view[start : start + step]
+            done += len(chunk)
+            yield header(len(chunk), context_id, LAST if done == length else 0)
+            yield chunk
+        if done == length:
+            return
+
+
+def _large_fragments(f: BinaryIO, length: int, context_id: int, step: int) -> Iterator[bytes | memoryview]:
     done = 0
     while True:
         n = min(step, length - done)
         done += n
         yield header(n, context_id, LAST if done == length else 0)
         while n > 0:
-            piece = f.read(min(n, WRITE_SIZE))
-            if not piece:
-                raise EOFError(f"the stored data set ended {n + length - done} bytes early")
+            piece = _read_exactly(f, min(n, WRITE_SIZE), n + length - done)
             n -= len(piece)
             yield piece
         if done == length:
             return
+
+
+def _read_exactly(f: BinaryIO, n: int, remaining: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:  # a raw read may return less than asked
+        more = f.read(n - len(data))
+        if not more:
+            raise EOFError(f"the stored data set ended {remaining - len(data)} bytes early")
+        data += more
+    return data
 
 
 @dataclass(slots=True)
@@ -137,6 +164,14 @@ class StoreRequest:
     DataSet: None = None
     MessageIDBeingRespondedTo: None = None
     _dataset_path: bool = True  # a data set follows, streamed from the file
+
+
+_SUCCESS = Dataset()
+_SUCCESS.Status = 0x0000
+
+
+def _has_status_details(response: Any) -> bool:
+    return any(getattr(response, k, None) is not None for k in response.STATUS_OPTIONAL_KEYWORDS)
 
 
 def data_set_offset(f: BinaryIO, path: Path) -> int:
@@ -226,6 +261,8 @@ class DirectSend:
         if response is None:  # the DIMSE timeout expired, or the peer went away
             assoc._handle_no_response()
             return Dataset()
+        if response.Status == 0 and response.is_valid_response and not _has_status_details(response):
+            return _SUCCESS  # read only by the retrieval: one shared Dataset, not one per instance
         return assoc._check_received_status(response)
 
     def _context_for(self, sop_class: str, transfer_syntax: str) -> int:
@@ -249,18 +286,28 @@ class DirectSend:
             self._write(file_fragments(f, max(length, 0), context_id, size))
 
     def _write(self, parts: Iterator[bytes | memoryview]) -> None:
-        """Join the PDUs into writes of ~WRITE_SIZE bytes; a failed write means the connection is gone."""
+        """Write the PDUs ~WRITE_SIZE bytes per call, as one scatter list (`sendmsg`, no joining
+        copy); a failed write means the connection is gone."""
         batch: list[bytes | memoryview] = []
         length = 0
         try:
             for part in parts:
                 batch.append(part)
                 length += len(part)
-                if length >= WRITE_SIZE:
-                    self.sock.sendall(b"".join(batch))
+                if length >= WRITE_SIZE or len(batch) >= MAX_BUFFERS:
+                    self._send_all(batch)
                     batch, length = [], 0
             if batch:
-                self.sock.sendall(b"".join(batch))
+                self._send_all(batch)
         except OSError:
             self.assoc.dul.event_queue.put("Evt17")  # as pynetdicom's own send does: transport closed
             raise
+
+    def _send_all(self, batch: list[bytes | memoryview]) -> None:
+        while batch:
+            sent = self.sock.sendmsg(batch)
+            while batch and sent >= len(batch[0]):
+                sent -= len(batch[0])
+                batch.pop(0)
+            if sent:  # part of the first buffer went out
+                batch[0] = memoryview(batch[0])[sent:]
