@@ -13,12 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.adapt import Buffer, Loader
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 WRITE_OPTION = "pacs_write"
+#: execution option: `text` columns come back as their UTF-8 bytes on PostgreSQL (a UTF-8
+#: connection, as psycopg's are by default); they stay str on SQLite, so readers take both
+TEXT_AS_BYTES = "pacs_text_as_bytes"
 
 
 def make_engine(url: str, *, pool_size: int = 16, light: bool = False) -> Engine:
@@ -32,7 +36,32 @@ def make_engine(url: str, *, pool_size: int = 16, light: bool = False) -> Engine
         )
         _configure_sqlite(engine, synchronous="NORMAL" if light else "FULL")
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    event.listen(engine, "before_cursor_execute", _text_as_bytes)
+    return engine
+
+
+class _Utf8Bytes(Loader):
+    """A `text` value as the bytes the server sent, on a connection whose encoding is UTF-8."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def _text_as_bytes(
+    _conn: Connection, cursor: Any, _statement: str, _parameters: Any, context: Any, _executemany: bool
+) -> None:
+    """Honour TEXT_AS_BYTES for one statement, on its cursor only (psycopg's per-cursor adapters).
+
+    An answer spliced from stored JSON text (a page of QIDO-RS studies) is written out as UTF-8
+    again: decoding it to str, only to encode it back, cost more than the splicing itself.
+    """
+    if (
+        context is not None
+        and context.execution_options.get(TEXT_AS_BYTES)
+        and cursor.connection.info.encoding == "utf-8"
+    ):
+        cursor.adapters.register_loader("text", _Utf8Bytes)
 
 
 def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
@@ -58,6 +87,7 @@ class Database:
 
     engine: Engine
     reader: sessionmaker[Session]
+    statement_reader: sessionmaker[Session]
     writer: sessionmaker[Session]
     write_engine: Engine
     light_engine: Engine
@@ -68,10 +98,13 @@ class Database:
         write_engine = engine.execution_options(**{WRITE_OPTION: True})
         # On SQLite, light commits use their own small pool whose connections skip the WAL
         # fsync; elsewhere the durable engine serves them too.
-        light = make_engine(url, pool_size=4, light=True) if url.startswith("sqlite") else engine
+        sqlite = url.startswith("sqlite")
+        light = make_engine(url, pool_size=4, light=True) if sqlite else engine
+        each = engine if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         return cls(
             engine=engine,
             reader=sessionmaker(engine, expire_on_commit=False),
+            statement_reader=sessionmaker(each, expire_on_commit=False),
             writer=sessionmaker(write_engine, expire_on_commit=False),
             write_engine=write_engine,
             light_engine=light.execution_options(**{WRITE_OPTION: True}),
@@ -94,8 +127,20 @@ class Database:
             yield conn
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
-        with self.reader() as session:
+    def read(self, *, per_statement: bool = False) -> Iterator[Session]:
+        """A read-only session; `per_statement=True` for reads that need no common transaction.
+
+        On PostgreSQL a per-statement session runs in autocommit: under READ COMMITTED every
+        statement takes its own snapshot anyway, so a search sees the same thing, without the
+        BEGIN and ROLLBACK round trips of a transaction. And since psycopg forgets its prepared
+        statements at every ROLLBACK, only such a session lets a statement run often (a QIDO
+        search) get prepared: no parse on the server, and no planning once PostgreSQL settles
+        on a generic plan (it keeps custom plans where those are much cheaper, as for a name
+        pattern). Not for a server-side cursor (`yield_per`), which needs a transaction. SQLite
+        keeps its read transaction, the one snapshot of its statements, which costs no round
+        trip.
+        """
+        with (self.statement_reader if per_statement else self.reader)() as session:
             yield session
 
     def dispose(self) -> None:
