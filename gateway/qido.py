@@ -89,7 +89,7 @@ def _search(
             raise InvalidQuery(f"{uid[:80]!r} in the path is not a valid UID (PS3.5 9.1)")
     query, limit, offset, warnings = parse_params(params, level, study, series)
     base = dicomweb_root(request, settings)
-    with archive.db.read() as session:
+    with archive.db.read(per_statement=True) as session:
         result = search(query, principal, session=session, limit=limit, offset=offset, base_url=base)
     response = _xml_response(result.matches) if xml else _json_response(result.to_json())
     for text in warnings + _warnings(result):

@@ -295,6 +295,8 @@ def test_series_and_instance_searches(loaded: Gateway) -> None:
     # a study or series outside what exists is 404, as if it did not exist
     assert get(loaded, f"/studies/{f.uid()}/series").status_code == 404
     assert get(loaded, f"/studies/{ion.uid}/series/{maria.series[0]}/instances").status_code == 404
+    assert get(loaded, f"/studies/{f.uid()}/instances").status_code == 404
+    assert get(loaded, f"/studies/{f.uid()}/series/{ion.series[0]}/instances").status_code == 404
 
 
 # ----- answers ----------------------------------------------------------------------------
