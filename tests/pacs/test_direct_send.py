@@ -16,12 +16,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
 from pacs.direct_send import COMMAND, data_set_offset, file_fragments, fragments
 from pacs.server import RunningScp
@@ -29,6 +28,7 @@ from storage.archive import Archive
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.conftest import make_settings
+from tests.pacs.test_get import pynetdicom_get
 from tests.pacs.test_move import (
     dataset_bytes,
     keys,
@@ -100,26 +100,10 @@ def get_raw(scp: RunningScp, identifier: Dataset, max_pdu: int) -> dict[str, byt
     """C-GET by pynetdicom with `max_pdu` as its maximum PDU length: SOP Instance UID -> data set bytes."""
     got: dict[str, bytes] = {}
 
-    def on_store(event: evt.Event) -> int:  # chunked receive (pacs.server): the data set is in a file
+    def keep(event: evt.Event) -> None:  # chunked receive (pacs.server): the data set is in a file
         got[str(event.request.AffectedSOPInstanceUID)] = dataset_bytes(Path(event.dataset_path))
-        return 0x0000
 
-    ae = AE(ae_title="CT1")
-    ae.maximum_pdu_size = max_pdu
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate(
-        "127.0.0.1",
-        scp.port,
-        ae_title="MUNIPACS",
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    try:
-        responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
-    finally:
-        assoc.release()
+    responses = pynetdicom_get(scp, identifier, then=keep, max_pdu=max_pdu)
     assert responses[-1][0].Status == 0x0000
     return got
 

@@ -152,6 +152,7 @@ def pynetdicom_get(
     model: str = "study",
     received: list[Dataset] | None = None,
     then=None,
+    max_pdu: int = 16382,
 ) -> list[tuple[Dataset, Dataset | None]]:
     """A C-GET by pynetdicom as SCU, storage SCP for CT in explicit VR little endian only."""
     sop_class = {
@@ -167,6 +168,7 @@ def pynetdicom_get(
         return 0x0000
 
     ae = AE(ae_title=calling)
+    ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(sop_class[model])
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate(
