@@ -7,15 +7,22 @@ multipart/related parts that must leave as they are produced. So this middleware
 Content-Type of each answer: a JSON type of at least `minimum_size` bytes, to a client that
 accepts gzip, is compressed whole; anything else passes through untouched and unbuffered.
 Starlette's GZipMiddleware compresses every type, streams included, hence this one.
+
+Level 1, not zlib's default 6: a page of 1,000 QIDO-RS studies (~900 KB) compresses in ~4 ms to
+73 KB at level 1 against ~11.5 ms to 53 KB at level 6, and the time counts in every answer while
+the 20 KB are nothing on a hospital network. Large answers compress on a worker thread.
 """
 
 from __future__ import annotations
 
 import gzip
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: answers at least this large are compressed on a worker thread, not on the event loop
+OFF_LOOP_SIZE = 64 * 1024
 JSON_TYPES = frozenset({"application/json", "application/dicom+json", "application/problem+json"})
 
 
@@ -40,7 +47,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 class GzipJsonMiddleware:
     """ASGI middleware: gzip JSON answers of `minimum_size` bytes or more when the client accepts it."""
 
-    def __init__(self, app: ASGIApp, minimum_size: int = 1024, level: int = 6) -> None:
+    def __init__(self, app: ASGIApp, minimum_size: int = 1024, level: int = 1) -> None:
         self.app = app
         self.minimum_size = minimum_size
         self.level = level
@@ -82,7 +89,10 @@ class _Responder:
         headers = MutableHeaders(scope=start)
         headers.add_vary_header("Accept-Encoding")
         if len(body) >= self.minimum_size:
-            body = gzip.compress(body, compresslevel=self.level, mtime=0)
+            if len(body) >= OFF_LOOP_SIZE:  # zlib lets go of the GIL: other requests go on meanwhile
+                body = await run_in_threadpool(gzip.compress, body, compresslevel=self.level, mtime=0)
+            else:
+                body = gzip.compress(body, compresslevel=self.level, mtime=0)
             headers["Content-Encoding"] = "gzip"
             headers["Content-Length"] = str(len(body))
         await self.send(start)
