@@ -71,15 +71,18 @@ class PatientIdentity(Base):
 
 class Study(Base):
     __tablename__ = "studies"
-    __table_args__ = tuple(  # PostgreSQL: LIKE 'ABC%' under a non-C collation (migration 0002)
-        Index(f"ix_studies_{name}_pattern", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(
-            dialect="postgresql"
-        )
-        for name, column in (
-            ("patient_name", "patient_name_folded"),
-            ("patient_id", "patient_id"),
-            ("accession", "accession_number"),
-        )
+    __table_args__ = (
+        Index("ix_studies_date_id", "study_date", "id"),  # newest first without a sort (migration 0005)
+        *(  # PostgreSQL: LIKE 'ABC%' under a non-C collation (migration 0002)
+            Index(f"ix_studies_{name}_pattern", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(
+                dialect="postgresql"
+            )
+            for name, column in (
+                ("patient_name", "patient_name_folded"),
+                ("patient_id", "patient_id"),
+                ("accession", "accession_number"),
+            )
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -90,7 +93,7 @@ class Study(Base):
     patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     patient_name: Mapped[str] = mapped_column(Text, default="")
     patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
-    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")  # indexed with id: ix_studies_date_id
     study_time: Mapped[str] = mapped_column(String(16), default="")
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
     study_id: Mapped[str] = mapped_column(String(16), default="")

@@ -332,6 +332,19 @@ def _full_scan(plan: str, dialect: str, table: str) -> bool:
     return re.search(rf"Seq Scan on {table}\b", plan) is not None
 
 
+def test_plan_of_the_newest_studies_page_needs_no_sort(archive: Archive) -> None:
+    """The default study list (newest first) is read in the order of ix_studies_date_id."""
+    _load(archive)
+    plan = _plan(archive, lambda s: search(Query(STUDY, {}), ADMIN, session=s, limit=10))
+    dialect = archive.db.engine.dialect.name
+    if dialect == "sqlite":
+        assert re.search(r"SCAN studies USING (COVERING )?INDEX ix_studies_date_id\b", plan), plan
+        assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+    else:
+        assert _uses_index(plan, dialect, "studies", "ix_studies_date_id"), plan
+        assert "Sort" not in plan, plan
+
+
 def test_plan_of_studies_by_patient_name_wildcard(archive: Archive) -> None:
     _load(archive)
     query = Query(STUDY, {"00100010": "popescu*"})
@@ -347,7 +360,7 @@ def test_plan_of_studies_by_date_range(archive: Archive) -> None:
     query = Query(STUDY, {"00080020": "20260101-20261231"})
     plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
-    assert _uses_index(plan, dialect, "studies", "ix_studies_study_date"), plan
+    assert _uses_index(plan, dialect, "studies", "ix_studies_date_id"), plan
     assert not _full_scan(plan, dialect, "studies"), plan
 
 

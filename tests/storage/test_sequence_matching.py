@@ -382,7 +382,7 @@ def full_scan(text: str, dialect: str, table: str) -> bool:
         ),
         (
             "studies",
-            "ix_studies_study_date",
+            "ix_studies_date_id",
             select(Study.study_uid).where(
                 Study.study_date >= "20260101",
                 m.sequence(Study.attrs_json, "ProcedureCodeSequence.CodeValue", "CT-THX"),
