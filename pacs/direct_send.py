@@ -88,18 +88,21 @@ def header(n: int, context_id: int, flags: int) -> bytes:
     return _HEADER.pack(P_DATA_TF, 0, n + 6, n + 2, context_id, flags)
 
 
-def fragments(data: memoryview, context_id: int, flags: int, size: int | None) -> Iterator[bytes | memoryview]:
-    """The PDUs of a PDV stream held in memory (a command set, an encoded data set).
+def fragments(
+    data: memoryview, context_id: int, flags: int, size: int | None, *, last: bool = True
+) -> Iterator[bytes | memoryview]:
+    """The PDUs of PDV bytes held in memory: a command set, a data set, or one block of a data set
+    read from its file (`last=False`: more of the stream follows, no fragment is flagged LAST).
 
     `size` is the largest fragment the peer takes (its maximum PDU length less the 6 bytes of
-    PDV overhead; None: no limit); the last fragment carries the LAST bit.
+    PDV overhead; None: no limit).
     """
     total = len(data)
     step = size or total or 1
     start = 0
     while True:
         end = min(start + step, total)
-        yield header(end - start, context_id, flags | (LAST if end == total else 0))
+        yield header(end - start, context_id, flags | (LAST if last and end == total else 0))
         yield data[start:end]
         if end == total:
             return
@@ -107,8 +110,9 @@ def fragments(data: memoryview, context_id: int, flags: int, size: int | None) -
 
 
 def file_fragments(f: BinaryIO, length: int, context_id: int, size: int | None) -> Iterator[bytes | memoryview]:
-    """The PDUs of the `length` data set bytes at `f`'s position: ~WRITE_SIZE bytes read at a time
-    and framed as views into them (no copy); a fragment larger than that is read in pieces."""
+    """The PDUs of the `length` data set bytes at `f`'s position: read a whole number of fragments
+    (~WRITE_SIZE bytes) at a time and framed as views into them (no copy); a fragment larger than
+    that (a peer without a PDU limit) is read in pieces."""
     step = size or length or 1
     if step > WRITE_SIZE:
         yield from _large_fragments(f, length, context_id, step)
@@ -116,12 +120,9 @@ def file_fragments(f: BinaryIO, length: int, context_id: int, size: int | None) 
     block = (WRITE_SIZE // step) * step
     done = 0
     while True:
-        view = memoryview(_read_exactly(f, min(block, length - done), length - done))
-        for start in range(0, len(view), step) if view else [0]:
-            chunk = view[start : start + step]
-            done += len(chunk)
-            yield header(len(chunk), context_id, LAST if done == length else 0)
-            yield chunk
+        data = _read_exactly(f, min(block, length - done), length - done)
+        done += len(data)
+        yield from fragments(memoryview(data), context_id, 0, step, last=done == length)
         if done == length:
             return
 
@@ -230,7 +231,7 @@ class DirectSend:
                 if data:
                     self._write(fragments(memoryview(data), context_id, 0, size))
             elif path:  # STORE_SEND_CHUNKED_DATASET: (file, offset of the data set after its file meta)
-                file, offset = cast(tuple[Path, int], path)
+                file, offset = cast(tuple[Path, int | None], path)
                 self._write_file(file, offset, context_id, size)
 
     def c_store(self, path: Path, request: StoreRequest) -> Dataset:
@@ -248,13 +249,7 @@ class DirectSend:
         while not assoc._is_paused:
             time.sleep(0.0001)
         try:
-            with open(path, "rb", buffering=0) as f:
-                offset = data_set_offset(f, path)
-                length = os.fstat(f.fileno()).st_size - offset
-                size = self._fragment_size()
-                with self.lock:
-                    self._write(fragments(memoryview(command), context_id, COMMAND, size))
-                    self._write(file_fragments(f, length, context_id, size))
+            self._send(command, None, (path, None), context_id)  # the offset: read from the file meta
             _, response = assoc.dimse.get_msg(block=True)
         finally:
             assoc._reactor_checkpoint.set()
@@ -278,11 +273,14 @@ class DirectSend:
         maximum = int(self.assoc.dimse.maximum_pdu_size or 0)
         return maximum - 6 if maximum > 6 else None
 
-    def _write_file(self, path: Path, offset: int, context_id: int, size: int | None) -> None:
-        """Stream a stored data set, from `offset` (after its file meta) to the end of the file."""
+    def _write_file(self, path: Path, offset: int | None, context_id: int, size: int | None) -> None:
+        """Stream a stored data set, from `offset` (None: the end of its file meta) to the end of the file."""
         with open(path, "rb", buffering=0) as f:
+            if offset is None:
+                offset = data_set_offset(f, path)
+            else:
+                f.seek(offset)
             length = os.fstat(f.fileno()).st_size - offset
-            f.seek(offset)
             self._write(file_fragments(f, max(length, 0), context_id, size))
 
     def _write(self, parts: Iterator[bytes | memoryview]) -> None:
@@ -304,10 +302,12 @@ class DirectSend:
             raise
 
     def _send_all(self, batch: list[bytes | memoryview]) -> None:
-        while batch:
-            sent = self.sock.sendmsg(batch)
-            while batch and sent >= len(batch[0]):
-                sent -= len(batch[0])
-                batch.pop(0)
-            if sent:  # part of the first buffer went out
-                batch[0] = memoryview(batch[0])[sent:]
+        """`sendmsg` until every buffer is out (it may take part of the list, or of one buffer)."""
+        first = 0
+        while first < len(batch):
+            sent = self.sock.sendmsg(batch[first:])
+            while first < len(batch) and sent >= len(batch[first]):
+                sent -= len(batch[first])
+                first += 1
+            if sent:
+                batch[first] = memoryview(batch[first])[sent:]

@@ -59,9 +59,14 @@ def pynetdicom_pdus(path: Path, offset: int, context_id: int, max_pdu: int) -> b
     return b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(context_id, max_pdu)), message
 
 
-@pytest.mark.parametrize("max_pdu", [16384, 4096, 1000, 0])
-def test_framing_is_pynetdicoms(tmp_path: Path, max_pdu: int) -> None:
-    path = f.write(tmp_path / "ct.dcm", f.ct_dataset(rows=96, columns=96), ExplicitVRLittleEndian)
+@pytest.mark.parametrize(
+    ("max_pdu", "rows"),
+    [(16384, 96), (4096, 96), (1000, 96), (0, 96), (16384, 800), (0, 800), (3 << 20, 1200)],
+    ids=["16k", "4k", "1000", "unlimited", "16k-1.3MB", "unlimited-1.3MB", "3MB-pdu-2.9MB"],
+)
+def test_framing_is_pynetdicoms(tmp_path: Path, max_pdu: int, rows: int) -> None:
+    """Small and multi-block data sets; fragments larger than one write (read in pieces) too."""
+    path = f.write(tmp_path / "ct.dcm", f.ct_dataset(rows=rows, columns=rows), ExplicitVRLittleEndian)
     _, offset = split_dataset(path)
     expected, message = pynetdicom_pdus(path, offset, 3, max_pdu)
     command = encode(message.command_set, True, True)
