@@ -17,12 +17,14 @@ tests/pacs/test_command_set.py holds both encodings byte-equal.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
+
+from pacs import identifier
 
 #: the message types sent in bulk: sub-operations, their responses and query answers
 TYPES = frozenset({"C-STORE-RQ", "C-STORE-RSP", "C-FIND-RSP", "C-GET-RSP", "C-MOVE-RSP", "C-ECHO-RSP", "N-ACTION-RSP"})
@@ -31,42 +33,13 @@ _ELEMENT = struct.Struct("<HHI")
 NO_DATA_SET, DATA_SET = 0x0101, 0x0001
 
 
-def _text(pad: bytes) -> Callable[[Any], bytes | None]:
-    def write(value: Any) -> bytes | None:
-        values = value if isinstance(value, list | tuple) else [value]
-        try:
-            raw = "\\".join(str(v) for v in values).encode("ascii")
-        except UnicodeEncodeError:
-            return None
-        return raw + pad if len(raw) % 2 else raw
-
-    return write
-
-
-def _numbers(fmt: str) -> Callable[[Any], bytes | None]:
-    def write(value: Any) -> bytes | None:
-        values = value if isinstance(value, list | tuple) else [value]
-        return b"".join(struct.pack(fmt, int(v)) for v in values)
-
-    return write
-
-
-def _tags(value: Any) -> bytes | None:
-    values = value if isinstance(value, list | tuple) else [value]
+def _tags(values: list[Any]) -> bytes:
+    """AT values of a primitive (OffendingElement, AttributeIdentifierList) are tags, not JSON text."""
     return b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
 
 
-_WRITERS: dict[str, Callable[[Any], bytes | None]] = {
-    "UI": _text(b"\0"),
-    "AE": _text(b" "),
-    "LO": _text(b" "),
-    "SH": _text(b" "),
-    "CS": _text(b" "),
-    "ST": _text(b" "),
-    "US": _numbers("<H"),
-    "UL": _numbers("<I"),
-    "AT": _tags,
-}
+#: the VRs of command elements (PS3.7 E.1); values as `pacs.identifier` writes them, tags here
+_VRS = frozenset({"UI", "AE", "LO", "SH", "CS", "ST", "US", "UL", "AT"})
 
 
 @cache
@@ -88,6 +61,11 @@ def has_data_set(primitive: Any, message_type: str) -> bool:
     return (keyword is not None and getattr(primitive, keyword, None) is not None) or bool(
         getattr(primitive, "_dataset_path", None)
     )
+
+
+def _plain(value: Any) -> Any:
+    """A primitive's value as the JSON-like type `pacs.identifier` takes (a UID is already a str)."""
+    return int(value) if isinstance(value, int) else value
 
 
 def encode(primitive: Any, message_type: str) -> bytes | None:
@@ -114,10 +92,10 @@ def _elements(primitive: Any, message_type: str) -> Iterable[bytes] | None:
                 continue
         else:  # a keyword the primitive does not have stays in the command set, empty
             value = None
-        writer = _WRITERS.get(vr)
-        if writer is None:
+        if vr not in _VRS:
             return None
-        raw = b"" if value is None or value == "" else writer(value)
+        values = [] if value is None or value == "" else list(value) if isinstance(value, list | tuple) else [value]
+        raw = _tags(values) if vr == "AT" else identifier.write_values(vr, [_plain(v) for v in values])
         if raw is None:
             return None
         parts.append(_ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(raw)) + raw)

@@ -63,6 +63,12 @@ def _value(element: Mapping[str, Any], codec: str) -> bytes | None:
         return None
     if not values:
         return b""
+    return write_values(vr, values, codec)
+
+
+def write_values(vr: str, values: list[Any], codec: str = "ascii") -> bytes | None:
+    """The value field of an element of `vr` holding `values`, as pydicom writes it; None if this
+    module does not write that VR or those values (also used for DIMSE command sets)."""
     writer = _WRITERS.get(vr)
     return writer(values, vr, codec) if writer is not None else None
 
