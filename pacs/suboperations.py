@@ -15,7 +15,8 @@ own method for one request, as pynetdicom's `attempt` does with `Association.abo
   as stored, data set bytes streamed unchanged (`_config.STORE_SEND_CHUNKED_DATASET`). So each
   sub-operation is a `StoredObject`, a Dataset holding the SOP Class and Instance UIDs (what
   pynetdicom reads from it) and a local file, and the sending association gets a
-  `send_c_store` (`_Sender`) that sends that file instead.
+  `send_c_store` (`_Sender`) that sends that file instead: written straight to the socket by
+  `pacs.direct_send` (plain TCP), else through pynetdicom's own `send_c_store` (TLS).
 - A request refused before any sub-operation can only be answered 0xA801 (C-MOVE) or Success
   (C-GET with no sub-operation); `refuse` gives that one response the status and Error Comment
   of the refusal.
