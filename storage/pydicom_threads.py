@@ -29,7 +29,7 @@ def _per_thread(name: str) -> property:
     def get(settings: config.Settings) -> int | None:
         return getattr(_local, name, settings.__dict__.get(name))
 
-    def set_(settings: config.Settings, value: int | None) -> None:
+    def set_(_settings: config.Settings, value: int | None) -> None:
         setattr(_local, name, value)
 
     return property(get, set_)
