@@ -45,6 +45,7 @@ from pynetdicom.dimse_messages import _DATASET_KEYWORDS
 from pynetdicom.dsutils import encode, split_dataset
 
 from pacs import command_set
+from pacs.direct_receive import STORE_SUCCESS, HandedOver, Receiver
 
 #: PDU type 04H, reserved, PDU length, PDV item length, presentation context ID, control header
 _HEADER = struct.Struct(">BBIIBB")
@@ -198,6 +199,7 @@ class DirectSend:
         self.assoc = assoc
         self.sock = sock
         self.lock = threading.Lock()
+        self.receiver = Receiver(assoc, sock)
         self._contexts: dict[tuple[str, str], int] = {}
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
@@ -239,7 +241,8 @@ class DirectSend:
 
         Without pynetdicom's per-call work that the index makes redundant: reading the file meta
         with pydicom, a fresh presentation context search, a primitive whose setters validate
-        each UID again. The reactor pause and the response handling are pynetdicom's.
+        each UID again. The response is read by this thread (`pacs.direct_receive`): a plain
+        success is recognised there, anything else decoded and checked by pynetdicom.
         """
         context_id = self._context_for(request.AffectedSOPClassUID, request.transfer_syntax)
         command = command_set.encode(request, "C-STORE-RQ")
@@ -249,10 +252,16 @@ class DirectSend:
         while not assoc._is_paused:
             time.sleep(0.0001)
         try:
-            self._send(command, None, (path, None), context_id)  # the offset: read from the file meta
-            _, response = assoc.dimse.get_msg(block=True)
+            try:
+                with self.receiver.owning():
+                    self._send(command, None, (path, None), context_id)  # the offset: read from the file meta
+                    response = self.receiver.next_message(request.MessageID)
+            except HandedOver:  # a release, an abort, a lost connection: pynetdicom's to deal with
+                _, response = assoc.dimse.get_msg(block=True)
         finally:
             assoc._reactor_checkpoint.set()
+        if response is STORE_SUCCESS:
+            return _SUCCESS  # read only by the retrieval: one shared Dataset, not one per instance
         if response is None:  # the DIMSE timeout expired, or the peer went away
             assoc._handle_no_response()
             return Dataset()

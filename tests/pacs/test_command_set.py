@@ -93,3 +93,46 @@ def test_declines_what_it_was_not_made_for() -> None:
     accented = make(C_STORE, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2",
                     Status=0xA700, ErrorComment="stocare plină")  # fmt: skip
     assert command_set.encode(accented, "C-STORE-RSP") is None  # pynetdicom's encoding decides, as before
+
+
+def store_response(**values: Any) -> bytes:
+    """A C-STORE-RSP command set as pynetdicom encodes it (what a pynetdicom peer sends)."""
+    fields = {"MessageIDBeingRespondedTo": 7, "AffectedSOPClassUID": CT, "AffectedSOPInstanceUID": "1.2.3", "Status": 0}
+    fields.update(values)
+    return reference(make(C_STORE, **{k: v for k, v in fields.items() if v is not None}))[1]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"AffectedSOPClassUID": None, "AffectedSOPInstanceUID": None}],
+    ids=["with-uids", "without-the-optional-uids"],
+)
+def test_a_plain_store_success_is_recognised(values: dict[str, Any]) -> None:
+    assert command_set.is_store_success(memoryview(store_response(**values)), 7)
+
+
+@pytest.mark.parametrize(
+    ("values", "message_id"),
+    [
+        ({"Status": 0xB000}, 7),  # a warning: pynetdicom checks and logs it
+        ({"Status": 0xA700}, 7),
+        ({"Status": 0x0000, "ErrorComment": "stored, but"}, 7),  # a detail next to success
+        ({"Status": 0x0000, "OffendingElement": [0x00100010]}, 7),
+        ({}, 8),  # the response to another request
+    ],
+    ids=["warning", "failure", "error-comment", "offending-element", "other-message-id"],
+)
+def test_anything_but_a_plain_success_goes_to_pynetdicom(values: dict[str, Any], message_id: int) -> None:
+    assert not command_set.is_store_success(memoryview(store_response(**values)), message_id)
+
+
+def test_other_commands_and_broken_bytes_go_to_pynetdicom() -> None:
+    success = store_response()
+    find = reference(make(C_FIND, MessageIDBeingRespondedTo=7, AffectedSOPClassUID=FIND, Status=0))[1]
+    echo = reference(make(C_ECHO, MessageIDBeingRespondedTo=7, Status=0))[1]
+    store_rq = reference(
+        make(C_STORE, MessageID=7, Priority=2, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2.3")
+    )[1]
+    group_two = success + bytes.fromhex("0200 1000 0200 0000") + b"1\x00"  # an element outside group 0000
+    for raw in (find, echo, store_rq, success[:-1], success + b"\x00", success[:12], group_two):
+        assert not command_set.is_store_success(memoryview(raw), 7), raw.hex()

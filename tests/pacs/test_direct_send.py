@@ -1,30 +1,38 @@
-"""`pacs.direct_send`: DIMSE messages framed and written without pynetdicom's DUL queue.
+"""`pacs.direct_send` and `pacs.direct_receive`: sub-operations written and their responses read
+without pynetdicom's DUL queue.
 
 Framing is held byte-equal to pynetdicom's own P-DATA-TF PDUs for the same message; then real
 peers take what it writes: pynetdicom as C-GET SCU with a small and with an unlimited maximum
 PDU length (data sets compared byte for byte with the stored ones), and dcmtk storescp for a
 C-MOVE of many small instances back to back, the case where pynetdicom's reactor used to take
-a C-STORE response meant for the sub-operation.
+a C-STORE response meant for the sub-operation. On the receiving side: responses other than a
+plain success (warning, failure) still reach pynetdicom's status handling, and a retrieval
+longer than the association's network timeout is not mistaken for an idle association.
+C-CANCEL read in the middle of a sub-operation: tests/pacs/test_get.py.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
 from pacs.direct_send import COMMAND, data_set_offset, file_fragments, fragments
 from pacs.server import RunningScp
 from storage.archive import Archive
+from storage.logs import FIELDS
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.conftest import make_settings
@@ -140,3 +148,78 @@ def test_many_small_moves_back_to_back(
     assert (status.Status, status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (0, 300, 0)
     assert len(list(dest.folder.iterdir())) == 300
     assert "unexpected" not in caplog.text
+
+
+def get_answering(scp: RunningScp, identifier: Dataset, answer: Any) -> tuple[list[Dataset], bool]:
+    """A C-GET by pynetdicom whose storage handler returns `answer(n)` for the n-th instance.
+
+    Returns the responses and whether the association was still up (neither side aborted)
+    when the SCU released it, a moment after the final response.
+    """
+    count = iter(range(1, 10_000))
+
+    def on_store(event: evt.Event) -> int:
+        return int(answer(next(count)))
+
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.port,
+        ae_title="MUNIPACS",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    responses = [
+        status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=1)
+    ]
+    time.sleep(0.5)  # the SCP's reactor checks its idle timer right after the final response
+    up = assoc.is_established
+    assoc.release()
+    return responses, up and assoc.is_released
+
+
+def test_warning_and_failure_responses_reach_pynetdicoms_status_handling(
+    scp: RunningScp, archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a plain success is read without pynetdicom; these go through its decoding and counts."""
+    datasets = study(4, size=16)
+    store(archive, tmp_path / "in", datasets)
+    answers = {2: 0xB007, 3: 0xA700}  # Coercion of Data Elements; Out of Resources
+    with caplog.at_level(logging.WARNING):
+        responses, _ = get_answering(
+            scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), lambda n: answers.get(n, 0)
+        )
+    final = responses[-1]
+    counts = (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfWarningSuboperations,
+        final.NumberOfFailedSuboperations,
+    )
+    assert (final.Status, counts) == (0xB000, (2, 1, 1))
+    failed = [r for r in caplog.records if r.getMessage() == "dimse.get.suboperation_failed"]
+    assert [getattr(r, FIELDS)["reason"] for r in failed] == ["status_0xA700"]
+
+
+def test_a_retrieval_longer_than_the_network_timeout_keeps_its_association(
+    scp: RunningScp, archive: Archive, tmp_path: Path
+) -> None:
+    """Responses read by the sending thread restart pynetdicom's idle timer, as its own reader
+    does; otherwise the SCP aborts the association once the C-GET is over."""
+    datasets = study(8, size=16)
+    store(archive, tmp_path / "in", datasets)
+    ae = scp.server.ae
+    before, ae.network_timeout = ae.network_timeout, 1
+    try:
+
+        def slowly(n: int) -> int:
+            time.sleep(0.25)  # 8 instances: 2 s, twice the SCP's network timeout
+            return 0
+
+        responses, stayed_up = get_answering(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), slowly)
+    finally:
+        ae.network_timeout = before
+    assert (responses[-1].Status, responses[-1].NumberOfCompletedSuboperations) == (0, 8)
+    assert stayed_up
