@@ -303,7 +303,8 @@ def search_all(query: Query, principal: Principal, *, session: Session, batch: i
         A key's value cannot be matched.
     """
     plan = _PLANNERS[query.level](query, principal, session, "")
-    result = session.execute(plan.stmt, execution_options={"yield_per": batch})
+    # Core execution, as `_page`: column selects gain nothing from the ORM's result handling
+    result = session.connection().execution_options(yield_per=batch).execute(plan.stmt)
     return Matches(_stream(session, plan, result), plan.ignored)
 
 
