@@ -11,14 +11,15 @@
 #   find   echoscu (association + C-ECHO: the floor) and the findscu queries of
 #          orthanc_baseline.sh phase_find, hyperfine (client wall incl. process start and
 #          association), RUNS runs after 2 warm-ups, Orthanc and ours one after the other per query;
-#          the match counts of both are compared
+#          the match counts of both are compared; then PatientName=SMITH* REPEAT times on one
+#          association (findscu --repeat): the servers' per-query time without that floor
 #   move   C-MOVE of the 500-instance CT study to a dcmtk storescp (AET BENCHSCP, the destination
 #          Orthanc's reference configuration knows; ours has it registered with `pacs org add`), and
 #          C-GET of it with getscu; XFER_RUNS runs, servers alternating; wall time and MB/s of the
 #          received files
 #   table  Markdown table of the TSV (also saved as .md)
 #
-# Settings (environment): PACS_BIN, RUNS (20), XFER_RUNS (5), BENCH_SHARED, BENCH_DATA,
+# Settings (environment): PACS_BIN, RUNS (20), REPEAT (200), XFER_RUNS (5), BENCH_SHARED, BENCH_DATA,
 # PACS_DICOM_PORT / PACS_HTTP_PORT (11400 / 8400), PACS_SERVE_FLAGS_STR (extra `pacs serve` flags,
 # e.g. "--dicom-workers 2"), TSV (append to this TSV).
 set -euo pipefail
@@ -29,6 +30,7 @@ REPO=$(cd "$HERE/.." && pwd)
 BENCH_SHARED=${BENCH_SHARED:-$(cd "$HERE/../../shared/bench" && pwd)}
 export BENCH_DATA=${BENCH_DATA:-/tmp/bench-data}
 RUNS=${RUNS:-20}
+REPEAT=${REPEAT:-200}
 XFER_RUNS=${XFER_RUNS:-5}
 PACS_DICOM_PORT=${PACS_DICOM_PORT:-11400}
 PACS_HTTP_PORT=${PACS_HTTP_PORT:-8400}
@@ -122,6 +124,14 @@ phase_find() {
       hf find "dimse: findscu $name" "$server" "$n matches" findscu "${args[@]}"
     done
   done < <(find_queries)
+  # the same query REPEAT times on one association: the servers' own C-FIND time, which the
+  # rows above bury under the client process and the association (dcmtk: --repeat reuses it)
+  for server in orthanc pacs; do
+    hf find "dimse: findscu PatientName=SMITH* x$REPEAT, one association" "$server" "$REPEAT queries" \
+      findscu -aet "$SCU_AET" -aec "$(called_of "$server")" -S --repeat "$REPEAT" -k QueryRetrieveLevel=STUDY \
+      -k StudyInstanceUID -k PatientID -k StudyDate -k AccessionNumber -k StudyDescription -k "PatientName=SMITH*" \
+      127.0.0.1 "$(port_of "$server")"
+  done
 }
 
 # retrieve SERVER KIND RECV: one C-MOVE or C-GET of the big study; prints "seconds files bytes"
