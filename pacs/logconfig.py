@@ -18,3 +18,20 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin at every start
+    drop_restated_pynetdicom_errors()
+
+
+class _Restated(logging.Filter):
+    """pynetdicom's ERROR for a C-MOVE the archive refused on purpose ("Unknown Move Destination"):
+    the `dimse.move.refused` WARNING already says so, with the reason (unknown, address-less or
+    another organization's AE). An operator alerting on ERROR lines should not be paged for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unknown Move Destination:")
+
+
+def drop_restated_pynetdicom_errors() -> None:
+    """Idempotent: the filter goes on pynetdicom's service class logger once."""
+    logger = logging.getLogger("pynetdicom.service_class")
+    if not any(isinstance(f, _Restated) for f in logger.filters):
+        logger.addFilter(_Restated())

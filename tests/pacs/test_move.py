@@ -8,6 +8,7 @@ syntax (storescp `+B` writes the data set as received), the same pixels when it 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs.logconfig import drop_restated_pynetdicom_errors
 from pacs.server import RunningScp
 from pacs.suboperations import destination_contexts
 from storage.access import Principal
@@ -295,8 +297,9 @@ def test_nothing_matches_is_a_success_with_no_suboperations(scp: RunningScp, arc
 
 
 def test_unknown_destination_is_refused_and_nothing_sent(
-    scp: RunningScp, archive: Archive, storescp, tmp_path: Path
+    scp: RunningScp, archive: Archive, storescp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    drop_restated_pynetdicom_errors()  # as `pacs serve` does: the refusal is our WARNING, not an ERROR
     datasets = study(2)
     store(archive, tmp_path / "in", datasets)
     dest = storescp()
@@ -312,6 +315,9 @@ def test_unknown_destination_is_refused_and_nothing_sent(
     out = movescu(scp, "NOBODY", "QueryRetrieveLevel=STUDY", st, ok=False)
     assert "Final Move Response (Refused: MoveDestinationUnknown)" in out
     assert list(dest.folder.iterdir()) == []
+    refused = [r for r in caplog.records if r.getMessage() == "dimse.move.refused"]
+    assert len(refused) == 3 and all(r.levelno == logging.WARNING for r in refused)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_another_organizations_destination_is_refused(
