@@ -303,15 +303,17 @@ def search_all(query: Query, principal: Principal, *, session: Session, batch: i
         A key's value cannot be matched.
     """
     plan = _PLANNERS[query.level](query, principal, session, "")
-    # Core execution, as `_page`: column selects gain nothing from the ORM's result handling
-    result = session.connection().execution_options(yield_per=batch).execute(plan.stmt)
-    return Matches(_stream(session, plan, result), plan.ignored)
+    # Core execution, as `_page`: column selects gain nothing from the ORM's result handling.
+    # yield_per for this statement only (Connection.execution_options would set it for the rest
+    # of the session's statements too); Core's partitions() do not take their size from it.
+    result = session.connection().execute(plan.stmt, execution_options={"yield_per": batch})
+    return Matches(_stream(session, plan, result, batch), plan.ignored)
 
 
-def _stream(session: Session, plan: _Plan, result: Result[Any]) -> Iterator[dict[str, Any]]:
+def _stream(session: Session, plan: _Plan, result: Result[Any], batch: int) -> Iterator[dict[str, Any]]:
     try:
         record = _record_type(tuple(result.keys()))
-        for rows in result.partitions():
+        for rows in result.partitions(batch):
             batch = list(map(record._make, rows)) if plan.named else list(rows)
             yield from map(_as_dict, plan.build(session, batch))
     finally:
