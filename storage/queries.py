@@ -310,10 +310,10 @@ def search_all(query: Query, principal: Principal, *, session: Session, batch: i
     return Matches(_stream(session, plan, result, batch), plan.ignored)
 
 
-def _stream(session: Session, plan: _Plan, result: Result[Any], batch: int) -> Iterator[dict[str, Any]]:
+def _stream(session: Session, plan: _Plan, result: Result[Any], size: int) -> Iterator[dict[str, Any]]:
     try:
         record = _record_type(tuple(result.keys()))
-        for rows in result.partitions(batch):
+        for rows in result.partitions(size):
             batch = list(map(record._make, rows)) if plan.named else list(rows)
             yield from map(_as_dict, plan.build(session, batch))
     finally:
