@@ -22,12 +22,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
 from pacs.direct_send import COMMAND, data_set_offset, file_fragments, fragments
 from pacs.server import RunningScp
@@ -36,7 +36,7 @@ from storage.logs import FIELDS
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.conftest import make_settings
-from tests.pacs.test_get import pynetdicom_get
+from tests.pacs.test_get import get_association, pynetdicom_get
 from tests.pacs.test_move import (
     dataset_bytes,
     keys,
@@ -161,17 +161,7 @@ def get_answering(scp: RunningScp, identifier: Dataset, answer: Any) -> tuple[li
     def on_store(event: evt.Event) -> int:
         return int(answer(next(count)))
 
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate(
-        "127.0.0.1",
-        scp.port,
-        ae_title="MUNIPACS",
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
+    assoc = get_association(scp, on_store)
     responses = [
         status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=1)
     ]

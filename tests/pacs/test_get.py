@@ -8,6 +8,7 @@ folder, which is compared with what the archive holds.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -15,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelGet,
@@ -167,9 +169,26 @@ def pynetdicom_get(
             then(event)
         return 0x0000
 
+    assoc = get_association(scp, on_store, calling=calling, sop_class=sop_class[model], max_pdu=max_pdu)
+    try:
+        return list(assoc.send_c_get(identifier, sop_class[model], msg_id=1))
+    finally:
+        assoc.release()
+
+
+def get_association(
+    scp: RunningScp,
+    on_store: Callable[[evt.Event], int],
+    *,
+    calling: str = "CT1",
+    sop_class: str = StudyRootQueryRetrieveInformationModelGet,
+    max_pdu: int = 16382,
+) -> Association:
+    """An established association for C-GET by pynetdicom, storage SCP for CT in explicit VR
+    little endian only, its C-STOREs answered by `on_store`."""
     ae = AE(ae_title=calling)
     ae.maximum_pdu_size = max_pdu
-    ae.add_requested_context(sop_class[model])
+    ae.add_requested_context(sop_class)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate(
         "127.0.0.1",
@@ -179,7 +198,4 @@ def pynetdicom_get(
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
     )
     assert assoc.is_established
-    try:
-        return list(assoc.send_c_get(identifier, sop_class[model], msg_id=1))
-    finally:
-        assoc.release()
+    return assoc
