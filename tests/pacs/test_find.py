@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -514,6 +515,26 @@ def test_every_match_is_read_batch_by_batch(loaded: Loaded) -> None:
         assert list(search_all(patients, MODALITY, session=session, batch=2).matches) == (
             search(patients, MODALITY, session=session).matches
         )
+    # the computed keys are queried once per batch, not once per row
+    assert statements_streaming(loaded, query, batch=4) < statements_streaming(loaded, query, batch=1)
+
+
+def statements_streaming(loaded: Loaded, query: Query, *, batch: int) -> int:
+    """How many SQL statements reading every match of `query` takes, `batch` rows at a time."""
+    engine = loaded.archive.db.engine
+    count = 0
+
+    def counted(*_: Any) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(engine, "before_cursor_execute", counted)
+    try:
+        with loaded.archive.db.read() as session:
+            assert len(list(search_all(query, MODALITY, session=session, batch=batch).matches)) == BULK
+    finally:
+        event.remove(engine, "before_cursor_execute", counted)
+    return count
 
 
 def test_patient_level_sql_searches_the_identity_indexes(loaded: Loaded) -> None:
