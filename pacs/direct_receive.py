@@ -25,7 +25,6 @@ PDU read here, as its reactor does, so a long retrieval is not taken for an idle
 from __future__ import annotations
 
 import select
-import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +35,8 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs import command_set
+from pacs.p_data import COMMAND, LAST, ONE_PDV, P_DATA_TF, PDU_HEADER
 
-P_DATA_TF = 0x04
-_PDU_HEADER = struct.Struct(">BxI")
-#: a P-DATA-TF holding one PDV: PDU header, PDV item length, context ID, message control header
-_ONE_PDV = struct.Struct(">BxIIBB")
-#: message control header of a command's only (last) fragment (PS3.8 E.2)
-WHOLE_COMMAND = 0x03
 _RECV_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV, evt.EVT_DIMSE_RECV)
 
 
@@ -84,7 +78,7 @@ class Receiver:
         with self.lock:
             yield
 
-    def next_message(self, store_id: int | None = None) -> Any | None:
+    def next_message(self, store_id: int) -> Any | None:
         """The next DIMSE message the peer sends, read under `owning`; None on a DIMSE timeout;
         STORE_SUCCESS for a plain successful C-STORE-RSP to message `store_id`.
 
@@ -100,7 +94,7 @@ class Receiver:
             if data[0] != P_DATA_TF or dul.state_machine.current_state != "Sta6":
                 self._hand_over(data)
                 raise HandedOver
-            if store_id is not None and self._is_store_success(data, store_id):
+            if self._is_store_success(data, store_id):
                 return STORE_SUCCESS
             pdu, _ = dul._decode_pdu(data)
             dimse.receive_primitive(cast(P_DATA, pdu.to_primitive()))  # a P-DATA-TF gives a P-DATA
@@ -111,14 +105,14 @@ class Receiver:
 
     def _is_store_success(self, data: bytearray, message_id: int) -> bool:
         """One PDV, a whole command, pynetdicom assembling nothing, nobody listening for receipts."""
-        if len(data) < _ONE_PDV.size or self.assoc.dimse.message is not None:
+        if len(data) < ONE_PDV.size or self.assoc.dimse.message is not None:
             return False
-        _, pdu_length, item_length, _, control = _ONE_PDV.unpack_from(data)
-        if control != WHOLE_COMMAND or item_length + 4 != pdu_length:
+        _, pdu_length, item_length, _, control = ONE_PDV.unpack_from(data)
+        if control != COMMAND | LAST or item_length + 4 != pdu_length:
             return False
         if any(self.assoc.get_handlers(event) for event in _RECV_EVENTS):
             return False
-        return command_set.is_store_success(memoryview(data)[_ONE_PDV.size :], message_id)
+        return command_set.is_store_success(memoryview(data)[ONE_PDV.size :], message_id)
 
     def _read_pdu(self, timeout: float | None) -> bytearray | None:
         """One whole PDU; None if none starts within `timeout`. A connection lost is handed over."""
@@ -127,7 +121,7 @@ class Receiver:
             return None
         try:
             head = self._read_exactly(6)
-            _, length = _PDU_HEADER.unpack(head)
+            _, length = PDU_HEADER.unpack(head)
             return head + self._read_exactly(length)
         except (OSError, EOFError):
             self.assoc.dul.event_queue.put(TRANSPORT_CLOSED)

@@ -4,12 +4,12 @@ Why: pynetdicom hands a message to its DUL thread one P-DATA primitive per PDU, 
 queue, the state machine and a PDU object, with a 1 ms sleep whenever the DUL finds its queue
 empty. For a 525 KB CT image in a storescp's 16 KB PDUs that is 33 hops and ~8 ms of CPU: C-MOVE
 and C-GET ran at ~60 MB/s where Orthanc sends ~290 MB/s. Installed on an association,
-`DirectSend.send_msg` replaces `DIMSEServiceProvider.send_msg`: pynetdicom still builds every
-message (its primitive -> message conversion and command set encoding are used unchanged); only
-the P-DATA-TF framing (PS3.8 9.3.5, message control header PS3.8 E.2) and the write happen here,
-a stored data set streamed from its file in ~1 MiB writes. Everything else stays pynetdicom's:
-association negotiation, the DUL thread reading the peer's PDUs and assembling its messages,
-release and abort.
+`DirectSend.send_msg` replaces `DIMSEServiceProvider.send_msg`: the command set is encoded by
+`pacs.command_set` (pynetdicom's own encoding where that declines), then framed into P-DATA-TF
+PDUs (`pacs.p_data`) and written here, a stored data set streamed from its file in ~1 MiB
+writes. A sub-operation's response is read by the same thread (`pacs.direct_receive`).
+Everything else stays pynetdicom's: association negotiation, the DUL thread reading the peer's
+other PDUs and assembling its messages, release and abort.
 
 What keeps the byte stream valid: the DUL thread still writes the A-RELEASE and A-ABORT PDUs, so
 it writes them under the same lock as this module's messages; and a message is written whole
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import struct
 import threading
 import time
 import weakref
@@ -45,13 +44,9 @@ from pynetdicom.dimse_messages import _DATASET_KEYWORDS
 from pynetdicom.dsutils import encode, split_dataset
 
 from pacs import command_set
-from pacs.direct_receive import STORE_SUCCESS, HandedOver, Receiver
+from pacs.direct_receive import STORE_SUCCESS, TRANSPORT_CLOSED, HandedOver, Receiver
+from pacs.p_data import COMMAND, LAST, header
 
-#: PDU type 04H, reserved, PDU length, PDV item length, presentation context ID, control header
-_HEADER = struct.Struct(">BBIIBB")
-P_DATA_TF = 0x04
-#: message control header bits (PS3.8 E.2): bit 0 command, bit 1 last fragment
-COMMAND, LAST = 0x01, 0x02
 #: bytes of PDUs handed to one socket write, and at most this many buffers (IOV_MAX is 1024)
 WRITE_SIZE = 1 << 20
 MAX_BUFFERS = 512
@@ -82,11 +77,6 @@ def install(assoc: Association) -> DirectSend | None:
 
     setattr(assoc.dul, "_send", locked_send)  # noqa: B010 - the DUL's own PDUs, under the same lock
     return direct
-
-
-def header(n: int, context_id: int, flags: int) -> bytes:
-    """The P-DATA-TF PDU header of one PDV of `n` bytes: PDU length = PDV item length + 4."""
-    return _HEADER.pack(P_DATA_TF, 0, n + 6, n + 2, context_id, flags)
 
 
 def fragments(
@@ -307,7 +297,7 @@ class DirectSend:
             if batch:
                 self._send_all(batch)
         except OSError:
-            self.assoc.dul.event_queue.put("Evt17")  # as pynetdicom's own send does: transport closed
+            self.assoc.dul.event_queue.put(TRANSPORT_CLOSED)  # as pynetdicom's own send does
             raise
 
     def _send_all(self, batch: list[bytes | memoryview]) -> None:
