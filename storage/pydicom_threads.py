@@ -20,6 +20,7 @@ import threading
 from pydicom import config
 
 _local = threading.local()
+_UNSET = object()
 
 
 def _per_thread(name: str) -> property:
@@ -27,7 +28,9 @@ def _per_thread(name: str) -> property:
     value stays as every thread's default."""
 
     def get(settings: config.Settings) -> int | None:
-        return getattr(_local, name, settings.__dict__.get(name))
+        # read on every DataElement pydicom creates: a dict lookup, not a failing getattr
+        value = _local.__dict__.get(name, _UNSET)
+        return settings.__dict__.get(name) if value is _UNSET else value
 
     def set_(_settings: config.Settings, value: int | None) -> None:
         setattr(_local, name, value)
