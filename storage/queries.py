@@ -305,15 +305,15 @@ def search_all(query: Query, principal: Principal, *, session: Session, batch: i
     plan = _PLANNERS[query.level](query, principal, session, "")
     # Core execution, as `_page`: column selects gain nothing from the ORM's result handling.
     # yield_per for this statement only (Connection.execution_options would set it for the rest
-    # of the session's statements too); Core's partitions() do not take their size from it.
+    # of the session's statements too); it also sets the size of the partitions.
     result = session.connection().execute(plan.stmt, execution_options={"yield_per": batch})
-    return Matches(_stream(session, plan, result, batch), plan.ignored)
+    return Matches(_stream(session, plan, result), plan.ignored)
 
 
-def _stream(session: Session, plan: _Plan, result: Result[Any], size: int) -> Iterator[dict[str, Any]]:
+def _stream(session: Session, plan: _Plan, result: Result[Any]) -> Iterator[dict[str, Any]]:
     try:
         record = _record_type(tuple(result.keys()))
-        for rows in result.partitions(size):
+        for rows in result.partitions():
             batch = list(map(record._make, rows)) if plan.named else list(rows)
             yield from map(_as_dict, plan.build(session, batch))
     finally:
