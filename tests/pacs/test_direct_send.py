@@ -13,6 +13,7 @@ C-CANCEL read in the middle of a sub-operation: tests/pacs/test_get.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def get_answering(scp: RunningScp, identifier: Dataset, answer: Any) -> tuple[li
     Returns the responses and whether the association was still up (neither side aborted)
     when the SCU released it, a moment after the final response.
     """
-    count = iter(range(1, 10_000))
+    count = itertools.count(1)
 
     def on_store(event: evt.Event) -> int:
         return int(answer(next(count)))
