@@ -8,7 +8,7 @@ folder, which is compared with what the archive holds.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -27,9 +27,19 @@ from pacs.server import RunningScp
 from storage.archive import Archive
 from tests import dicom_factory as f
 from tests.conftest import require_tool
-from tests.pacs.test_move import ENV, assert_same_objects, keys, spooled, store, study, undecodable
+from tests.pacs.test_move import (
+    ENV,
+    assert_same_objects,
+    dataset_bytes,
+    keys,
+    spooled,
+    store,
+    study,
+    undecodable,
+)
 
 pytestmark = pytest.mark.dcmtk
+GET = StudyRootQueryRetrieveInformationModelGet
 
 
 def getscu(scp: RunningScp, folder: Path, *args: str, calling: str = "CT1", ok: bool = True) -> str:
@@ -72,19 +82,48 @@ def test_get_patient_in_patient_root(scp: RunningScp, archive: Archive, tmp_path
     assert_same_objects(mine, tmp_path / "out", as_stored=True)
 
 
+def test_a_compressed_first_context_gets_every_instance(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
+    """getscu `+xs` proposes one context per class, JPEG Lossless first, then the uncompressed
+    syntaxes: the archive accepts explicit VR little endian there, so instances stored
+    uncompressed arrive as stored instead of failing for want of a JPEG encoder."""
+    datasets = study(3)
+    sent = store(archive, tmp_path / "in", datasets)
+    st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
+    out = getscu(scp, tmp_path / "out", "-S", "+xs", *k("QueryRetrieveLevel=STUDY", st))
+    assert "Number of Completed Suboperations : 3" in out
+    assert_same_objects(sent, tmp_path / "out", as_stored=True)
+
+
 @pytest.mark.parametrize(("ts", "prefer"), [(RLELossless, "+xr"), (JPEG2000Lossless, "+xv")], ids=["rle", "j2k"])
 def test_compressed_comes_as_stored_or_decoded(
     scp: RunningScp, archive: Archive, tmp_path: Path, ts: str, prefer: str
 ) -> None:
-    """As stored to a getscu that offers the stored syntax, decoded for one that offers only
-    uncompressed syntaxes (getscu's default)."""
+    """Decoded where a requester's one context per class also offers an uncompressed syntax
+    (getscu, with or without a compressed preference): that is the syntax every instance can be
+    sent in. As stored where another context of the class is uncompressed (pynetdicom)."""
     datasets = study(3)
     sent = store(archive, tmp_path / "in", datasets, ts)
     st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
-    getscu(scp, tmp_path / "compressed", "-S", prefer, *k("QueryRetrieveLevel=STUDY", st))
-    assert_same_objects(sent, tmp_path / "compressed", as_stored=True)
+    getscu(scp, tmp_path / "preferred", "-S", prefer, *k("QueryRetrieveLevel=STUDY", st))
+    assert_same_objects(sent, tmp_path / "preferred", as_stored=False)
     getscu(scp, tmp_path / "plain", "-S", *k("QueryRetrieveLevel=STUDY", st))
     assert_same_objects(sent, tmp_path / "plain", as_stored=False)
+
+    arrived: dict[str, tuple[str, bytes]] = {}
+
+    def keep_raw(event: evt.Event) -> int:
+        arrived[event.request.AffectedSOPInstanceUID] = (event.context.transfer_syntax, raw_dataset(event))
+        return 0x0000
+
+    assoc = get_association(scp, keep_raw, storage_syntaxes=[[ts, ExplicitVRLittleEndian], [ExplicitVRLittleEndian]])
+    try:
+        identifier = keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID)
+        statuses = [status.Status for status, _ in assoc.send_c_get(identifier, GET)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    stored = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in sent}
+    assert arrived == {uid: (ts, dataset_bytes(path)) for uid, path in stored.items()}
     assert spooled() == []
 
 
@@ -146,6 +185,13 @@ def test_cancel_stops_a_get_midway(scp: RunningScp, archive: Archive, tmp_path: 
     assert status.NumberOfFailedSuboperations == 0
 
 
+def raw_dataset(event: evt.Event) -> bytes:
+    """The data set of a received C-STORE as encoded by the sender (pynetdicom spools it to a
+    file when `STORE_RECV_CHUNKED_DATASET` is on, as the SCP in this process sets it)."""
+    path = getattr(event, "dataset_path", None)
+    return dataset_bytes(Path(path)) if path is not None else event.request.DataSet.getvalue()
+
+
 def pynetdicom_get(
     scp: RunningScp,
     identifier: Dataset,
@@ -183,13 +229,16 @@ def get_association(
     calling: str = "CT1",
     sop_class: str = StudyRootQueryRetrieveInformationModelGet,
     max_pdu: int = 16382,
+    storage_syntaxes: Sequence[Sequence[str]] = ((ExplicitVRLittleEndian,),),
 ) -> Association:
-    """An established association for C-GET by pynetdicom, storage SCP for CT in explicit VR
-    little endian only, its C-STOREs answered by `on_store`."""
+    """An established association for C-GET by pynetdicom, storage SCP for CT (one context per
+    entry of `storage_syntaxes`: explicit VR little endian only by default), its C-STOREs
+    answered by `on_store`."""
     ae = AE(ae_title=calling)
     ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(sop_class)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    for syntaxes in storage_syntaxes:
+        ae.add_requested_context(CTImageStorage, list(syntaxes))
     assoc = ae.associate(
         "127.0.0.1",
         scp.port,
