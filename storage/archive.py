@@ -16,6 +16,21 @@ def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def owner_is_gone(owner: str) -> bool:
+    """Whether the process named by a `process_owner` value has surely ended: it ran on this
+    host and its pid is dead. Another host's process cannot be seen, so it is never gone here."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass
 class Archive:
     settings: Settings

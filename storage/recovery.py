@@ -13,14 +13,12 @@ surely gone: a dead pid on this host, or older than the grace period wherever it
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 
-from storage.archive import Archive
+from storage.archive import Archive, owner_is_gone
 from storage.logs import event
 from storage.models import PendingBlob
 
@@ -34,22 +32,9 @@ class RecoveryReport:
 
 
 def _writer_is_gone(owner: str, created_at: datetime, *, grace: timedelta, now: datetime) -> bool:
-    host, _, pid = owner.rpartition(":")
     if created_at.tzinfo is None:  # SQLite returns naive datetimes
         created_at = created_at.replace(tzinfo=UTC)
-    if now - created_at > grace:
-        return True
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return now - created_at > grace or owner_is_gone(owner)
 
 
 def recover(archive: Archive) -> RecoveryReport:
