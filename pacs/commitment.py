@@ -1,9 +1,10 @@
 """Storage Commitment Push Model SCP (PS3.4 Annex J): N-ACTION, then N-EVENT-REPORT.
 
 The N-ACTION is answered at once: a success only says the request was received (J.3.2.1.3).
-Which instances are committed is decided by `storage.commitment` and reported afterwards by a
-background thread, so no association waits on the report and the report never races the
-N-ACTION response on the wire.
+It also promises a report, so the request is first kept in the index (`storage.commitment`),
+and only then acknowledged; it is forgotten once its report is delivered or given up. Which
+instances are committed is decided when the report is sent, by a background thread, so no
+association waits on the report and the report never races the N-ACTION response on the wire.
 
 Where the report goes (J.3.3.1.2 allows the same association or another one): on the same
 association when the requester is still on it, and idle, a second after the N-ACTION
@@ -12,6 +13,10 @@ released, or it went on with other requests, which pynetdicom's acceptor could n
 from the answer to the report) a new association is opened to the calling AE's registered
 address, proposing the SCP role for Storage Commitment (the requester accepts the SCU role,
 J.3.3.1.3). A failed report is retried a few times on a new association before it is given up.
+
+Retries, and reports a killed process never sent, are found by every SCP process sweeping the
+kept requests every few seconds (and once at start): a process claims a request before it
+reports, so with `--dicom-workers N` or several servers on one database each report is sent once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -36,7 +42,17 @@ from pacs.policy import principal_for
 from pacs.status import SUCCESS, failure
 from storage.access import Principal, require_read
 from storage.archive import Archive
-from storage.commitment import Request, Result, evaluate, report_address, request
+from storage.commitment import (
+    Request,
+    Result,
+    claim_due,
+    evaluate,
+    keep,
+    postpone,
+    report_address,
+    request,
+    settle,
+)
 from storage.errors import InvalidCommitmentRequest, StorageError
 from storage.logs import event as log_event
 
@@ -56,6 +72,12 @@ GRACE_SECONDS = 1.0
 RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0)
 #: Connection, association and answer timeouts of a report's own association.
 REPORT_TIMEOUT = 30.0
+#: How often each SCP process looks for kept requests whose report is due.
+SWEEP_SECONDS = 2.0
+#: How long a claim on a kept request holds: longer than one attempt can take (connection,
+#: association and answer, each up to REPORT_TIMEOUT). A claim of a dead process on this host
+#: is taken over at once; one of another host's process, when it runs out.
+CLAIM_LEASE = timedelta(seconds=4 * REPORT_TIMEOUT)
 
 
 def handle(event: Event, archive: Archive) -> tuple[int | Dataset, None]:
@@ -79,7 +101,9 @@ def handle(event: Event, archive: Archive) -> tuple[int | Dataset, None]:
             detail=exc.detail,
         )
         return failure(exc), None
-    reporter_for(assoc.ae, archive).submit(assoc, principal, req, int(action.MessageID or 0))
+    reporter = reporter_for(assoc.ae, archive)
+    job_id = reporter.keep(principal, req)  # kept before it is acknowledged: the report survives a crash
+    reporter.submit(assoc, principal, req, int(action.MessageID or 0), job_id)
     log_event(
         log,
         "dimse.commitment.requested",
@@ -159,74 +183,125 @@ class _Watch:
 
 @dataclass
 class _Job:
-    assoc: Association
+    """One delivery attempt of a kept request; `watch` is set for the first, made by the process
+    that answered the N-ACTION while its association may still be open."""
+
+    id: int
     principal: Principal
     request: Request
-    watch: _Watch
+    attempts: int  # made before this one
+    assoc: Association | None = None
+    watch: _Watch | None = None
 
 
 class Reporter:
-    """The background reports of one SCP: a thread per accepted request, stopped with the SCP."""
+    """The reports of one SCP: a sweeping thread, and a thread per delivery attempt."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        self._sweeper: threading.Thread | None = None
 
-    def submit(self, assoc: Association, principal: Principal, req: Request, message_id: int) -> None:
-        job = _Job(assoc, principal, req, _Watch(assoc, message_id))
+    def start(self) -> None:
+        """Sweep the kept requests from now on (first at once: a dead process's may be waiting)."""
+        with self._lock:
+            if self._sweeper is None and not self._stop.is_set():
+                self._sweeper = threading.Thread(target=self._sweep, name="stgcmt-sweep", daemon=True)
+                self._sweeper.start()
+
+    def keep(self, principal: Principal, req: Request) -> int:
+        """Keep an acknowledged request in the index, claimed for this process's first attempt."""
+        with self.archive.db.write() as session:
+            return keep(session, principal, req, self.archive.owner, CLAIM_LEASE)
+
+    def submit(self, assoc: Association, principal: Principal, req: Request, message_id: int, job_id: int) -> None:
+        self._spawn(_Job(job_id, principal, req, 0, assoc, _Watch(assoc, message_id)))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sweeping and waiting; give reports being sent a moment to finish. A request not
+        reported stays kept, and the next SCP process to sweep reports it."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [*self._threads, *([self._sweeper] if self._sweeper else [])]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _spawn(self, job: _Job) -> None:
         thread = threading.Thread(target=self._run, args=(job,), name="stgcmt-report", daemon=True)
         with self._lock:
             self._threads.add(thread)
         thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Cancel the retries still waiting; give reports being sent a moment to finish."""
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+    def _sweep(self) -> None:
+        while True:
+            try:
+                with self.archive.db.write() as session:
+                    due = claim_due(session, self.archive.owner, CLAIM_LEASE)
+            except Exception as exc:  # the database may be away for a while: try again next time
+                log_event(log, "dimse.commitment.sweep_failed", level=logging.WARNING, reason=_why(exc))
+                due = []
+            for pending in due:
+                if pending.previous_owner is not None:
+                    log_event(
+                        log,
+                        "dimse.commitment.resumed",
+                        transaction_uid=pending.request.transaction_uid,
+                        calling_ae=pending.principal.sub,
+                        previous_owner=pending.previous_owner,
+                    )
+                self._spawn(_Job(pending.id, pending.principal, pending.request, pending.attempts))
+            if self._stop.wait(SWEEP_SECONDS):
+                return
 
     def _run(self, job: _Job) -> None:
         try:
-            self._deliver(job)
+            self._attempt(job)
+        except Exception as exc:  # this thread's last-resort guard: the claim runs out, then a sweep retries
+            log_event(log, "dimse.commitment.failed", level=logging.ERROR, **self._fields(job, None), reason=_why(exc))
         finally:
-            job.watch.close()
+            if job.watch is not None:
+                job.watch.close()
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _deliver(self, job: _Job) -> None:
-        job.watch.responded.wait(REPORT_TIMEOUT)  # never report before the N-ACTION response
+    def _attempt(self, job: _Job) -> None:
+        if job.watch is not None:
+            job.watch.responded.wait(REPORT_TIMEOUT)  # never report before the N-ACTION response
+            if self._stop.wait(GRACE_SECONDS):
+                self._postpone(job, job.attempts, 0.0)  # stopped: free for the next process at once
+                return
+        attempt = job.attempts + 1
         result: Result | None = None
-        reason = "stopped with the SCP"
-        delays = (GRACE_SECONDS, *RETRY_DELAYS)
-        for attempt, delay in enumerate(delays, start=1):
-            if self._stop.wait(delay):
-                break
-            try:
-                result = result or self._evaluate(job)
-                how = self._send_somewhere(job, result, first=attempt == 1)
-            except Exception as exc:  # this thread's last-resort guard: log, then retry or give up
-                reason = str(exc) if isinstance(exc, _Undelivered) else f"{type(exc).__name__}: {exc}"
-                retry_in = delays[attempt] if attempt < len(delays) else None
-                log_event(
-                    log,
-                    "dimse.commitment.retry",
-                    level=logging.WARNING,
-                    **self._fields(job, result),
-                    attempt=attempt,
-                    reason=reason,
-                    retry_in=retry_in,
-                )
-                continue
-            log_event(log, "dimse.commitment", **self._fields(job, result), sent=how, attempts=attempt)
+        try:
+            result = self._evaluate(job)
+            how = self._send_somewhere(job, result)
+        except Exception as exc:  # any failure of this attempt: retried later, or given up
+            self._failed(job, attempt, result, _why(exc))
             return
-        log_event(
-            log, "dimse.commitment", level=logging.ERROR, **self._fields(job, result), sent="undelivered", reason=reason
-        )
+        self._forget(job)
+        log_event(log, "dimse.commitment", **self._fields(job, result), sent=how, attempts=attempt)
+
+    def _failed(self, job: _Job, attempt: int, result: Result | None, reason: str) -> None:
+        if attempt > len(RETRY_DELAYS):
+            self._forget(job)
+            fields = {**self._fields(job, result), "sent": "undelivered", "attempts": attempt, "reason": reason}
+            log_event(log, "dimse.commitment", level=logging.ERROR, **fields)
+            return
+        retry_in = RETRY_DELAYS[attempt - 1]
+        self._postpone(job, attempt, retry_in)
+        fields = {**self._fields(job, result), "attempt": attempt, "reason": reason, "retry_in": retry_in}
+        log_event(log, "dimse.commitment.retry", level=logging.WARNING, **fields)
+
+    def _forget(self, job: _Job) -> None:
+        with self.archive.db.write() as session:
+            settle(session, job.id, self.archive.owner)
+
+    def _postpone(self, job: _Job, attempts: int, delay: float) -> None:
+        with self.archive.db.write() as session:
+            postpone(session, job.id, self.archive.owner, attempts=attempts, delay=delay)
 
     @staticmethod
     def _fields(job: _Job, result: Result | None) -> dict[str, Any]:
@@ -237,9 +312,9 @@ class Reporter:
             "failed": len(result.failed) if result else None,
         }
 
-    def _send_somewhere(self, job: _Job, result: Result, *, first: bool) -> str:
+    def _send_somewhere(self, job: _Job, result: Result) -> str:
         """The same association if the requester waits there, else a new one to its address."""
-        if first and job.watch.waiting_here():
+        if job.assoc is not None and job.watch is not None and job.watch.waiting_here():
             self._send(job.assoc, result)
             return "same-association"
         self._send_new(job, result)
@@ -281,6 +356,10 @@ class Reporter:
                 assoc.release()
 
 
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, _Undelivered) else f"{type(exc).__name__}: {exc}"
+
+
 def _why_not(assoc: Association) -> str:
     if assoc.is_rejected:
         return "rejected"
@@ -292,16 +371,22 @@ _reporters_lock = threading.Lock()
 
 
 def reporter_for(ae: Any, archive: Archive) -> Reporter:
-    """The reporter of an SCP (one pynetdicom AE), made on its first storage commitment request."""
+    """The reporter of an SCP (one pynetdicom AE), sweeping from its first use."""
     with _reporters_lock:
         reporter = _reporters.get(ae)
         if reporter is None:
             reporter = _reporters[ae] = Reporter(archive)
-        return reporter
+    reporter.start()
+    return reporter
+
+
+def start(ae: Any, archive: Archive) -> None:
+    """Start an SCP's reports with the SCP: what a killed process left unreported goes out now."""
+    reporter_for(ae, archive)
 
 
 def stop(ae: Any) -> None:
-    """Stop the reports of an SCP that is shutting down (a report still waiting is not sent)."""
+    """Stop the reports of an SCP that is shutting down (a report not yet sent stays kept)."""
     with _reporters_lock:
         reporter = _reporters.pop(ae, None)
     if reporter is not None:

@@ -341,6 +341,7 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
         name = f"scp:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         servers[kind] = server
+    commitment.start(ae, archive)  # with the SCP: reports a killed process left unsent go out now
     return RunningScp(servers=servers, archive=archive)
 
 
@@ -410,6 +411,7 @@ def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> N
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=_serve_handed_off, args=(server, channel, stop), name="scp:handed-off", daemon=True).start()
+    commitment.start(server.ae, archive)
     event(log, "dimse.worker.started", pid=os.getpid())
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:  # the server died without stopping us

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from storage.access import Principal, visible_to
+from storage.archive import owner_is_gone
 from storage.errors import InvalidCommitmentRequest
-from storage.models import ApplicationEntity, Instance, Study
+from storage.models import ApplicationEntity, CommitmentRequest, Instance, Study
 from storage.parse import UID_RE
 
 #: Failure Reason (0008,1197) values, PS3.3 C.14.1.1
@@ -135,3 +138,94 @@ def report_address(session: Session, ae_title: str) -> tuple[str, int] | None:
     if row is None or not row.host or not row.port:
         return None
     return str(row.host), int(row.port)
+
+
+# ----- requests acknowledged and not yet reported: kept in the index until their report ------
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A kept request, claimed by this process for one delivery attempt."""
+
+    id: int
+    principal: Principal
+    request: Request
+    attempts: int  # made before this one
+    previous_owner: str | None  # whose claim this one took over (a process that died), if any
+
+
+def keep(session: Session, principal: Principal, req: Request, owner: str, lease: timedelta) -> int:
+    """Record an acknowledged request, claimed by `owner` for its first attempt; its id."""
+    now = datetime.now(UTC)
+    row = CommitmentRequest(
+        transaction_uid=req.transaction_uid,
+        calling_ae=principal.sub,
+        org_id=principal.org,
+        referenced=orjson.dumps([[r.sop_class_uid, r.sop_instance_uid] for r in req.references]).decode(),
+        attempts=0,
+        due_at=now,
+        claimed_by=owner,
+        claimed_until=now + lease,
+    )
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def claim_due(session: Session, owner: str, lease: timedelta, *, limit: int = 16) -> list[Pending]:
+    """Claim for `owner` the kept requests whose next attempt is due and that no live process holds.
+
+    A claim is taken with a compare-and-set on the holder seen, so of two processes that
+    sweep at once only one gets a row, on SQLite as on PostgreSQL.
+    """
+    now = datetime.now(UTC)
+    due = session.scalars(
+        select(CommitmentRequest).where(CommitmentRequest.due_at <= now).order_by(CommitmentRequest.due_at).limit(limit)
+    ).all()
+    claimed: list[Pending] = []
+    for row in due:
+        holder = row.claimed_by
+        if holder is not None and _aware(row.claimed_until) > now and not owner_is_gone(holder):
+            continue
+        taken = session.execute(
+            update(CommitmentRequest)
+            .where(CommitmentRequest.id == row.id, CommitmentRequest.claimed_by.is_not_distinct_from(holder))
+            .values(claimed_by=owner, claimed_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
+            claimed.append(_pending(row, None if holder == owner else holder))
+    return claimed
+
+
+def settle(session: Session, job_id: int, owner: str) -> None:
+    """The report is delivered, or given up: forget the request."""
+    session.execute(
+        delete(CommitmentRequest).where(CommitmentRequest.id == job_id, CommitmentRequest.claimed_by == owner)
+    )
+
+
+def postpone(session: Session, job_id: int, owner: str, *, attempts: int, delay: float) -> None:
+    """An attempt failed: release the claim, and let the next one wait `delay` seconds."""
+    session.execute(
+        update(CommitmentRequest)
+        .where(CommitmentRequest.id == job_id, CommitmentRequest.claimed_by == owner)
+        .values(
+            attempts=attempts,
+            due_at=datetime.now(UTC) + timedelta(seconds=delay),
+            claimed_by=None,
+            claimed_until=None,
+        )
+    )
+
+
+def _pending(row: CommitmentRequest, previous_owner: str | None) -> Pending:
+    principal = Principal(sub=row.calling_ae, org=row.org_id, roles=frozenset({"modality"}), via="dimse")
+    references = tuple(Reference(c, i) for c, i in orjson.loads(row.referenced))
+    return Pending(row.id, principal, Request(row.transaction_uid, references), row.attempts, previous_owner)
+
+
+def _aware(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite returns naive ones

@@ -168,6 +168,30 @@ class PendingBlob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
+class CommitmentRequest(Base):
+    """A Storage Commitment request acknowledged and not yet reported (PS3.4 J.3.2.1.3).
+
+    The N-ACTION's success promises an N-EVENT-REPORT, so the request is written here before
+    that success is sent and deleted once the report is delivered or given up. A process that
+    dies between the two leaves the row, and any SCP process sends the report: it claims the
+    row first (`claimed_by` = host:pid, until `claimed_until`), so two processes never report
+    the same request; a claim whose process is gone, or whose time ran out, is taken over.
+    """
+
+    __tablename__ = "commitment_requests"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    org_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the requester's, when it asked
+    referenced: Mapped[str] = mapped_column(Text)  # JSON [[SOP Class UID, SOP Instance UID], ...]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # delivery attempts made so far
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ScheduledProcedureStep(Base):
     """A Modality Worklist item (PS3.4 K.6.1): one scheduled step of a requested procedure.
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,13 +24,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel, Verification
+from sqlalchemy import select
 
 from pacs.commitment import INSTANCE_UID
 from pacs.server import RunningScp
 from storage.archive import Archive
+from storage.models import CommitmentRequest
 from storage.orgs import AeSpec, add_org
+from storage.settings import Settings
 from tests import dicom_factory as f
-from tests.servers import free_port
+from tests.servers import free_port, start_server
 
 REPORT_WAIT = 15.0
 CT = str(CTImageStorage)
@@ -110,13 +115,13 @@ def _ref(sop_class: str, sop_instance: str) -> Dataset:
 class Modality:
     """A modality process on its way: `.result()` waits for what it saw."""
 
-    def __init__(self, visit: Visit, scp: RunningScp, *, listen_now: bool = True) -> None:
+    def __init__(self, visit: Visit, scp_port: int, *, listen_now: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._out = ctx.Queue()
         self.listen_now = ctx.Event()
         if listen_now:
             self.listen_now.set()
-        self._process = ctx.Process(target=_modality, args=(visit, scp.port, self._out, self.listen_now), daemon=True)
+        self._process = ctx.Process(target=_modality, args=(visit, scp_port, self._out, self.listen_now), daemon=True)
         self._process.start()
 
     def result(self) -> dict[str, Any]:
@@ -155,7 +160,7 @@ def test_report_on_the_same_association(scp: RunningScp, caplog: pytest.LogCaptu
     never_stored = (CT, f.uid())
     wrong_class = (str(MRImageStorage), stored[2])
     visit = Visit("CT1", stored, [(CT, stored[0]), (CT, stored[1]), never_stored, wrong_class])
-    result = Modality(visit, scp).result()
+    result = Modality(visit, scp.port).result()
 
     assert result["action_status"] == 0x0000
     report = result["report"]
@@ -178,7 +183,7 @@ def test_report_on_a_new_association_after_release(
     register(archive, "CT2", port)
     stored = [f.uid() for _ in range(2)]
     visit = Visit("CT2", stored, [(CT, s) for s in stored], release_at_once=True, listen_port=port)
-    result = Modality(visit, scp).result()
+    result = Modality(visit, scp.port).result()
 
     assert result["action_status"] == 0x0000
     report = result["report"]
@@ -196,7 +201,7 @@ def test_a_failed_report_is_retried(scp: RunningScp, archive: Archive, caplog: p
     register(archive, "CT2", port)
     stored = [f.uid()]
     visit = Visit("CT2", stored, [(CT, stored[0])], release_at_once=True, listen_port=port)
-    modality = Modality(visit, scp, listen_now=False)  # nobody listens at the registered address yet
+    modality = Modality(visit, scp.port, listen_now=False)  # nobody listens at the registered address yet
 
     retry = wait_for_line(caplog, "dimse.commitment.retry")
     assert retry["attempt"] == 1 and f"127.0.0.1:{port}" in retry["reason"]
@@ -211,7 +216,7 @@ def test_a_failed_report_is_retried(scp: RunningScp, archive: Archive, caplog: p
 
 def test_unknown_ae_is_refused(scp: RunningScp, caplog: pytest.LogCaptureFixture) -> None:
     stored = [f.uid()]
-    result = Modality(Visit("STRANGER", stored, [(CT, stored[0])]), scp).result()
+    result = Modality(Visit("STRANGER", stored, [(CT, stored[0])]), scp.port).result()
     assert result["action_status"] == 0x0124  # an unknown AE may store (held unassigned), not be vouched for
     assert "not registered" in result["error_comment"]
     assert result["report"] is None
@@ -223,7 +228,7 @@ def test_many_references_in_one_request(scp: RunningScp) -> None:
     stored = [f.uid() for _ in range(3)]
     missing = [(CT, f.uid()) for _ in range(1200)]
     visit = Visit("CT1", stored, [*missing[:600], *[(CT, s) for s in stored], *missing[600:]])
-    result = Modality(visit, scp).result()
+    result = Modality(visit, scp.port).result()
     report = result["report"]
     assert report is not None, result
     assert report["event_type"] == 2
@@ -231,20 +236,66 @@ def test_many_references_in_one_request(scp: RunningScp) -> None:
     assert [sop for sop, _, _ in report["failed"]] == [sop for _, sop in missing]
 
 
-def test_no_address_and_gone_is_logged_undelivered(
-    scp: RunningScp, archive: Archive, caplog: pytest.LogCaptureFixture
+def test_no_address_and_gone_is_given_up_after_the_retries(
+    scp: RunningScp, archive: Archive, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CT1 has no registered address: once it has left, nothing can carry its report, and that is said."""
+    """CT1 has no registered address: once it has left, nothing can carry its report. Each
+    attempt says why; after the last retry the request is given up, said, and forgotten."""
     import pacs.commitment as commitment
 
+    monkeypatch.setattr(commitment, "RETRY_DELAYS", (0.2,))  # one retry, soon
+    monkeypatch.setattr(commitment, "SWEEP_SECONDS", 0.2)
     stored = [f.uid()]
-    result = Modality(Visit("CT1", stored, [(CT, stored[0])], release_at_once=True), scp).result()
+    result = Modality(Visit("CT1", stored, [(CT, stored[0])], release_at_once=True), scp.port).result()
     assert result["action_status"] == 0x0000 and result["report"] is None
     retry = wait_for_line(caplog, "dimse.commitment.retry")
-    assert "no address is registered for AE CT1" in retry["reason"]
-    commitment.stop(scp.server.ae)  # the retries end with the SCP
+    assert "no address is registered for AE CT1" in retry["reason"] and retry["retry_in"] == 0.2
     line = wait_for_line(caplog, "dimse.commitment")
-    assert line["sent"] == "undelivered" and "no address" in line["reason"]
+    assert (line["sent"], line["attempts"]) == ("undelivered", 2) and "no address" in line["reason"]
+    assert kept(archive) == []
+
+
+def kept(archive: Archive) -> list[str]:
+    """Transaction UIDs of the requests acknowledged and not yet reported."""
+    with archive.db.read() as s:
+        return list(s.scalars(select(CommitmentRequest.transaction_uid)))
+
+
+def test_a_report_outlives_a_killed_server(tmp_path: Path) -> None:
+    """`pacs serve` is killed (SIGKILL) right after it acknowledged an N-ACTION, before it could
+    report; the next `pacs serve` on the same data sends the report the first one promised."""
+    var = tmp_path / "var"
+    server = start_server(var)
+    port = free_port()
+    archive = Archive.open(Settings(data_dir=var, dicom_port=0, http_port=0))  # type: ignore[call-arg]
+    with archive.db.write() as s:
+        add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT2", "127.0.0.1", port)])
+    archive.close()
+    stored = [f.uid() for _ in range(2)]
+    visit = Visit("CT2", stored, [(CT, s) for s in stored], release_at_once=True, listen_port=port)
+    modality = Modality(visit, server.dicom_port, listen_now=False)  # its SCP is not up yet
+    deadline = time.monotonic() + REPORT_WAIT
+    while "dimse.commitment.requested" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.kill()  # SIGKILL: the first attempt comes a second after the acknowledgement at the earliest
+    assert "dimse.commitment.requested" in server.log_text()
+    assert "dimse.commitment " not in server.log_text()  # killed before any report went out
+    modality.listen_now.set()
+
+    again = start_server(var)
+    try:
+        result = modality.result()
+        assert result["action_status"] == 0x0000
+        report = result["report"]
+        assert report is not None, result
+        assert report["via"] == "MUNIPACS" and report["transaction_uid"] == visit.transaction_uid
+        assert report["committed"] == stored and result["more_reports"] == 0
+        deadline = time.monotonic() + REPORT_WAIT
+        while "dimse.commitment " not in again.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert re.search(r"dimse\.commitment .*sent=new-association", again.log_text()), again.log_text()
+    finally:
+        again.kill()
 
 
 def refused_at_once(scp: RunningScp, info: Dataset, action_type: int, instance: str) -> tuple[int, int]:
