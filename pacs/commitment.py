@@ -43,8 +43,10 @@ from pacs.status import SUCCESS, failure
 from storage.access import Principal, require_read
 from storage.archive import Archive
 from storage.commitment import (
+    Pending,
     Request,
     Result,
+    any_due,
     claim_due,
     evaluate,
     keep,
@@ -238,8 +240,7 @@ class Reporter:
     def _sweep(self) -> None:
         while True:
             try:
-                with self.archive.db.write() as session:
-                    due = claim_due(session, self.archive.owner, CLAIM_LEASE)
+                due = self._claim_due()
             except Exception as exc:  # the database may be away for a while: try again next time
                 log_event(log, "dimse.commitment.sweep_failed", level=logging.WARNING, reason=_why(exc))
                 due = []
@@ -255,6 +256,13 @@ class Reporter:
                 self._spawn(_Job(pending.id, pending.principal, pending.request, pending.attempts))
             if self._stop.wait(SWEEP_SECONDS):
                 return
+
+    def _claim_due(self) -> list[Pending]:
+        with self.archive.db.read() as session:
+            if not any_due(session):
+                return []
+        with self.archive.db.write() as session:
+            return claim_due(session, self.archive.owner, CLAIM_LEASE)
 
     def _run(self, job: _Job) -> None:
         try:

@@ -172,6 +172,12 @@ def keep(session: Session, principal: Principal, req: Request, owner: str, lease
     return int(row.id)
 
 
+def any_due(session: Session) -> bool:
+    """Whether some kept request may be due: a read, so an idle sweep takes no write lock."""
+    due = select(CommitmentRequest.id).where(CommitmentRequest.due_at <= datetime.now(UTC)).limit(1)
+    return session.execute(due).first() is not None
+
+
 def claim_due(session: Session, owner: str, lease: timedelta, *, limit: int = 16) -> list[Pending]:
     """Claim for `owner` the kept requests whose next attempt is due and that no live process holds.
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from storage.access import Principal
 from storage.archive import Archive
-from storage.commitment import Pending, Reference, Request, claim_due, keep, postpone, settle
+from storage.commitment import Pending, Reference, Request, any_due, claim_due, keep, postpone, settle
 from tests import dicom_factory as f
 
 LEASE = timedelta(minutes=2)
@@ -62,11 +62,15 @@ def test_postpone_releases_until_due_and_settle_forgets(archive: Archive) -> Non
     with archive.db.write() as s:
         postpone(s, job, me, attempts=1, delay=3600)
     assert claim(archive, me) == []  # not due for an hour
+    with archive.db.read() as s:
+        assert not any_due(s)  # an idle sweep stops at this read
     with archive.db.write() as s:
         settle(s, job, me)  # not ours any more: nothing happens
     job2 = kept(archive, me)
     with archive.db.write() as s:
         postpone(s, job2, me, attempts=2, delay=0)
+    with archive.db.read() as s:
+        assert any_due(s)
     [again] = claim(archive, me)
     assert (again.id, again.attempts, again.previous_owner) == (job2, 2, None)
     with archive.db.write() as s:
