@@ -57,6 +57,7 @@ from storage.commitment import (
 )
 from storage.errors import InvalidCommitmentRequest, StorageError
 from storage.logs import event as log_event
+from storage.metrics import COMMITMENT_REPORTS
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +291,19 @@ class Reporter:
             self._failed(job, attempt, result, _why(exc))
             return
         self._forget(job)
+        COMMITMENT_REPORTS.labels(how).inc()
         log_event(log, "dimse.commitment", **self._fields(job, result), sent=how, attempts=attempt)
 
     def _failed(self, job: _Job, attempt: int, result: Result | None, reason: str) -> None:
         if attempt > len(RETRY_DELAYS):
             self._forget(job)
+            COMMITMENT_REPORTS.labels("undelivered").inc()
             fields = {**self._fields(job, result), "sent": "undelivered", "attempts": attempt, "reason": reason}
             log_event(log, "dimse.commitment", level=logging.ERROR, **fields)
             return
         retry_in = RETRY_DELAYS[attempt - 1]
         self._postpone(job, attempt, retry_in)
+        COMMITMENT_REPORTS.labels("retry").inc()
         fields = {**self._fields(job, result), "attempt": attempt, "reason": reason, "retry_in": retry_in}
         log_event(log, "dimse.commitment.retry", level=logging.WARNING, **fields)
 

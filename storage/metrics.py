@@ -21,3 +21,8 @@ INGEST_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
 )
 ASSOCIATIONS = Counter("pacs_dimse_associations", "DICOM associations, by outcome", ["outcome"])
+COMMITMENT_REPORTS = Counter(
+    "pacs_commitment_reports",
+    "Storage commitment report attempts, by outcome (same-association, new-association, retry, undelivered)",
+    ["outcome"],
+)

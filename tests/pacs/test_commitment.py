@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, generate_uid
 from pynetdicom import AE, evt
@@ -160,6 +161,7 @@ def test_report_on_the_same_association(scp: RunningScp, caplog: pytest.LogCaptu
     never_stored = (CT, f.uid())
     wrong_class = (str(MRImageStorage), stored[2])
     visit = Visit("CT1", stored, [(CT, stored[0]), (CT, stored[1]), never_stored, wrong_class])
+    sent_before = reports("same-association")
     result = Modality(visit, scp.port).result()
 
     assert result["action_status"] == 0x0000
@@ -174,6 +176,7 @@ def test_report_on_the_same_association(scp: RunningScp, caplog: pytest.LogCaptu
     line = wait_for_line(caplog, "dimse.commitment")
     assert (line["sent"], line["committed"], line["failed"]) == ("same-association", 2, 2)
     assert line["transaction_uid"] == visit.transaction_uid
+    assert reports("same-association") == sent_before + 1
 
 
 def test_report_on_a_new_association_after_release(
@@ -244,6 +247,7 @@ def test_no_address_and_gone_is_given_up_after_the_retries(
     import pacs.commitment as commitment
 
     monkeypatch.setattr(commitment, "RETRY_DELAYS", (0.2,))  # one retry, soon
+    retried, given_up = reports("retry"), reports("undelivered")
     monkeypatch.setattr(commitment, "SWEEP_SECONDS", 0.2)
     stored = [f.uid()]
     result = Modality(Visit("CT1", stored, [(CT, stored[0])], release_at_once=True), scp.port).result()
@@ -253,6 +257,12 @@ def test_no_address_and_gone_is_given_up_after_the_retries(
     line = wait_for_line(caplog, "dimse.commitment")
     assert (line["sent"], line["attempts"]) == ("undelivered", 2) and "no address" in line["reason"]
     assert kept(archive) == []
+    assert reports("retry") == retried + 1 and reports("undelivered") == given_up + 1  # for alerting
+
+
+def reports(outcome: str) -> float:
+    """The `pacs_commitment_reports` counter of this process (the SCP runs in it)."""
+    return REGISTRY.get_sample_value("pacs_commitment_reports_total", {"outcome": outcome}) or 0.0
 
 
 def kept(archive: Archive) -> list[str]:
