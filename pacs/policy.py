@@ -25,8 +25,6 @@ def principal_for(assoc: Any, archive: Archive) -> Principal:
         calling_ae = str(assoc.requestor.ae_title).strip()
         with archive.db.read() as session:
             org = org_of_ae(session, calling_ae)
-        principal = Principal(
-            sub=calling_ae, org=org, roles=frozenset({"modality"}), via="dimse", address=str(assoc.requestor.address)
-        )
+        principal = Principal.dicom_node(calling_ae, org, str(assoc.requestor.address))
         _cache[assoc] = principal
     return principal

@@ -40,6 +40,11 @@ class Principal:
         """The operator at the console (`pacs import`, start-up recovery)."""
         return cls(sub=sub, org=None, roles=frozenset({"admin"}), via="cli")
 
+    @classmethod
+    def dicom_node(cls, ae_title: str, org: str | None, address: str = "") -> Principal:
+        """A calling AE: its organization's when registered (`org`), else unassigned."""
+        return cls(sub=ae_title, org=org, roles=frozenset({"modality"}), via="dimse", address=address)
+
 
 def visible_to(principal: Principal) -> ColumnElement[bool]:
     """The SQL filter on studies that `principal` may see (all, until [4/7])."""

@@ -226,7 +226,7 @@ def postpone(session: Session, job_id: int, owner: str, *, attempts: int, delay:
 
 
 def _pending(row: CommitmentRequest, previous_owner: str | None) -> Pending:
-    principal = Principal(sub=row.calling_ae, org=row.org_id, roles=frozenset({"modality"}), via="dimse")
+    principal = Principal.dicom_node(row.calling_ae, row.org_id)
     references = tuple(Reference(c, i) for c, i in orjson.loads(row.referenced))
     return Pending(row.id, principal, Request(row.transaction_uid, references), row.attempts, previous_owner)
 
