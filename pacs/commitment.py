@@ -193,8 +193,7 @@ class _Job:
     principal: Principal
     request: Request
     attempts: int  # made before this one
-    assoc: Association | None = None
-    watch: _Watch | None = None
+    watch: _Watch | None = None  # holds the association
 
 
 class Reporter:
@@ -220,7 +219,7 @@ class Reporter:
             return keep(session, principal, req, self.archive.owner, CLAIM_LEASE)
 
     def submit(self, assoc: Association, principal: Principal, req: Request, message_id: int, job_id: int) -> None:
-        self._spawn(_Job(job_id, principal, req, 0, assoc, _Watch(assoc, message_id)))
+        self._spawn(_Job(job_id, principal, req, 0, _Watch(assoc, message_id)))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sweeping and waiting; give reports being sent a moment to finish. A request not
@@ -326,8 +325,8 @@ class Reporter:
 
     def _send_somewhere(self, job: _Job, result: Result) -> str:
         """The same association if the requester waits there, else a new one to its address."""
-        if job.assoc is not None and job.watch is not None and job.watch.waiting_here():
-            self._send(job.assoc, result)
+        if job.watch is not None and job.watch.waiting_here():
+            self._send(job.watch.assoc, result)
             return "same-association"
         self._send_new(job, result)
         return "new-association"
