@@ -52,8 +52,9 @@ class Visit:
     listen_port: int | None = None  # run an SCP there for a report on a new association
 
 
-def _modality(visit: Visit, scp_port: int, out: Any, listen_now: Any) -> None:
-    """The modality process: report what happened as one dict on `out`."""
+def _modality(visit: Visit, scp_port: int, out: Any, listen_now: Any, acknowledged: Any) -> None:
+    """The modality process: report what happened as one dict on `out`; set `acknowledged` once
+    it holds the answer to its N-ACTION."""
     reports: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def on_report(event: evt.Event) -> tuple[int, None]:
@@ -87,6 +88,7 @@ def _modality(visit: Visit, scp_port: int, out: Any, listen_now: Any) -> None:
     info.ReferencedSOPSequence = [_ref(c, i) for c, i in visit.refs]
     status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, INSTANCE_UID)
     result: dict[str, Any] = {"action_status": int(status.Status), "error_comment": status.get("ErrorComment")}
+    acknowledged.set()
     if visit.release_at_once:
         assoc.release()
     server = None
@@ -120,9 +122,10 @@ class Modality:
         ctx = multiprocessing.get_context("spawn")
         self._out = ctx.Queue()
         self.listen_now = ctx.Event()
+        self.acknowledged = ctx.Event()
         if listen_now:
             self.listen_now.set()
-        self._process = ctx.Process(target=_modality, args=(visit, scp_port, self._out, self.listen_now), daemon=True)
+        self._process = ctx.Process(target=_modality, args=(visit, scp_port, self._out, self.listen_now, self.acknowledged), daemon=True)
         self._process.start()
 
     def result(self) -> dict[str, Any]:
@@ -284,9 +287,9 @@ def test_a_report_outlives_a_killed_server(tmp_path: Path) -> None:
     stored = [f.uid() for _ in range(2)]
     visit = Visit("CT2", stored, [(CT, s) for s in stored], release_at_once=True, listen_port=port)
     modality = Modality(visit, server.dicom_port, listen_now=False)  # its SCP is not up yet
-    deadline = time.monotonic() + REPORT_WAIT
-    while "dimse.commitment.requested" not in server.log_text() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # Killed once the modality holds the success, not when the log says the request was kept: the
+    # response leaves after that line, and a kill in between would leave the modality unanswered.
+    assert modality.acknowledged.wait(REPORT_WAIT)
     server.kill()  # SIGKILL: the first attempt comes a second after the acknowledgement at the earliest
     assert "dimse.commitment.requested" in server.log_text()
     assert "dimse.commitment " not in server.log_text()  # killed before any report went out
