@@ -4,10 +4,10 @@
     python benchmarks/gen_index.py --database-url sqlite:////tmp/bench-data/pacs-1m-sqlite/index.db
     python benchmarks/gen_index.py --database-url postgresql+psycopg://pacs:pacs@127.0.0.1:55499/pacs
 
-The schema is made by `storage.migrate.upgrade` (the migrations `pacs serve` runs), then
+The schema is made by `storage.index.migrate.upgrade` (the migrations `pacs serve` runs), then
 organizations, patient identities, studies, series and instances are inserted directly:
 SQLAlchemy Core executemany in batches of `--batch` rows on SQLite, COPY (psycopg) on PostgreSQL.
-Every row looks like one ingest writes: the folded patient name (`storage.charset.fold`), the
+Every row looks like one ingest writes: the folded patient name (`storage.dicom.charset.fold`), the
 study and series attribute JSON, each instance's DICOM JSON (small: ~30 elements, the pixel
 data as a bulk data reference), the aggregates (counts, ModalitiesInStudy). Only the blobs are
 missing, so QIDO and metadata answer and retrieve does not.
@@ -43,10 +43,10 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
-from storage.charset import fold  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.models import Base, Instance, Organization, PatientIdentity, Series, Study  # noqa: E402
-from storage.parse import INSTANCE_TAGS  # noqa: E402
+from storage.dicom.charset import fold  # noqa: E402
+from storage.dicom.parse import INSTANCE_TAGS  # noqa: E402
+from storage.index.migrate import upgrade  # noqa: E402
+from storage.index.models import Base, Instance, Organization, PatientIdentity, Series, Study  # noqa: E402
 
 ROOT = "1.2.826.0.1.3680043.8.498.99"  # synthetic UIDs: ROOT.kind.counter
 KIND_STUDY, KIND_SERIES, KIND_INSTANCE, KIND_FOR = 1, 2, 3, 4
@@ -368,7 +368,7 @@ class Generator:
             # the per-instance values go into a template: json.dumps per instance was most of the time
             common.update({"00080018": el("UI", "@@"), "00200013": el("IS", "@@"), "00200032": el("DS", "@@")})
             p0, p1, p2, p3 = dumps(common).split('"@@"')
-            # the instance-level subset ingest keeps beside the whole JSON (storage.parse.INSTANCE_TAGS)
+            # the instance-level subset ingest keeps beside the whole JSON (storage.dicom.parse.INSTANCE_TAGS)
             a0, a1, a2, a3 = dumps({k: v for k, v in sorted(common.items()) if k in INSTANCE_TAGS}).split('"@@"')
             for i_no in range(1, count + 1):
                 self.instance_n += 1

@@ -17,9 +17,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from gateway import capabilities, delete, health, problems, qido, stow, wado, wado_uri, worklist
+from gateway import health, problems
+from gateway.api import worklist
 from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
+from gateway.dicomweb import capabilities, delete, qido, stow, wado, wado_uri
 from gateway.openapi import describe
 from storage.archive import Archive
 from storage.settings import Settings

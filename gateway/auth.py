@@ -17,10 +17,10 @@ import jwt
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from storage.access import Principal
+from storage.access.principal import Principal
+from storage.access.tokens import ISSUER, Claims, TokenError, claims_from, signing_key, verify
 from storage.logs import event
 from storage.settings import Settings
-from storage.tokens import ISSUER, Claims, TokenError, claims_from, signing_key, verify
 
 log = logging.getLogger(__name__)
 

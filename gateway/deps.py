@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 
 from gateway.auth import get_principal
-from storage.access import Principal
+from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.settings import Settings
 

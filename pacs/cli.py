@@ -97,8 +97,8 @@ def serve(
 
     from pacs import server
     from storage.archive import Archive
-    from storage.migrate import upgrade
-    from storage.recovery import recover
+    from storage.index.migrate import upgrade
+    from storage.ingest.recovery import recover
 
     archive = Archive.open(settings)
     upgrade(archive.db.engine)
@@ -144,7 +144,7 @@ ADMIN_TOKEN_TTL = "7d"
 
 def _write_admin_token(settings: Settings) -> Path:
     """An admin token for the operator, in a file only its owner can read."""
-    from storage.tokens import issue, parse_ttl
+    from storage.access.tokens import issue, parse_ttl
 
     path = settings.data_dir / "admin-token"
     token = issue(settings, sub="admin", org=None, roles=["admin"], ttl_seconds=parse_ttl(ADMIN_TOKEN_TTL))
@@ -199,9 +199,9 @@ def org_add(
 ) -> None:
     """Register an institution and its AE titles; run again with the same ID to add AEs."""
     settings = load_settings(data_dir=data_dir)
+    from storage.access.orgs import AeSpec, add_org
     from storage.archive import Archive
-    from storage.migrate import upgrade
-    from storage.orgs import AeSpec, add_org
+    from storage.index.migrate import upgrade
 
     try:
         specs = [AeSpec.parse(a) for a in ae or []]
@@ -233,10 +233,10 @@ def token(
 ) -> None:
     """Print a signed bearer token for a provider's user or system."""
     settings = load_settings(data_dir=data_dir)
+    from storage.access.orgs import get_org
+    from storage.access.tokens import issue, parse_ttl
     from storage.archive import Archive
-    from storage.migrate import upgrade
-    from storage.orgs import get_org
-    from storage.tokens import issue, parse_ttl
+    from storage.index.migrate import upgrade
 
     try:
         seconds = parse_ttl(ttl)
@@ -264,8 +264,8 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     """Apply the schema migrations (SQLite or PostgreSQL)."""
     settings = load_settings(data_dir=data_dir)
     configure_logging(settings.log_level)
-    from storage.db import make_engine
-    from storage.migrate import current, upgrade
+    from storage.index.db import make_engine
+    from storage.index.migrate import current, upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)

@@ -1,7 +1,7 @@
 """Storage Commitment Push Model SCP (PS3.4 Annex J): N-ACTION, then N-EVENT-REPORT.
 
 The N-ACTION is answered at once: a success only says the request was received (J.3.2.1.3).
-It also promises a report, so the request is first kept in the index (`storage.commitment`),
+It also promises a report, so the request is first kept in the index (`storage.workflow.commitment`),
 and only then acknowledged; it is forgotten once its report is delivered or given up. Which
 instances are committed is decided when the report is sent, by a background thread, so no
 association waits on the report and the report never races the N-ACTION response on the wire.
@@ -40,9 +40,12 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from pacs.policy import principal_for
 from pacs.status import SUCCESS, failure
-from storage.access import Principal, require_read
+from storage.access.principal import Principal, require_read
 from storage.archive import Archive
-from storage.commitment import (
+from storage.errors import InvalidCommitmentRequest, StorageError
+from storage.logs import event as log_event
+from storage.metrics import COMMITMENT_REPORTS
+from storage.workflow.commitment import (
     Pending,
     Request,
     Result,
@@ -55,9 +58,6 @@ from storage.commitment import (
     request,
     settle,
 )
-from storage.errors import InvalidCommitmentRequest, StorageError
-from storage.logs import event as log_event
-from storage.metrics import COMMITMENT_REPORTS
 
 log = logging.getLogger(__name__)
 

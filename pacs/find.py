@@ -1,7 +1,7 @@
 """C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root queries; the Modality Worklist is routed on.
 
-The handler only translates. The identifier becomes a `storage.queries.Query` (`parse`), every
-match is read by `storage.queries.search_all` from the index (one statement fetched in batches,
+The handler only translates. The identifier becomes a `storage.query.search.Query` (`parse`), every
+match is read by `storage.query.search.search_all` from the index (one statement fetched in batches,
 never a blob), and each becomes a pending response with exactly the requested keys, plus
 QueryRetrieveLevel and RetrieveAETitle (`answer`). Matching is QIDO-RS's: same keys, same rules.
 
@@ -37,18 +37,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from pacs import identifier, worklist
-from pacs.pacing import PACE_EVERY, keep_pace
+from pacs import worklist
 from pacs.policy import principal_for
 from pacs.status import failure
-from storage.access import Principal, require_read
+from pacs.wire import identifier
+from pacs.wire.pacing import PACE_EVERY, keep_pace
+from storage.access.principal import Principal, require_read
 from storage.archive import Archive
-from storage.charset import TEXT_VRS, check_decodes, python_encodings
-from storage.dicomjson import element_vr
+from storage.dicom.charset import TEXT_VRS, check_decodes, python_encodings
+from storage.dicom.dicomjson import element_vr
 from storage.errors import NotAuthorized, StorageError
 from storage.logs import event as log_event
-from storage.matching import InvalidQuery
-from storage.queries import IMAGE, PATIENT, SERIES, STUDY, Query, keyword, search_all
+from storage.query.matching import InvalidQuery
+from storage.query.search import IMAGE, PATIENT, SERIES, STUDY, Query, keyword, search_all
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class _Outcome:
 
     level: str = ""
     matches: int = 0
-    by_pydicom: int = 0  # answers `pacs.identifier` declined (sequences, a non-UTF-8 repertoire...)
+    by_pydicom: int = 0  # answers `pacs.wire.identifier` declined (sequences, a non-UTF-8 repertoire...)
     status: int = SUCCESS
 
 
@@ -181,10 +182,10 @@ def answer(match: dict[str, Any], request: Request, ae_title: str) -> dict[str, 
 
 
 class _Responder:
-    """Sends pending responses itself, the identifier written from JSON by `pacs.identifier`.
+    """Sends pending responses itself, the identifier written from JSON by `pacs.wire.identifier`.
 
     Yielded to pynetdicom, each answer would go through `Dataset.from_json` and pydicom's writer,
-    most of a C-FIND's time. Sent here through the association's `send_msg` (`pacs.direct_send`
+    most of a C-FIND's time. Sent here through the association's `send_msg` (`pacs.wire.direct_send`
     when installed), in order with what pynetdicom sends, which then only adds the final status.
     """
 
@@ -200,7 +201,7 @@ class _Responder:
         self.response.AffectedSOPClassUID = event.request.AffectedSOPClassUID
 
     def send(self, status: int, elements: dict[str, Any]) -> bool:
-        """Send one pending response; False if `pacs.identifier` cannot write it (yield it instead)."""
+        """Send one pending response; False if `pacs.wire.identifier` cannot write it (yield it instead)."""
         raw = identifier.encode(elements, implicit=self.implicit) if self.writable else None
         if raw is None:
             return False

@@ -15,10 +15,10 @@ from pynetdicom.events import Event
 
 from pacs.policy import principal_for
 from pacs.suboperations import Retrieval, model_of, refuse
-from storage.access import require_read
+from storage.access.principal import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
-from storage.selection import parse_identifier, select_instances
+from storage.retrieve.selection import parse_identifier, select_instances
 
 
 def handle(event: Event, archive: Archive) -> Iterator[Any]:

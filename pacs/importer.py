@@ -1,6 +1,6 @@
 """`pacs import`: walk folders, ingest every file, show progress, then a summary.
 
-Files go through `storage.ingest.ingest` one by one, exactly as a C-STORE would; what is
+Files go through `storage.ingest.pipeline.ingest` one by one, exactly as a C-STORE would; what is
 refused is listed with its reason so an operator can fix or discard it.
 """
 
@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from storage.access import Principal
+from storage.access.principal import Principal
 from storage.archive import Archive
+from storage.dicom.parse import Source
 from storage.errors import StorageError
-from storage.ingest import Origin, Outcome, ingest
-from storage.migrate import upgrade
-from storage.parse import Source
+from storage.index.migrate import upgrade
+from storage.ingest.pipeline import Origin, Outcome, ingest
 from storage.settings import Settings
 
 MAX_LISTED = 50

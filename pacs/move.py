@@ -1,8 +1,8 @@
 """C-MOVE SCP (PS3.4 C.4.2): send what the identifier names to a registered node of the caller.
 
-The caller must be a registered AE (`storage.access.require_read`), the identifier valid for
-its information model (`storage.selection`), and the Move Destination an AE of the caller's
-own organization registered with an address (`storage.orgs.move_destination`). pynetdicom then
+The caller must be a registered AE (`storage.access.principal.require_read`), the identifier valid for
+its information model (`storage.retrieve.selection`), and the Move Destination an AE of the caller's
+own organization registered with an address (`storage.access.orgs.move_destination`). pynetdicom then
 opens one association to it, proposing each SOP class in its stored syntaxes and in explicit
 and implicit VR little endian, and sends the sub-operations `pacs.suboperations` yields.
 """
@@ -16,11 +16,11 @@ from pynetdicom.events import Event
 
 from pacs.policy import principal_for
 from pacs.suboperations import Retrieval, destination_contexts, model_of, refuse
-from storage.access import require_read
+from storage.access.orgs import move_destination
+from storage.access.principal import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
-from storage.orgs import move_destination
-from storage.selection import parse_identifier, select_instances
+from storage.retrieve.selection import parse_identifier, select_instances
 
 
 def handle(event: Event, archive: Archive) -> Iterator[Any]:

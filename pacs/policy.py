@@ -11,9 +11,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from storage.access import Principal
+from storage.access.orgs import org_of_ae
+from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.orgs import org_of_ae
 
 _cache: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
 

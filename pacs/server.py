@@ -43,7 +43,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import commitment, direct_send, dispatch, echo, find, get, move, negotiation, stats, store
+from pacs import commitment, dispatch, echo, find, get, move, stats, store
+from pacs.wire import direct_send, negotiation
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 #: list that the sender proposed; compressed syntaxes come first so that a modality that offers
 #: its compressed encoding has it kept (smaller, never re-encoded), then the uncompressed ones
 #: with explicit VR little endian preferred over the implicit and the retired big endian.
-#: Storage contexts on which the archive sends (a C-GET's) are settled by `pacs.negotiation`.
+#: Storage contexts on which the archive sends (a C-GET's) are settled by `pacs.wire.negotiation`.
 TRANSFER_SYNTAXES = [
     uid.JPEG2000Lossless,
     uid.JPEGLSLossless,

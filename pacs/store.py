@@ -15,9 +15,9 @@ from pacs.policy import principal_for
 from pacs.stats import stats_for
 from pacs.status import SUCCESS, failure
 from storage.archive import Archive
+from storage.dicom.parse import Source
 from storage.errors import StorageError
-from storage.ingest import Origin, Outcome, ingest
-from storage.parse import Source
+from storage.ingest.pipeline import Origin, Outcome, ingest
 
 
 def handle(event: Event, archive: Archive) -> int | Dataset:

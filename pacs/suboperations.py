@@ -16,7 +16,7 @@ own method for one request, as pynetdicom's `attempt` does with `Association.abo
   sub-operation is a `StoredObject`, a Dataset holding the SOP Class and Instance UIDs (what
   pynetdicom reads from it) and a local file, and the sending association gets a
   `send_c_store` (`_Sender`) that sends that file instead: written straight to the socket by
-  `pacs.direct_send` (plain TCP), else through pynetdicom's own `send_c_store` (TLS).
+  `pacs.wire.direct_send` (plain TCP), else through pynetdicom's own `send_c_store` (TLS).
 - A request refused before any sub-operation can only be answered 0xA801 (C-MOVE) or Success
   (C-GET with no sub-operation); `refuse` gives that one response the status and Error Comment
   of the refusal.
@@ -52,13 +52,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.status import STATUS_FAILURE, STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
-from pacs import direct_send
 from pacs.status import failure
+from pacs.wire import direct_send
 from storage.archive import Archive
 from storage.errors import CannotTranscode, OutOfResources, StorageError
 from storage.logs import event as log_event
-from storage.retrieve import Delivery, StoredInstance, read_object, transcode
-from storage.selection import FALLBACK_SYNTAXES, PATIENT, STUDY, delivery_for, proposal
+from storage.retrieve.retrieval import Delivery, StoredInstance, read_object, transcode
+from storage.retrieve.selection import FALLBACK_SYNTAXES, PATIENT, STUDY, delivery_for, proposal
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class _Sender:
     def _send(
         self, prepared: Prepared, path: Path, msg_id: int, priority: int, aet: str | None, aet_msg_id: int | None
     ) -> Dataset:
-        """Straight to the socket (`pacs.direct_send`) unless the association has no direct sender (TLS)."""
+        """Straight to the socket (`pacs.wire.direct_send`) unless the association has no direct sender (TLS)."""
         direct = direct_send.installed(self.assoc)
         if direct is not None:
             inst = prepared.instance

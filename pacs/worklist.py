@@ -1,4 +1,4 @@
-"""Modality Worklist SCP (PS3.4 K.4, K.6.1): C-FIND on the scheduled procedure steps of storage.worklist.
+"""Modality Worklist SCP (PS3.4 K.4, K.6.1): C-FIND on the scheduled procedure steps of storage.workflow.worklist.
 
 pacs.find routes Modality Worklist Information Find requests here. A registered AE gets its
 organization's SCHEDULED steps; an unregistered one is refused (0x0124, DESIGN.md "DICOM
@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs.pacing import PACE_EVERY, keep_pace
 from pacs.policy import principal_for
 from pacs.status import SUCCESS, failure
-from storage.access import require_read
+from pacs.wire.pacing import PACE_EVERY, keep_pace
+from storage.access.principal import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
 from storage.logs import event as log_event
-from storage.matching import InvalidQuery
-from storage.worklist import find_worklist
+from storage.query.matching import InvalidQuery
+from storage.workflow.worklist import find_worklist
 
 log = logging.getLogger(__name__)
 PENDING = 0xFF00

@@ -6,8 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from storage.blobstore import BlobStore, from_settings
-from storage.db import Database
+from storage.blobs.protocol import BlobStore, from_settings
+from storage.index.db import Database
 from storage.settings import Settings
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from storage.archive import Archive
-from storage.migrate import upgrade
+from storage.index.migrate import upgrade
 from storage.settings import Settings
 
 REQUIRE_ALL = os.environ.get("PACS_TEST_REQUIRE_ALL") == "1"

@@ -8,8 +8,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from storage.archive import Archive
-from storage.blob_fs import FileBlobStore
-from storage.models import Instance, PatientIdentity, PendingBlob, Series, Study
+from storage.blobs.fs import FileBlobStore
+from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study
 
 
 def row_counts(archive: Archive) -> dict[str, int]:

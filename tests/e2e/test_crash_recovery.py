@@ -19,7 +19,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
 from storage.archive import Archive
-from storage.models import Instance
+from storage.index.models import Instance
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.conftest import require_tool

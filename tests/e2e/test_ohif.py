@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storage.access import Principal
-from storage.ingest import Origin, ingest
-from storage.parse import Source
+from storage.access.principal import Principal
+from storage.dicom.parse import Source
+from storage.ingest.pipeline import Origin, ingest
 from tests import dicom_factory as f
 from tests.conftest import missing
 from tests.gateway.conftest import Gateway

@@ -13,10 +13,10 @@ import uvicorn
 from dicomweb_client import DICOMwebClient
 
 from gateway.app import create_app
+from storage.access.orgs import AeSpec, add_org
+from storage.access.tokens import issue
 from storage.archive import Archive
-from storage.orgs import AeSpec, add_org
 from storage.settings import Settings
-from storage.tokens import issue
 
 
 @dataclass

@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from storage.tokens import ISSUER, parse_ttl
+from storage.access.tokens import ISSUER, parse_ttl
 from tests.gateway.conftest import Gateway
 from tests.servers import pacs_executable
 
@@ -45,7 +45,7 @@ def _bad_tokens(gw: Gateway) -> dict[str, str]:
 
 
 def _key(gw: Gateway) -> str:
-    from storage.tokens import signing_key
+    from storage.access.tokens import signing_key
 
     return signing_key(gw.settings)
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from pacs.server import RunningScp, start
+from storage.access.orgs import AeSpec, add_org
 from storage.archive import Archive
-from storage.orgs import AeSpec, add_org
 from storage.settings import Settings
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from storage.migrate import alembic_config
+from storage.index.migrate import alembic_config
 from tests import dicom_factory as f
 from tests.servers import pacs_executable
 

@@ -29,9 +29,9 @@ from sqlalchemy import select
 
 from pacs.commitment import INSTANCE_UID
 from pacs.server import RunningScp
+from storage.access.orgs import AeSpec, add_org
 from storage.archive import Archive
-from storage.models import CommitmentRequest
-from storage.orgs import AeSpec, add_org
+from storage.index.models import CommitmentRequest
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.servers import free_port, start_server

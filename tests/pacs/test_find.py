@@ -30,14 +30,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import event
 
 from pacs.server import start
-from storage.access import Principal
+from storage.access.orgs import AeSpec, add_org
+from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.ingest import Origin, ingest
+from storage.dicom.parse import Source
+from storage.index.migrate import upgrade
+from storage.ingest.pipeline import Origin, ingest
 from storage.logs import FIELDS
-from storage.migrate import upgrade
-from storage.orgs import AeSpec, add_org
-from storage.parse import Source
-from storage.queries import PATIENT, STUDY, Query, search, search_all
+from storage.query.search import PATIENT, STUDY, Query, search, search_all
 from tests import dicom_factory as f
 from tests.conftest import BACKENDS, module_settings, require_tool
 
@@ -494,7 +494,7 @@ def test_one_log_line_per_find_without_patient_data(loaded: Loaded, caplog: pyte
     fields = getattr(record, FIELDS)
     assert fields["calling_ae"] == "CT1" and fields["model"] == "PATIENT" and fields["query_level"] == "PATIENT"
     assert fields["matches"] == 3 and fields["status"] == "0x0000" and fields["cancelled"] is False
-    assert fields["by_pydicom"] == 0  # every answer written from the index's JSON by pacs.identifier
+    assert fields["by_pydicom"] == 0  # every answer written from the index's JSON by pacs.wire.identifier
     assert fields["duration_ms"] >= 0
     assert "opescu" not in repr(fields).lower()
 

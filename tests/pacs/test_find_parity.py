@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from pacs.server import start
 from storage.archive import Archive
-from storage.migrate import upgrade
-from storage.models import Instance
+from storage.index.migrate import upgrade
+from storage.index.models import Instance
 from tests.conftest import BACKENDS, require_tool
 from tests.gateway.conftest import Gateway, serve_gateway
 from tests.pacs.test_find import ARCHIVE, NAMED, findscu, module_settings

@@ -33,14 +33,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pacs.logconfig import drop_restated_pynetdicom_errors
 from pacs.server import RunningScp
 from pacs.suboperations import destination_contexts
-from storage.access import Principal
+from storage.access.orgs import AeSpec, add_org
+from storage.access.principal import Principal
 from storage.archive import Archive
+from storage.dicom.parse import Source
 from storage.errors import InvalidIdentifier
-from storage.ingest import Origin, ingest
-from storage.orgs import AeSpec, add_org
-from storage.parse import Source
-from storage.retrieve import StoredInstance
-from storage.selection import parse_identifier
+from storage.ingest.pipeline import Origin, ingest
+from storage.retrieve.retrieval import StoredInstance
+from storage.retrieve.selection import parse_identifier
 from tests import dicom_factory as f
 from tests.conftest import require_tool
 from tests.servers import free_port

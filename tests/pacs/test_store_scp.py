@@ -18,9 +18,9 @@ from sqlalchemy import select
 
 from pacs.server import RunningScp
 from storage.archive import Archive
+from storage.dicom.parse import Source, parse
 from storage.errors import RejectedInput
-from storage.models import Instance, Study
-from storage.parse import Source, parse
+from storage.index.models import Instance, Study
 from tests import dicom_factory as f
 from tests.conftest import require_tool
 from tests.helpers import blob_keys, row_counts
@@ -204,7 +204,7 @@ def test_unknown_ae_is_held_unassigned(scp: RunningScp, archive: Archive) -> Non
 
 
 def test_org_added_while_running_is_seen_at_once(scp: RunningScp, archive: Archive) -> None:
-    from storage.orgs import AeSpec, add_org
+    from storage.access.orgs import AeSpec, add_org
 
     with archive.db.write() as s:
         add_org(s, "clinic-b", "Clinica B", [AeSpec("US-B")])

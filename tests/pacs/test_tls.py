@@ -31,10 +31,10 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from pacs.server import RunningScp, start
+from storage.access.orgs import AeSpec, add_org
 from storage.archive import Archive
-from storage.migrate import upgrade
-from storage.models import Instance
-from storage.orgs import AeSpec, add_org
+from storage.index.migrate import upgrade
+from storage.index.models import Instance
 from storage.settings import Settings
 from tests import dicom_factory as f
 from tests.conftest import BACKENDS, make_settings, require_tool

@@ -21,10 +21,10 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from pacs.server import RunningScp
-from storage.access import Principal
+from storage.access.orgs import AeSpec, add_org
+from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.orgs import AeSpec, add_org
-from storage.worklist import NewStep, create_step, set_status
+from storage.workflow.worklist import NewStep, create_step, set_status
 from tests.conftest import require_tool
 
 ADMIN = Principal.system()

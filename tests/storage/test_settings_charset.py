@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from storage.charset import check_decodes, fold, python_encodings
+from storage.dicom.charset import check_decodes, fold, python_encodings
 from storage.errors import BadCharset
 from storage.settings import Settings
 

@@ -1,0 +1,104 @@
+"""Organizations and their DICOM nodes: who a calling AE title speaks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.errors import UnknownDestination
+from storage.index.models import ApplicationEntity, Organization
+from storage.settings import AE_TITLE_RE
+
+
+@dataclass(frozen=True, slots=True)
+class AeSpec:
+    """`AET[@host:port]` as given to `pacs org add --ae`."""
+
+    ae_title: str
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AeSpec:
+        title, _, address = text.partition("@")
+        title = title.strip()
+        if not AE_TITLE_RE.match(title):
+            raise ValueError(f"{title!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+        if not address:
+            return cls(title)
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r}: the address must be host:port")
+        return cls(title, host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class OrgSummary:
+    id: str
+    name: str
+    aes: list[AeSpec]
+
+
+class AeTakenError(ValueError):
+    pass
+
+
+def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) -> OrgSummary:
+    """Create the organization or add to it; an AE title belongs to one organization only."""
+    org = session.get(Organization, org_id)
+    if org is None:
+        if not name:
+            raise ValueError(f"organization {org_id!r} does not exist yet: give it a --name")
+        org = Organization(id=org_id, name=name)
+        session.add(org)
+    elif name:
+        org.name = name
+    session.flush()
+    for spec in aes:
+        ae = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == spec.ae_title))
+        if ae is not None and ae.org_id != org_id:
+            raise AeTakenError(f"AE title {spec.ae_title} is already registered to organization {ae.org_id}")
+        if ae is None:
+            session.add(ApplicationEntity(ae_title=spec.ae_title, org_id=org_id, host=spec.host, port=spec.port))
+        elif spec.host:
+            ae.host, ae.port = spec.host, spec.port
+    session.flush()
+    return get_org(session, org_id)
+
+
+def get_org(session: Session, org_id: str) -> OrgSummary:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise KeyError(org_id)
+    aes = session.scalars(
+        select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title)
+    )
+    return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes])
+
+
+def org_of_ae(session: Session, ae_title: str) -> str | None:
+    return session.scalar(select(ApplicationEntity.org_id).where(ApplicationEntity.ae_title == ae_title.strip()))
+
+
+def move_destination(session: Session, ae_title: str, org: str | None) -> AeSpec:
+    """Where a C-MOVE of organization `org` to `ae_title` may go (PS3.4 C.4.2.1.4: Move Destination).
+
+    Only to an AE registered with an address, and only to one of the caller's own
+    organization: a provider must not have the archive push data, its own or another
+    institution's, to a third party's node.
+
+    Raises
+    ------
+    UnknownDestination
+        The AE title is not registered, has no host:port, or belongs to another organization
+        (the answer does not say which, so a caller cannot probe other organizations' nodes).
+    """
+    title = ae_title.strip()
+    ae = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == title))
+    if ae is None or org is None or ae.org_id != org:
+        raise UnknownDestination(f"{title}: not a registered node of the caller's organization")
+    if not ae.host or not ae.port:
+        raise UnknownDestination(f"{title}: registered without host:port")
+    return AeSpec(ae.ae_title, ae.host, ae.port)

@@ -1,0 +1,96 @@
+"""The blob store: where the bytes of every instance live, as received.
+
+A small interface with two implementations (`blob_fs`, `blob_s3`) chosen by the scheme of
+`PACS_STORAGE_URL`. Keys are made by the server (`object_key`), never from UIDs or file
+names, so a sender cannot steer where data lands and two objects never collide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+from storage.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    key: str
+    size: int
+
+
+class BlobStore(Protocol):
+    """What the archive needs from an object store.
+
+    `put_file` and `put` return only once the object is durable: that is what lets ingest
+    acknowledge an instance right after the index commit.
+    """
+
+    def put_file(self, key: str, path: Path) -> BlobInfo: ...
+
+    def put(self, key: str, data: BinaryIO, size: int) -> BlobInfo: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def read_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def prefetch(self, key: str) -> None:
+        """Hint that `key` will be read soon, so a cold read overlaps the sending of the one before.
+
+        Best effort: a store that cannot read ahead, or a key that is gone, is ignored.
+        """
+
+    def local_path(self, key: str) -> Path | None:
+        """The object as a file on this host, or None for a remote store.
+
+        Lets a sender hand the stored file to the network layer as it is (C-MOVE/C-GET
+        sub-operations) instead of copying it through memory.
+        """
+        ...
+
+    def check(self) -> None:
+        """Raise if the store cannot be reached (readiness probe)."""
+        ...
+
+
+def new_key() -> str:
+    """A fresh server-made object key."""
+    return object_key(uuid.uuid4())
+
+
+def object_key(u: uuid.UUID) -> str:
+    """Fan the key out over two directory levels so no folder grows past ~65k entries."""
+    h = u.hex
+    return f"{h[0:2]}/{h[2:4]}/{h}.dcm"
+
+
+def from_settings(settings: Settings) -> BlobStore:
+    """Build the blob store that `PACS_STORAGE_URL` names (`file://PATH` or `s3://BUCKET?...`)."""
+    url = urlparse(settings.storage_url)
+    if url.scheme == "file":
+        from storage.blobs.fs import FileBlobStore
+
+        return FileBlobStore(Path(unquote(url.netloc + url.path)))
+    if url.scheme == "s3":
+        from storage.blobs.s3 import S3BlobStore
+
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        return S3BlobStore(
+            bucket=url.netloc,
+            prefix=url.path.strip("/"),
+            endpoint=query.get("endpoint", "https://s3.amazonaws.com"),
+            region=query.get("region") or None,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+        )
+    raise ValueError(f"unsupported storage URL scheme {url.scheme!r}")

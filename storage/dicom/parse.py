@@ -1,0 +1,306 @@
+"""Parse and validate one received object; everything ingest indexes comes from here.
+
+Reading is lazy where it can be: values over a few KB (Pixel Data above all) are deferred,
+so a 500 KB CT slice costs a header parse, not a copy of its pixels. pydicom is lenient with
+damaged input (a truncated file often parses as a shorter dataset), so the checks here are
+explicit: the last element must end where the file ends, UIDs must be UIDs (PS3.5 9.1), text
+must decode in its declared character set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from storage.dicom.charset import TEXT_VRS, check_decodes, fold, python_encodings
+from storage.dicom.dicomjson import (
+    PIXEL_DATA,
+    UNDEFINED,
+    PixelLayout,
+    dicom_json_dict,
+    element_vr,
+    pixel_layout,
+    walk_items,
+)
+from storage.errors import BadCharset, InvalidUid, MissingUid, NotDicom, Truncated
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+DEFER_SIZE = 4096
+
+STUDY_TAGS = frozenset(
+    "00080005 00080020 00080030 00080050 00080051 00080090 00081030 00081032 00081060 "
+    "00100010 00100020 00100021 00100024 00100030 00100032 00100040 00101000 00101001 00101002 "
+    "00101010 00101020 00101030 00101040 00102160 00104000 0020000D 00200010 00321032 00321060".split()
+)
+#: what QIDO-RS and C-FIND answer about an instance beside its study and series: the PS3.18
+#: defaults and what viewers and workstations commonly ask (image geometry, windowing, content
+#: date, SR and presentation-state labels); never bulk data
+INSTANCE_TAGS = frozenset(
+    "00080005 00080008 00080012 00080013 00080016 00080018 00080022 00080023 00080032 00080033 "
+    "00080201 00200012 00200013 00200020 00200032 00200037 00201041 00280002 00280004 00280008 "
+    "00280010 00280011 00280030 00280100 00280101 00280102 00280103 00281050 00281051 00281052 "
+    "00281053 0040A043 0040A491 0040A493 00420010 00700080 00700081".split()
+)
+SERIES_TAGS = frozenset(
+    "00080005 00080021 00080031 00080060 00080070 00080080 00081010 0008103E 00081040 00081090 "
+    "00180015 0020000E 00200011 00200052 00200060 00185100 00400244 00400245 00400275".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The original Part-10 bytes, as a file (C-STORE temp file, import) or in memory (STOW)."""
+
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> BinaryIO:
+        if self.path is not None:
+            return open(self.path, "rb")
+        return io.BytesIO(self.data or b"")
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path is not None else len(self.data or b"")
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"<{len(self.data or b'')} bytes>"
+
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def with_preamble(source: Source) -> Source:
+    """The same object as a well-formed Part-10 file (PS3.10 7.1).
+
+    pydicom, and dicomweb-client with it, write an in-memory dataset as its File Meta
+    Information without the 128-byte preamble and "DICM" prefix. Such an object is accepted
+    and stored with the preamble added, so every stored object is a conformant file; nothing
+    else about it changes.
+    """
+    with source.open() as fp:
+        head = fp.read(132)
+        if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+            return source
+        fp.seek(0)
+        return Source(data=PREAMBLE + fp.read())
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedInstance:
+    sop_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    birth_date: str
+    sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part: str
+    series_date: str
+    series_time: str
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+    dicom_json: str
+    study_attrs_json: str
+    series_attrs_json: str
+    instance_attrs_json: str
+    layout: PixelLayout | None
+
+
+def parse(source: Source) -> ParsedInstance:
+    """Read and validate `source`; raise a `RejectedInput` subclass saying what is wrong."""
+    size = source.size
+    with source.open() as fp:
+        ds = _read(fp, source)
+        _check_complete(ds, fp, size)
+        return _validated(ds, fp)
+
+
+def _validated(ds: Dataset, fp: BinaryIO) -> ParsedInstance:
+    tsuid = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if not tsuid:
+        raise NotDicom("file meta information has no Transfer Syntax UID (0002,0010)")
+    _check_uid("TransferSyntaxUID", tsuid)
+    uids = {k: _required_uid(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
+    _check_text(ds)
+    return _extract(ds, fp, uids, tsuid)
+
+
+def _read(fp: BinaryIO, source: Source) -> Dataset:
+    try:
+        return dcmread(fp, defer_size=DEFER_SIZE)
+    except InvalidDicomError:
+        raise NotDicom("not a DICOM Part-10 file: no 'DICM' prefix or File Meta Information") from None
+    except (EOFError, zlib.error) as exc:
+        raise Truncated(f"object ends before its data set does ({exc})") from None
+    except (ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        raise NotDicom(f"cannot parse {source.describe()} as DICOM: {exc}") from None
+
+
+def _check_complete(ds: Dataset, fp: BinaryIO, size: int) -> None:
+    """Refuse an object whose bytes stop before its last element does, or trail after it."""
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return  # zlib already refused a truncated deflate stream while reading
+    keys = list(ds.keys())
+    if not keys:
+        raise Truncated("the object has file meta information but no data set")
+    last = ds.get_item(keys[-1], keep_deferred=True)
+    if not isinstance(last, RawDataElement):
+        return
+    value_len = len(last.value) if isinstance(last.value, bytes) else None
+    if last.length == UNDEFINED and last.tag == PIXEL_DATA:
+        try:
+            _, end = walk_items(fp, last.value_tell, little_endian=last.is_little_endian)
+        except EOFError as exc:
+            raise Truncated(f"encapsulated Pixel Data is cut short: {exc}") from None
+    elif last.length == UNDEFINED:
+        end = last.value_tell + (value_len or 0) + 8  # + sequence delimitation item
+    else:
+        if value_len is not None and value_len < last.length:
+            raise Truncated(f"element ({last.tag.group:04X},{last.tag.elem:04X}) is cut short")
+        end = last.value_tell + last.length
+    if end > size:
+        raise Truncated(f"element ({last.tag.group:04X},{last.tag.elem:04X}) needs {end - size} more bytes")
+    if end < size:
+        raise Truncated(f"{size - end} bytes after the last complete element cannot be parsed")
+
+
+def _check_uid(keyword: str, value: str) -> None:
+    if len(value) > 64 or not UID_RE.match(value):
+        raise InvalidUid(f"{keyword} {value[:80]!r} is not a valid UID (PS3.5 9.1)")
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    text = str(value).strip("\x00 ") if value is not None else ""
+    if not text:
+        raise MissingUid(f"{keyword} is missing or empty")
+    _check_uid(keyword, text)
+    return text
+
+
+def _check_text(ds: Dataset) -> None:
+    """Check (0008,0005) is known and every top-level text value decodes strictly in it."""
+    raw_cs = ds.get_item(0x00080005, keep_deferred=True)
+    terms: list[str] = []
+    if raw_cs is not None:
+        value = raw_cs.value
+        if isinstance(value, bytes):
+            terms = [t.strip() for t in value.decode("ascii", "replace").split("\\")]
+        elif isinstance(value, str):
+            terms = [value]
+        elif value is not None:
+            terms = list(value)
+    encodings = python_encodings(terms)
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.value:
+            vr = raw.VR or element_vr(raw)
+            if vr in TEXT_VRS:
+                check_decodes(raw.value, encodings, f"({tag.group:04X},{tag.elem:04X})")
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> ParsedInstance:
+    try:
+        name = _text(ds, "PatientName")
+    except (UnicodeError, LookupError) as exc:  # pragma: no cover - _check_text runs first
+        raise BadCharset(str(exc)) from None
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames") or (1 if rows else None)
+    frame_length = _frame_length(ds, rows, columns)
+    layout = pixel_layout(
+        ds, fp, deflated=tsuid == DeflatedExplicitVRLittleEndian, frames=frames or 0, frame_length=frame_length
+    )
+    fields = dict(  # noqa: C408 - keyword form mirrors ParsedInstance's fields
+        sop_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=tsuid,
+        patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_name=name,
+        birth_date=_text(ds, "PatientBirthDate")[:8],
+        sex=_text(ds, "PatientSex")[:16],
+        study_date=_text(ds, "StudyDate")[:8],
+        study_time=_text(ds, "StudyTime")[:16],
+        accession_number=_text(ds, "AccessionNumber")[:16],
+        study_id=_text(ds, "StudyID")[:16],
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=fold(_text(ds, "ReferringPhysicianName")),
+        modality=_text(ds, "Modality")[:16],
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part=_text(ds, "BodyPartExamined")[:16],
+        series_date=_text(ds, "SeriesDate")[:8],
+        series_time=_text(ds, "SeriesTime")[:16],
+        instance_number=_int(ds, "InstanceNumber"),
+        rows=rows,
+        columns=columns,
+        number_of_frames=frames,
+        layout=layout,
+    )
+    full = dicom_json_dict(ds)
+    return ParsedInstance(
+        dicom_json=json.dumps(full, separators=(",", ":"), ensure_ascii=False),
+        study_attrs_json=_subset(full, STUDY_TAGS),
+        series_attrs_json=_subset(full, SERIES_TAGS),
+        instance_attrs_json=_subset(full, INSTANCE_TAGS),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _subset(full: dict[str, Any], tags: frozenset[str]) -> str:
+    return json.dumps({k: v for k, v in full.items() if k in tags}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _frame_length(ds: Dataset, rows: int | None, columns: int | None) -> int:
+    bits = _int(ds, "BitsAllocated") or 0
+    spp = _int(ds, "SamplesPerPixel") or 1
+    if not rows or not columns or not bits:
+        return 0
+    if bits == 1:
+        return (rows * columns * spp + 7) // 8
+    return rows * columns * spp * (bits // 8)

@@ -1,0 +1,234 @@
+"""The index database: what the archive knows about every object it holds.
+
+Study, series and instance rows carry the attributes queries match on as indexed columns,
+plus the instance's DICOM JSON (bulk data replaced by references) and its pixel layout, so
+that searches and metadata answers never open a blob. Study and series aggregates (counts,
+modalities) are kept current by ingest, inside the same transaction as the instance.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    """An institution (hospital, clinic, GP practice, the city's health office)."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApplicationEntity(Base):
+    """A DICOM node of an organization: its modalities, workstations and C-MOVE destinations."""
+
+    __tablename__ = "application_entities"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PatientIdentity(Base):
+    """One institution's identifier for a patient: (issuer, patient ID).
+
+    `issuer_kind` says where the namespace came from: `dicom` (IssuerOfPatientID as sent),
+    `org` (the sending organization, when the sender gave no issuer) or `ae` (an unregistered
+    sender's AE title, for unassigned studies).
+    """
+
+    __tablename__ = "patient_identities"
+    __table_args__ = (UniqueConstraint("issuer_kind", "issuer", "patient_id", name="uq_identity"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    issuer_kind: Mapped[str] = mapped_column(String(8))
+    issuer: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_date_id", "study_date", "id"),  # newest first without a sort (migration 0005)
+        *(  # PostgreSQL: LIKE 'ABC%' under a non-C collation (migration 0002)
+            Index(f"ix_studies_{name}_pattern", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(
+                dialect="postgresql"
+            )
+            for name, column in (
+                ("patient_name", "patient_name_folded"),
+                ("patient_id", "patient_id"),
+                ("accession", "accession_number"),
+            )
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("patient_identities.id"), index=True)
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")  # indexed with id: ix_studies_date_id
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    modalities: Mapped[str] = mapped_column(String(256), default="")
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    attrs_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    series_date: Mapped[str] = mapped_column(String(8), default="")
+    series_time: Mapped[str] = mapped_column(String(16), default="")
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    attrs_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Instance(Base):
+    """A stored SOP instance: where its bytes are and what it says, without its bulk data."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_series_number", "series_id", "instance_number"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(128), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    pixel_layout: Mapped[str | None] = mapped_column(Text)
+    dicom_json: Mapped[str] = mapped_column(Text)
+    #: the instance-level attributes of `dicom_json` (storage.dicom.parse.INSTANCE_TAGS), what searches
+    #: read: a tenth of the size to parse per match; NULL for rows indexed before migration 0004
+    attrs_json: Mapped[str | None] = mapped_column(Text)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PendingBlob(Base):
+    """A blob whose fate is not settled: an ingest write in flight (reserved before the write,
+    removed in the commit that indexes it) or a blob a DELETE has just orphaned (recorded in
+    the transaction that removed its rows, removed once the blob is gone).
+
+    Either way no index row points at it, so whatever is left here after a crash is deleted by
+    start-up recovery, which therefore scans this table, never the bucket.
+    """
+
+    __tablename__ = "pending_blobs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    object_key: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment request acknowledged and not yet reported (PS3.4 J.3.2.1.3).
+
+    The N-ACTION's success promises an N-EVENT-REPORT, so the request is written here before
+    that success is sent and deleted once the report is delivered or given up. A process that
+    dies between the two leaves the row, and any SCP process sends the report: it claims the
+    row first (`claimed_by` = host:pid, until `claimed_until`), so two processes never report
+    the same request; a claim whose process is gone, or whose time ran out, is taken over.
+    """
+
+    __tablename__ = "commitment_requests"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    org_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the requester's, when it asked
+    referenced: Mapped[str] = mapped_column(Text)  # JSON [[SOP Class UID, SOP Instance UID], ...]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # delivery attempts made so far
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScheduledProcedureStep(Base):
+    """A Modality Worklist item (PS3.4 K.6.1): one scheduled step of a requested procedure.
+
+    An integrator fills these over the admin API, so a modality fetches the patient's
+    identity and the order's Study Instance UID instead of having them typed at the console.
+    `org_id` is the performing institution: only its AEs see the step. Names keep their
+    folded form (`storage.dicom.charset.fold`) for diacritic-insensitive matching, as studies do.
+    """
+
+    __tablename__ = "scheduled_procedure_steps"
+    __table_args__ = (
+        Index("ix_sps_date_modality", "scheduled_procedure_step_start_date", "modality"),
+        Index("ix_sps_station_date", "scheduled_station_ae_title", "scheduled_procedure_step_start_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    requested_procedure_id: Mapped[str] = mapped_column(String(16), default="")
+    requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16))
+    scheduled_station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_procedure_step_start_date: Mapped[str] = mapped_column(String(8))
+    scheduled_procedure_step_start_time: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_performing_physician_name: Mapped[str] = mapped_column(Text, default="")
+    scheduled_performing_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_name: Mapped[str] = mapped_column(Text, default="")
+    referring_physician_folded: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,113 @@
+"""Both blob stores behind one interface: filesystem and a real S3 server (Ceph RGW)."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from storage.blobs.fs import FileBlobStore
+from storage.blobs.protocol import BlobStore, from_settings, new_key, object_key
+from storage.settings import Settings
+from tests.conftest import s3_storage_url
+from tests.helpers import blob_keys
+
+
+@pytest.fixture(params=["fs", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "fs":
+        return from_settings(Settings(data_dir=tmp_path))
+    s3 = request.getfixturevalue("s3_settings")
+    return from_settings(
+        Settings(
+            data_dir=tmp_path,
+            storage_url=s3_storage_url(s3),
+            s3_access_key=s3["S3_ACCESS_KEY"],
+            s3_secret_key=s3["S3_SECRET_KEY"],
+        )
+    )
+
+
+def test_keys_are_server_made_and_fanned_out() -> None:
+    u = uuid.UUID("0123456789abcdef0123456789abcdef")
+    assert object_key(u) == "01/23/0123456789abcdef0123456789abcdef.dcm"
+    assert new_key() != new_key()
+
+
+def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    key = new_key()
+    assert not store.exists(key)
+    assert store.put(key, io.BytesIO(data), len(data)).size == len(data)
+    assert store.exists(key)
+    with store.open(key) as blob:
+        assert blob.read() == data
+    assert store.read_range(key, 1000, 5000) == data[1000:6000]
+    assert b"".join(store.iter_chunks(key, 65536)) == data
+    store.prefetch(key)  # a read-ahead hint: changes nothing that is read
+    store.prefetch(new_key())  # nor fails for a key that is not there
+    assert store.read_range(key, 0, 10) == data[:10]
+    src = tmp_path / "src.bin"
+    src.write_bytes(data[::-1])
+    other = new_key()
+    store.put_file(other, src)
+    with store.open(other) as blob:
+        assert blob.read() == data[::-1]
+    store.delete(key)
+    store.delete(key)  # idempotent
+    assert not store.exists(key)
+    store.check()
+
+
+@pytest.mark.s3
+def test_s3_large_object_goes_up_in_parts(tmp_path: Path, s3_settings: dict[str, str]) -> None:
+    from storage.blobs import s3 as blob_s3
+
+    store = from_settings(
+        Settings(
+            data_dir=tmp_path,
+            storage_url=s3_storage_url(s3_settings),
+            s3_access_key=s3_settings["S3_ACCESS_KEY"],
+            s3_secret_key=s3_settings["S3_SECRET_KEY"],
+        )
+    )
+    size = blob_s3.PART_SIZE * 2 + 12345  # a multi-frame US cine or a big CR is this large
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as fh:
+        fh.write(os.urandom(size))
+    key = new_key()
+    store.put_file(key, path)
+    assert store.exists(key)
+    tail = store.read_range(key, size - 1000, 1000)
+    assert tail == path.read_bytes()[-1000:]
+    stat = store.client.stat_object(store.bucket, key)  # type: ignore[attr-defined]
+    assert stat.size == size
+
+
+def test_failed_fs_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "objects")
+
+    class Boom(io.RawIOBase):
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+            raise OSError("disk pulled")
+
+    with pytest.raises(OSError):
+        store.put(new_key(), Boom(), 10)  # type: ignore[arg-type]
+    assert not any(p.is_file() for p in (tmp_path / "objects").rglob("*"))
+
+
+def test_fs_store_refuses_keys_that_escape_its_folder(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "objects")
+    with pytest.raises(ValueError):
+        store.open("../index.db")
+
+
+def test_blob_keys_helper_sees_fs_objects(tmp_path: Path) -> None:
+    class A:  # the helper only needs .blobs
+        blobs = FileBlobStore(tmp_path)
+
+    A.blobs.put("ab/cd/x.dcm", io.BytesIO(b"1"), 1)
+    assert blob_keys(A) == {"ab/cd/x.dcm"}  # type: ignore[arg-type]

@@ -1,0 +1,119 @@
+"""Start-up recovery: pending writes of dead writers are removed, live ones are left alone."""
+
+from __future__ import annotations
+
+import io
+import socket
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import insert, select
+
+from storage.archive import Archive
+from storage.blobs.protocol import new_key
+from storage.index.models import PendingBlob
+from storage.ingest.recovery import recover
+from tests.helpers import blob_keys
+
+
+def _pending(archive: Archive, owner: str, *, age: timedelta = timedelta(0), write_blob: bool = True) -> str:
+    key = new_key()
+    with archive.db.write() as s:
+        s.execute(insert(PendingBlob).values(object_key=key, owner=owner, created_at=datetime.now(UTC) - age))
+    if write_blob:
+        archive.blobs.put(key, io.BytesIO(b"half an instance"), 16)
+    return key
+
+
+def test_recovery_removes_what_dead_writers_left(archive: Archive) -> None:
+    host = socket.gethostname()
+    dead = _pending(archive, f"{host}:999999")  # no such pid
+    never_written = _pending(archive, f"{host}:999998", write_blob=False)
+    stale_elsewhere = _pending(archive, "other-node:42", age=timedelta(hours=2))
+    live_here = _pending(archive, archive.owner)  # this very process, still writing
+    live_elsewhere = _pending(archive, "other-node:43")  # another node, recent: may still be writing
+
+    report = recover(archive)
+
+    assert (report.removed, report.kept) == (3, 2)
+    with archive.db.read() as s:
+        left = set(s.scalars(select(PendingBlob.object_key)))
+    assert left == {live_here, live_elsewhere}
+    keys = blob_keys(archive)
+    assert dead not in keys and stale_elsewhere not in keys and never_written not in keys
+    assert {live_here, live_elsewhere} <= keys
+
+
+CRASHING_WRITER = """
+import os, signal, sys
+from pathlib import Path
+import storage.ingest.pipeline as ingest_mod
+from storage.access.principal import Principal
+from storage.archive import Archive
+from storage.ingest.pipeline import Origin, ingest
+from storage.dicom.parse import Source
+from storage.settings import Settings
+
+archive = Archive.open(Settings(data_dir=Path(sys.argv[1]), database_url=sys.argv[2], storage_url=sys.argv[3],
+                                s3_access_key=sys.argv[4], s3_secret_key=sys.argv[5]))
+point = sys.argv[6]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+if point == "after-blob":      # blob durable, index not committed
+    real = ingest_mod._commit
+    ingest_mod._commit = die
+elif point == "after-commit":  # index committed, success not yet sent
+    real = ingest_mod._result
+    ingest_mod._result = die
+ingest(Source(path=Path(sys.argv[7])), Origin.cli("crash"), Principal.system(), archive=archive)
+"""
+
+
+def _crash_during_ingest(archive: Archive, tmp_path, point: str) -> str:
+    import subprocess
+    import sys
+
+    from tests import dicom_factory as f
+
+    ds = f.ct_dataset()
+    path = f.write(tmp_path / f"{point}.dcm", ds)
+    s = archive.settings
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CRASHING_WRITER,
+            str(s.data_dir),
+            s.database_url,
+            s.storage_url,
+            s.s3_access_key,
+            s.s3_secret_key.get_secret_value(),
+            point,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == -9, r.stderr  # killed where we asked, not failed elsewhere
+    return str(ds.SOPInstanceUID)
+
+
+def test_killed_between_blob_and_commit_leaves_nothing_visible(archive: Archive, tmp_path) -> None:
+    from tests.helpers import row_counts
+
+    _crash_during_ingest(archive, tmp_path, "after-blob")
+    assert row_counts(archive)["pending_blobs"] == 1 and len(blob_keys(archive)) == 1
+    assert row_counts(archive)["instances"] == 0  # nothing visible
+    assert recover(archive).removed == 1  # the writer's pid is dead
+    assert row_counts(archive)["pending_blobs"] == 0 and blob_keys(archive) == set()
+
+
+def test_killed_after_commit_leaves_a_complete_instance(archive: Archive, tmp_path) -> None:
+    from storage.index.models import Instance
+    from tests.helpers import row_counts
+
+    sop = _crash_during_ingest(archive, tmp_path, "after-commit")
+    assert recover(archive).removed == 0
+    assert row_counts(archive)["pending_blobs"] == 0
+    with archive.db.read() as s:
+        key = s.scalar(select(Instance.object_key).where(Instance.sop_uid == sop))
+    assert key in blob_keys(archive)
