@@ -55,9 +55,10 @@ from pynetdicom.status import STATUS_FAILURE, STATUS_SUCCESS, STATUS_WARNING, ST
 from pacs.status import failure
 from pacs.wire import direct_send
 from storage.archive import Archive
+from storage.dicom.pixels import transcode
 from storage.errors import CannotTranscode, OutOfResources, StorageError
 from storage.logs import event as log_event
-from storage.retrieve.retrieval import Delivery, StoredInstance, read_object, transcode
+from storage.retrieve.retrieval import Delivery, StoredInstance, read_object
 from storage.retrieve.selection import FALLBACK_SYNTAXES, PATIENT, STUDY, delivery_for, proposal
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, dicomweb_root
 from gateway.dicomweb import multipart as mp
-from storage.query.matching import UID_RE, InvalidQuery
+from storage.dicom.uids import is_uid
+from storage.query.matching import InvalidQuery
 from storage.query.search import IMAGE, SERIES, STUDY, Query, SearchResult, attribute_tag, keyword, search
 
 router = APIRouter(tags=["QIDO-RS"])
@@ -85,7 +86,7 @@ def _search(
     params = request.query_params.multi_items()
     xml = _wants_xml(dict(params).get("accept") or request.headers.get("accept"))
     for uid in (u for u in (study, series) if u is not None):
-        if len(uid) > 64 or not UID_RE.match(uid):
+        if not is_uid(uid):
             raise InvalidQuery(f"{uid[:80]!r} in the path is not a valid UID (PS3.5 9.1)")
     query, limit, offset, warnings = parse_params(params, level, study, series)
     base = dicomweb_root(request, settings)

@@ -27,7 +27,8 @@ from gateway.dicomweb.multipart_reader import MultipartError, Part, parse_conten
 from storage import metrics
 from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import UID_RE, Source
+from storage.dicom.parse import Source
+from storage.dicom.uids import is_uid
 from storage.errors import NotDicom, RejectedInput, StorageError, Truncated
 from storage.ingest.pipeline import IngestResult, Origin, Outcome, ingest
 from storage.logs import event
@@ -76,7 +77,7 @@ def store_instances(request: Request, archive: ArchiveDep, principal: PrincipalD
 def store_study_instances(
     study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
 ) -> Any:
-    if not UID_RE.match(study) or len(study) > 64:
+    if not is_uid(study):
         raise HTTPException(400, f"{study[:80]!r} is not a valid Study Instance UID")
     return _store(request, study, archive, principal, settings)
 
@@ -148,7 +149,7 @@ def _identify(source: Source) -> tuple[str | None, str | None, str | None]:
     except Exception:  # noqa: BLE001 - unreadable: the failure is reported without UIDs
         return None, None, None
     valid = [str(v).strip("\x00 ") if v else "" for v in values]
-    a, b, c = (v if v and len(v) <= 64 and UID_RE.match(v) else None for v in valid)
+    a, b, c = (v if is_uid(v) else None for v in valid)
     return a, b, c
 
 

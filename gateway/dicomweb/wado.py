@@ -22,6 +22,7 @@ from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from storage.access.principal import Principal
 from storage.archive import Archive
+from storage.dicom import pixels
 from storage.errors import CannotTranscode
 from storage.logs import event
 from storage.retrieve import retrieval as retrieve
@@ -115,7 +116,7 @@ def _plan(inst: StoredInstance, syntaxes: Sequence[str]) -> Delivery:
 
 def _transcoded(archive: Archive, d: Delivery) -> bytes:
     try:
-        return retrieve.transcode(retrieve.read_object(archive, d.instance), d.transfer_syntax)
+        return pixels.transcode(retrieve.read_object(archive, d.instance), d.transfer_syntax)
     except CannotTranscode as exc:
         raise mp.not_acceptable(f"instance {d.instance.sop_uid}: {exc.detail}; ask with transfer-syntax=*") from None
 
@@ -139,7 +140,7 @@ def _dicom_parts(
         ts, body = d.transfer_syntax, ready.get(inst.sop_uid)
         if body is None and not d.as_stored:
             try:
-                body = retrieve.transcode(retrieve.read_object(archive, inst), ts)
+                body = pixels.transcode(retrieve.read_object(archive, inst), ts)
             except CannotTranscode as exc:
                 uid = inst.sop_uid
                 event(log, "wado.transcode_failed", level=logging.WARNING, sop_instance_uid=uid, detail=exc.detail)
@@ -229,7 +230,7 @@ def bulk_data(
     study: str, series: str, sop: str, path: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
 ) -> Response:
     try:
-        tags = retrieve.parse_bulk_path(path)
+        tags = pixels.parse_bulk_path(path)
     except ValueError as exc:
         raise HTTPException(400, detail=str(exc)) from None
     choice = mp.negotiate_bulk(request.headers.get("accept"))
@@ -244,7 +245,7 @@ def bulk_data(
         frames = retrieve.frames_as_stored(archive, inst, range(1, inst.frame_count + 1))
         value = b"".join(frames) if frames is not None else None
     if value is None:
-        value = retrieve.element_bytes(retrieve.read_object(archive, inst), tags)
+        value = pixels.element_bytes(retrieve.read_object(archive, inst), tags)
     if value is None:
         raise HTTPException(404, detail=f"instance {sop} has no element {path}")
     return _parts([value], f"{mp.OCTET}; transfer-syntax={ExplicitVRLittleEndian}", mp.OCTET, choice.multipart)
@@ -290,9 +291,9 @@ def _pixels(archive: Archive, inst: StoredInstance, numbers: list[int], choice: 
         data = retrieve.read_object(archive, inst)
         try:
             if encapsulated and not decode:
-                frames = retrieve.frames_encapsulated(data, numbers, inst.frame_count)
+                frames = pixels.frames_encapsulated(data, numbers, inst.frame_count)
             else:
-                frames = retrieve.frames_decoded(data, numbers)
+                frames = pixels.frames_decoded(data, numbers)
         except CannotTranscode as exc:
             raise mp.not_acceptable(f"{exc.detail}; ask for {mp.COMPRESSED_MEDIA_TYPES.get(ts, '*/*')}") from None
     out_ts = ts if encapsulated and not decode else ExplicitVRLittleEndian

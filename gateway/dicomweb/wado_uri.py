@@ -20,6 +20,7 @@ from gateway.deps import ArchiveDep, PrincipalDep
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from gateway.dicomweb.wado import dicom_file, rendered_image, resolve
+from storage.dicom.uids import check_uid
 from storage.retrieve import retrieval as retrieve
 from storage.retrieve.retrieval import StoredInstance
 
@@ -73,7 +74,7 @@ def _dicom(request: Request, archive: ArchiveDep, inst: StoredInstance) -> Respo
     if forbidden:
         raise HTTPException(400, detail=f"{', '.join(forbidden)} cannot be used with contentType={mp.DICOM}")
     syntax = q.get("transferSyntax") or ExplicitVRLittleEndian
-    retrieve.check_uid("transferSyntax", syntax)
+    check_uid("transferSyntax", syntax)
     delivery = retrieve.plan(inst, (syntax,))
     if delivery is None:
         raise mp.not_acceptable(f"instance {inst.sop_uid} cannot be sent in transfer syntax {syntax}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ from storage.dicom.dicomjson import (
     pixel_layout,
     walk_items,
 )
-from storage.errors import BadCharset, InvalidUid, MissingUid, NotDicom, Truncated
+from storage.dicom.uids import check_uid
+from storage.errors import BadCharset, MissingUid, NotDicom, Truncated
 
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 DEFER_SIZE = 4096
 
 STUDY_TAGS = frozenset(
@@ -145,7 +144,7 @@ def _validated(ds: Dataset, fp: BinaryIO) -> ParsedInstance:
     tsuid = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     if not tsuid:
         raise NotDicom("file meta information has no Transfer Syntax UID (0002,0010)")
-    _check_uid("TransferSyntaxUID", tsuid)
+    check_uid("TransferSyntaxUID", tsuid)
     uids = {k: _required_uid(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
     _check_text(ds)
     return _extract(ds, fp, uids, tsuid)
@@ -190,17 +189,12 @@ def _check_complete(ds: Dataset, fp: BinaryIO, size: int) -> None:
         raise Truncated(f"{size - end} bytes after the last complete element cannot be parsed")
 
 
-def _check_uid(keyword: str, value: str) -> None:
-    if len(value) > 64 or not UID_RE.match(value):
-        raise InvalidUid(f"{keyword} {value[:80]!r} is not a valid UID (PS3.5 9.1)")
-
-
 def _required_uid(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     text = str(value).strip("\x00 ") if value is not None else ""
     if not text:
         raise MissingUid(f"{keyword} is missing or empty")
-    _check_uid(keyword, text)
+    check_uid(keyword, text)
     return text
 
 

@@ -49,11 +49,11 @@ from sqlalchemy.sql.type_api import TypeDecorator
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from storage.dicom.charset import fold
+from storage.dicom.uids import check_uid
 from storage.errors import RejectedInput
 
 WILDCARDS = frozenset("*?")
 #: PS3.5 9.1: components of digits without leading zeros, at most 64 characters
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _DATE_RE = re.compile(r"^\d{8}$")
 _TIME_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
 _INT_RE = re.compile(r"^[+-]?\d{1,10}$")
@@ -194,8 +194,7 @@ def uid_list(column: ColumnElement[Any], value: str) -> ColumnElement[bool] | No
         return None
     uids = [u.strip(" \x00") for u in re.split(r"[\\,]", value)]
     for uid in uids:
-        if len(uid) > 64 or not UID_RE.match(uid):
-            raise InvalidQuery(f"{uid[:80]!r} is not a valid UID (PS3.5 9.1)")
+        check_uid("", uid, InvalidQuery)
     unique = list(dict.fromkeys(uids))
     return column == unique[0] if len(unique) == 1 else column.in_(unique)
 

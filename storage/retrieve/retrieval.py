@@ -6,47 +6,34 @@ answers from the index alone, so a study that exists but is not visible is as ab
 that does not exist. The bytes come from the blob store as stored: whole objects as chunk
 streams, frames as byte ranges located by the pixel layout kept at ingest (after A5's
 `FrameHandler` and A2's frame offsets), so a frame of a large multi-frame object costs one
-ranged read. Where the caller wants another encoding than the one stored, `transcode`
-decompresses with pydicom's decoders (pylibjpeg, openjpeg, RLE) to an uncompressed little
-endian transfer syntax; nothing is ever re-compressed.
+ranged read. Decoding, when the caller wants another encoding than the one stored, is
+`storage.dicom.pixels` (to an uncompressed little endian syntax; nothing is ever re-compressed).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVarTuple
 
-import numpy as np
-from numpy.typing import NDArray
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import generate_frames
-from pydicom.filewriter import dcmwrite
-from pydicom.multival import MultiValue
-from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.utils import as_pixel_options, pack_bits, pixel_array
-from pydicom.tag import Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from storage.access.principal import Principal, visible_to
 from storage.archive import Archive
+from storage.dicom import pixels
 from storage.dicom.dicomjson import PixelLayout
-from storage.dicom.parse import UID_RE
-from storage.errors import CannotTranscode, InvalidUid, NotFound
+from storage.dicom.uids import check_uid
+from storage.errors import NotFound
 from storage.index.models import Instance, Series, Study
 
-#: uncompressed syntaxes `transcode` can produce (PS3.18 8.7.3.5.2: Explicit VR LE is the default)
-NATIVE_TARGETS = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 CHUNK = 1 << 20
 Ts = TypeVarTuple("Ts")
-_SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +89,6 @@ class Delivery:
     @property
     def as_stored(self) -> bool:
         return self.transfer_syntax == self.instance.transfer_syntax_uid
-
-
-def check_uid(keyword: str, value: str) -> None:
-    """Refuse a UID that PS3.5 9.1 does not allow before it reaches a query."""
-    if len(value) > 64 or not UID_RE.match(value):
-        raise InvalidUid(f"{keyword} {value[:80]!r} is not a valid UID (PS3.5 9.1)")
 
 
 def _scoped(q: Select[*Ts], principal: Principal, study: str, series: str | None, sop: str | None) -> Select[*Ts]:
@@ -254,80 +235,14 @@ def read_dataset(archive: Archive, inst: StoredInstance) -> Dataset:
     return dcmread(io.BytesIO(read_object(archive, inst)))
 
 
-def can_transcode(stored: str, target: str) -> bool:
-    """Whether `transcode` can turn an object stored in `stored` into `target` (no encoder is used)."""
-    if target == stored:
-        return True
-    uid = UID(stored)
-    if target not in NATIVE_TARGETS or not uid.is_transfer_syntax:
-        return False
-    if not uid.is_encapsulated:
-        return True
-    try:
-        return bool(get_decoder(uid).is_available)
-    except NotImplementedError:
-        return False
-
-
 def plan(inst: StoredInstance, syntaxes: Sequence[str]) -> Delivery | None:
     """The first of `syntaxes` (preference order, `*` = as stored) this instance can be sent in."""
     for ts in syntaxes:
         if ts in ("*", inst.transfer_syntax_uid):
             return Delivery(inst, inst.transfer_syntax_uid)
-        if can_transcode(inst.transfer_syntax_uid, ts):
+        if pixels.can_transcode(inst.transfer_syntax_uid, ts):
             return Delivery(inst, ts)
     return None
-
-
-def transcode(data: bytes, target: str) -> bytes:
-    """Re-encode a Part-10 object in an uncompressed little endian syntax (PS3.5 A.2, A.4).
-
-    Encapsulated pixel data is decoded (colour as RGB, as pydicom's `decompress` does); big
-    endian OW/OL/OF/OD values are byte-swapped. The SOP Instance UID is kept: decoding changes
-    the encoding, not the instance (a lossy original stays marked by Lossy Image Compression).
-
-    Raises
-    ------
-    CannotTranscode
-        No decoder for the stored syntax, or the decoder failed on this object.
-    """
-    if target not in NATIVE_TARGETS:
-        raise CannotTranscode(f"transcoding to {target} is not supported (only to {', '.join(sorted(NATIVE_TARGETS))})")
-    ds = dcmread(io.BytesIO(data))
-    src = ds.file_meta.TransferSyntaxUID
-    try:
-        if src.is_encapsulated and "PixelData" in ds:
-            ds.decompress(as_rgb=True, generate_instance_uid=False)
-        elif not src.is_little_endian:
-            _swap_to_little_endian(ds)
-        ds.file_meta.TransferSyntaxUID = UID(target)
-        out = io.BytesIO()
-        dcmwrite(out, ds, implicit_vr=target == ImplicitVRLittleEndian, little_endian=True, force_encoding=True)
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError) as exc:
-        raise CannotTranscode(f"cannot decode {src.name}: {str(exc).splitlines()[0]}") from None
-    return out.getvalue()
-
-
-def _swap_to_little_endian(ds: Dataset) -> None:
-    """Byte-swap the binary values pydicom keeps as raw big endian bytes (PS3.5 7.3)."""
-    for elem in ds.iterall():
-        if isinstance(elem.value, bytes) and elem.VR in _SWAP_WIDTH:
-            elem.value = swap_bytes(elem.value, _swap_width(elem, ds))
-
-
-def _swap_width(elem: DataElement, ds: Dataset) -> int:
-    """Bytes per word of a big endian binary value: the VR's, or BitsAllocated for 32/64-bit OW pixels."""
-    bits = int(ds.get("BitsAllocated", 16) or 16)
-    if elem.tag == 0x7FE00010 and elem.VR == "OW" and bits in (32, 64):
-        return bits // 8
-    return _SWAP_WIDTH.get(str(elem.VR), 1)
-
-
-def swap_bytes(data: bytes, width: int) -> bytes:
-    n = len(data) // width * width
-    if width <= 1 or not n:
-        return data
-    return np.frombuffer(data[:n], dtype=f">u{width}").astype(f"<u{width}").tobytes() + data[n:]
 
 
 # ----- frames and bulk data -----------------------------------------------------------------
@@ -400,27 +315,7 @@ def _one_instance_query(visible: ColumnElement[bool]) -> Select[Any]:
     return query
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedFrame:
-    """One frame's pixels and the attributes that say how to display them.
-
-    `attributes` describes the frame as a single-frame image: its Image Pixel, Modality LUT
-    and VOI LUT attributes and, for enhanced objects, the functional groups with only this
-    frame's Per-Frame item, so it renders as frame 1 of `attributes`.
-    """
-
-    pixels: NDArray[Any]
-    attributes: Dataset
-
-
-#: the top-level attributes rendering reads: group 0028 (Image Pixel, Modality LUT, VOI LUT, palettes;
-#: PS3.3 C.7.6.3, C.11.1, C.11.2, C.7.9), Pixel Presentation (C.8.16.2.1.1.1) and functional groups (C.7.6.16)
-_DISPLAY_GROUP = "0028"
-_PIXEL_PRESENTATION, _SHARED_GROUPS, _PER_FRAME_GROUPS = "00089205", "52009229", "52009230"
-_NUMBER_OF_FRAMES = "00280008"
-
-
-def native_frame(archive: Archive, inst: StoredInstance, number: int) -> DecodedFrame | None:
+def native_frame(archive: Archive, inst: StoredInstance, number: int) -> pixels.DecodedFrame | None:
     """Frame `number` (1-based) of a native little endian object, without reading the object.
 
     A rendered frame needs that frame's pixels and a dozen attributes; reading and parsing
@@ -444,96 +339,14 @@ def native_frame(archive: Archive, inst: StoredInstance, number: int) -> Decoded
     ):
         return None
     doc = json.loads(inst.dicom_json)
-    attributes = _frame_attributes(doc, number)
-    if attributes is None:
-        return None
-    attributes.file_meta = FileMetaDataset()
-    attributes.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax_uid)  # for OW LUT data's byte order
-    options = as_pixel_options(attributes, number_of_frames=1, pixel_keyword="PixelData")
-    if options.get("bits_allocated") not in (8, 16, 32) or options.get("photometric_interpretation") == "YBR_FULL_422":
+    display = pixels.frame_display(doc, number, inst.transfer_syntax_uid)
+    if display is None:
         return None
     frames = _native_frames(archive, inst, layout, [number], doc)
     if frames is None:
         return None
-    try:
-        pixels, _ = get_decoder(inst.transfer_syntax_uid).as_array(frames[0], index=0, **options)
-    except (AttributeError, ValueError):  # attributes the decoder refuses: the whole object decides
-        return None
-    return DecodedFrame(pixels, attributes)
-
-
-def _frame_attributes(doc: dict[str, Any], number: int) -> Dataset | None:
-    """The display attributes of frame `number` from an instance's DICOM JSON (see `DecodedFrame`)."""
-    subset = {k: v for k, v in doc.items() if k.startswith(_DISPLAY_GROUP) and k != _NUMBER_OF_FRAMES}
-    for tag in (_PIXEL_PRESENTATION, _SHARED_GROUPS):
-        if tag in doc:
-            subset[tag] = doc[tag]
-    per_frame = doc.get(_PER_FRAME_GROUPS, {}).get("Value") or []
-    if len(per_frame) >= number:
-        subset[_PER_FRAME_GROUPS] = {"vr": "SQ", "Value": [per_frame[number - 1]]}
-    if _has_bulk_data(subset):
-        return None
-    try:
-        return _dataset_from_json(subset)
-    except (TypeError, ValueError):  # a value pydicom will not take back from JSON: the whole object decides
-        return None
-
-
-#: VRs whose DICOM JSON "Value" list holds the values themselves (PS3.18 F.2.3): numbers and plain text
-_PLAIN_VRS = frozenset(
-    {
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FD",
-        "FL",
-        "IS",
-        "LO",
-        "LT",
-        "SH",
-        "SL",
-        "SS",
-        "ST",
-        "SV",
-        "TM",
-        "UI",
-        "UL",
-        "US",
-        "UT",
-        "UV",
-    }
-)
-
-
-def _dataset_from_json(elements: dict[str, Any]) -> Dataset:
-    """`Dataset.from_json(elements)`, with plain values handed to `DataElement` directly.
-
-    pydicom's JSON reader spends ~25 us an element on conversions these values do not need
-    (a CT's dozen display attributes: 0.3 ms of a 5 ms rendered request); sequences, binary
-    and person-name values, and empty or partly empty ones still go through it.
-    """
-    ds = Dataset()
-    rest: dict[str, Any] = {}
-    for tag, element in elements.items():
-        values = element.get("Value")
-        if element.get("vr") in _PLAIN_VRS and values and None not in values:
-            ds.add(DataElement(int(tag, 16), element["vr"], values[0] if len(values) == 1 else values))
-        else:
-            rest[tag] = element
-    if rest:
-        ds.update(Dataset.from_json(rest))
-    return ds
-
-
-def _has_bulk_data(elements: dict[str, Any]) -> bool:
-    for element in elements.values():
-        if "BulkDataURI" in element:
-            return True
-        if element.get("vr") == "SQ" and any(_has_bulk_data(item) for item in element.get("Value") or []):
-            return True
-    return False
+    decoded = pixels.decode_native(frames[0], inst.transfer_syntax_uid, display[1])
+    return None if decoded is None else pixels.DecodedFrame(decoded, display[0])
 
 
 def frames_as_stored(archive: Archive, inst: StoredInstance, numbers: Sequence[int]) -> list[bytes] | None:
@@ -571,100 +384,10 @@ def _native_frames(
 ) -> list[bytes] | None:
     """`attrs` is the instance's DICOM JSON when the caller has parsed it already."""
     attrs = inst.attributes() if attrs is None else attrs
-    length, bits = layout.frame_length, int(_first(attrs, "00280100", 0))
-    if _first(attrs, "00280004", "") == "YBR_FULL_422":  # two samples a pixel, not three (PS3.3 C.7.6.3.1.2)
-        length = length // 3 * 2
-    pixels = (inst.rows or 0) * (inst.columns or 0) * int(_first(attrs, "00280002", 1))
-    if not length or (bits == 1 and inst.frame_count > 1 and pixels % 8):
-        return None
-    big = not UID(inst.transfer_syntax_uid).is_little_endian
-    vr = attrs.get("7FE00010", {}).get("vr", "OW")
-    width = (bits // 8 if bits in (32, 64) else 2) if big and vr == "OW" else 1
-    if width > 1 and length % width:
+    samples = (inst.rows or 0) * (inst.columns or 0) * int(pixels.first_value(attrs, "00280002", 1))
+    length = pixels.native_frame_length(attrs, layout.frame_length, samples, inst.frame_count)
+    width = pixels.big_endian_word(attrs, inst.transfer_syntax_uid)
+    if length is None or length % width:
         return None
     frames = [archive.blobs.read_range(inst.object_key, layout.offset + (n - 1) * length, length) for n in numbers]
-    return [swap_bytes(f, width) for f in frames] if width > 1 else frames
-
-
-def _first(attrs: dict[str, Any], tag: str, default: object) -> Any:
-    values = attrs.get(tag, {}).get("Value")
-    return values[0] if values and values[0] is not None else default
-
-
-def frames_encapsulated(data: bytes, numbers: Sequence[int], frame_count: int) -> list[bytes]:
-    """Compressed frames found by pydicom's fragment parsing (when the index has no mapping)."""
-    ds = dcmread(io.BytesIO(data))
-    wanted = set(numbers)
-    frames = generate_frames(ds.PixelData, number_of_frames=frame_count)
-    found = {i + 1: f for i, f in enumerate(frames) if i + 1 in wanted}
-    return [found[n] for n in numbers]
-
-
-def frames_decoded(data: bytes, numbers: Sequence[int]) -> list[bytes]:
-    """Frames decoded to uncompressed little endian bytes (colour as interleaved RGB).
-
-    Raises
-    ------
-    CannotTranscode
-        No decoder can read this object's pixel data.
-    """
-    try:
-        ds = dcmread(io.BytesIO(data))
-        bits = int(ds.get("BitsAllocated", 8) or 8)
-        out = []
-        for n in numbers:
-            arr = pixel_array(ds, index=n - 1)
-            out.append(pack_bits(arr) if bits == 1 else arr.astype(arr.dtype.newbyteorder("<")).tobytes())
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
-        raise CannotTranscode(f"cannot decode the pixel data: {str(exc).splitlines()[0]}") from None
-    return out
-
-
-def parse_bulk_path(path: str) -> list[int]:
-    """`7FE00010` or `00540016/1/00181072` (sequence, 1-based item, tag...) -> [tag, item, tag]."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    if not parts or len(parts) % 2 == 0:
-        raise ValueError(f"bulk data path {path!r} must be a tag, or sequence/item/tag steps")
-    out: list[int] = []
-    for i, p in enumerate(parts):
-        if i % 2 == 0:
-            if len(p) != 8:
-                raise ValueError(f"{p!r} is not a tag of 8 hex digits")
-            out.append(int(p, 16))
-        else:
-            out.append(int(p))
-            if out[-1] < 1:
-                raise ValueError("sequence items are numbered from 1")
-    return out
-
-
-def element_bytes(data: bytes, path: Sequence[int]) -> bytes | None:
-    """The value of the element at `path` as little endian bytes, or None if absent.
-
-    Binary values are returned as stored (big endian objects swapped to little endian, PS3.18
-    8.7.3.3.1); numeric multi-values (US, SS, FL...) are packed little endian.
-    """
-    ds = dcmread(io.BytesIO(data))
-    big = not ds.file_meta.TransferSyntaxUID.is_little_endian
-    node: Dataset = ds
-    for i in range(0, len(path) - 1, 2):
-        seq_tag, item = Tag(path[i]), path[i + 1]
-        if seq_tag not in node or node[seq_tag].VR != "SQ" or len(node[seq_tag].value) < item:
-            return None
-        node = node[seq_tag].value[item - 1]
-    tag = Tag(path[-1])
-    if tag not in node:
-        return None
-    elem = node[tag]
-    value = elem.value
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return swap_bytes(value, _swap_width(elem, node)) if big else value
-    if isinstance(value, str):
-        return value.encode()
-    fmt = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}.get(str(elem.VR))
-    values = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
-    if fmt is None:
-        return "\\".join(str(v) for v in values).encode()
-    return struct.pack(f"<{len(values)}{fmt}", *values)
+    return [pixels.swap_bytes(f, width) for f in frames] if width > 1 else frames

@@ -30,9 +30,10 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from storage.access.principal import Principal, visible_to
+from storage.dicom.uids import check_uid
 from storage.errors import InvalidIdentifier
 from storage.index.models import Instance, PatientIdentity, Series, Study
-from storage.retrieve.retrieval import STORED_INSTANCE_COLUMNS, Delivery, StoredInstance, check_uid, plan
+from storage.retrieve.retrieval import STORED_INSTANCE_COLUMNS, Delivery, StoredInstance, plan
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 #: the levels of each information model, top down (PS3.4 C.3.1, C.3.2)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from storage.access.principal import Principal, visible_to
 from storage.archive import owner_is_gone
-from storage.dicom.parse import UID_RE
+from storage.dicom.uids import is_uid
 from storage.errors import InvalidCommitmentRequest
 from storage.index.models import ApplicationEntity, CommitmentRequest, Instance, Study
 
@@ -82,7 +82,7 @@ def request(transaction_uid: str, references: Iterable[tuple[str, str]]) -> Requ
     InvalidCommitmentRequest
         No valid Transaction UID, no references, or a reference without both UIDs.
     """
-    if not transaction_uid or len(transaction_uid) > 64 or not UID_RE.match(transaction_uid):
+    if not is_uid(transaction_uid):
         raise InvalidCommitmentRequest("Transaction UID (0008,1195) missing or not a valid UID")
     refs = tuple(Reference(c.strip(), i.strip()) for c, i in references)
     if not refs:

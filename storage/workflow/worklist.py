@@ -28,6 +28,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.access.principal import Principal
 from storage.dicom.charset import fold
+from storage.dicom.uids import is_uid
 from storage.errors import NotAuthorized, NotFound, RejectedInput
 from storage.index.models import ApplicationEntity, Organization, ScheduledProcedureStep, utcnow
 from storage.query import matching as m
@@ -110,7 +111,7 @@ def _dicom_time(value: str) -> str:
 
 
 def _uid(value: str) -> str:
-    if value and (len(value) > 64 or not m.UID_RE.match(value)):
+    if value and not is_uid(value):
         raise ValueError("a valid UID (PS3.5 9.1): digits and dots, at most 64 characters")
     return value
 

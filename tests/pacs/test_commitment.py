@@ -125,7 +125,9 @@ class Modality:
         self.acknowledged = ctx.Event()
         if listen_now:
             self.listen_now.set()
-        self._process = ctx.Process(target=_modality, args=(visit, scp_port, self._out, self.listen_now, self.acknowledged), daemon=True)
+        self._process = ctx.Process(
+            target=_modality, args=(visit, scp_port, self._out, self.listen_now, self.acknowledged), daemon=True
+        )
         self._process.start()
 
     def result(self) -> dict[str, Any]:
