@@ -48,8 +48,9 @@ from storage.dicom.charset import TEXT_VRS, check_decodes, python_encodings
 from storage.dicom.dicomjson import element_vr
 from storage.errors import NotAuthorized, StorageError
 from storage.logs import event as log_event
+from storage.query.keys import IMAGE, PATIENT, SERIES, STUDY, keyword
 from storage.query.matching import InvalidQuery
-from storage.query.search import IMAGE, PATIENT, SERIES, STUDY, Query, keyword, search_all
+from storage.query.search import Query, search_all
 
 log = logging.getLogger(__name__)
 

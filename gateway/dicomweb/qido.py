@@ -20,8 +20,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, dicomweb_root
 from gateway.dicomweb import multipart as mp
 from storage.dicom.uids import is_uid
+from storage.query.keys import IMAGE, SERIES, STUDY, attribute_tag, keyword
 from storage.query.matching import InvalidQuery
-from storage.query.search import IMAGE, SERIES, STUDY, Query, SearchResult, attribute_tag, keyword, search
+from storage.query.search import Query, SearchResult, search
 
 router = APIRouter(tags=["QIDO-RS"])
 

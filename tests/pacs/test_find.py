@@ -37,7 +37,8 @@ from storage.dicom.parse import Source
 from storage.index.migrate import upgrade
 from storage.ingest.pipeline import Origin, ingest
 from storage.logs import FIELDS
-from storage.query.search import PATIENT, STUDY, Query, search, search_all
+from storage.query.keys import PATIENT, STUDY
+from storage.query.search import Query, search, search_all
 from tests import dicom_factory as f
 from tests.conftest import BACKENDS, module_settings, require_tool
 

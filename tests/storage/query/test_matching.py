@@ -22,8 +22,9 @@ from storage.dicom.parse import Source
 from storage.index.models import PatientIdentity, Study
 from storage.ingest.pipeline import Origin, ingest
 from storage.query import matching as m
+from storage.query.keys import IMAGE, STUDY, attribute_tag
 from storage.query.matching import InvalidQuery
-from storage.query.search import IMAGE, STUDY, Query, attribute_tag, search
+from storage.query.search import Query, search
 from tests import dicom_factory as f
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -24,7 +24,7 @@ from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.index.models import Instance, Series, Study
 from storage.ingest.pipeline import Origin, ingest
-from storage.query import matching as m
+from storage.query import sequences as m
 from storage.query.matching import InvalidQuery
 from tests import dicom_factory as f
 
