@@ -1,13 +1,20 @@
-"""Annotated dependencies shared by the routes: the archive, settings and the caller."""
+"""Annotated dependencies shared by the routes: the archive, settings, the caller and its context.
+
+Each route takes the request context of its channel (`DicomwebContext`, `WadoUriContext`,
+`ApiContext`): who is asking (the bearer token's principal, `gateway.auth`), from which address,
+and the recorder of its accesses. Storage decides what that context may see and do.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
 from gateway.auth import get_principal
+from storage.access.context import Channel, Context
 from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.settings import Settings
@@ -47,3 +54,16 @@ def dicomweb_root(request: Request, settings: Settings) -> str:
 ArchiveDep = Annotated[Archive, Depends(get_archive)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _context_of(channel: Channel) -> Callable[[Request, Principal], Awaitable[Context]]:
+    async def context(request: Request, principal: PrincipalDep) -> Context:
+        address = request.client.host if request.client else ""
+        return Context(principal, channel, address, request.app.state.archive.audit)
+
+    return context
+
+
+DicomwebContext = Annotated[Context, Depends(_context_of(Channel.DICOMWEB))]
+WadoUriContext = Annotated[Context, Depends(_context_of(Channel.WADO_URI))]
+ApiContext = Annotated[Context, Depends(_context_of(Channel.API))]

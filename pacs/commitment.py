@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -38,9 +37,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from pacs.policy import principal_for
+from pacs.policy import context_for
 from pacs.status import SUCCESS, failure
-from storage.access.principal import Principal, require_read
+from storage.access.context import Channel, Context
+from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.errors import InvalidCommitmentRequest, StorageError
 from storage.logs import event as log_event
@@ -83,12 +83,12 @@ SWEEP_SECONDS = 2.0
 CLAIM_LEASE = timedelta(seconds=4 * REPORT_TIMEOUT)
 
 
-def handle(event: Event, archive: Archive) -> tuple[int | Dataset, None]:
-    """EVT_N_ACTION: check and acknowledge the request; the report follows in the background."""
+def handle(event: Event, archive: Archive, reporter: Reporter) -> tuple[int | Dataset, None]:
+    """EVT_N_ACTION: check and acknowledge the request; `reporter` sends the report in the background."""
     assoc, action = event.assoc, cast(N_ACTION, event.request)
-    principal = principal_for(assoc, archive)
+    ctx = context_for(assoc, archive)
     try:
-        require_read(principal, "N-ACTION")  # an unregistered AE: 0x0124 Not Authorized
+        require_read(ctx, "N-ACTION")  # an unregistered AE: 0x0124 Not Authorized
         if action.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
             return NO_SUCH_ACTION, None
         if action.RequestedSOPInstanceUID != INSTANCE_UID:
@@ -99,18 +99,17 @@ def handle(event: Event, archive: Archive) -> tuple[int | Dataset, None]:
             log,
             "dimse.commitment.refused",
             level=logging.WARNING,
-            calling_ae=principal.sub,
+            calling_ae=ctx.principal.sub,
             status=f"0x{exc.status:04X}",
             detail=exc.detail,
         )
         return failure(exc), None
-    reporter = reporter_for(assoc.ae, archive)
-    job_id = reporter.keep(principal, req)  # kept before it is acknowledged: the report survives a crash
-    reporter.submit(assoc, principal, req, int(action.MessageID or 0), job_id)
+    job_id = reporter.keep(ctx, req)  # kept before it is acknowledged: the report survives a crash
+    reporter.submit(assoc, ctx, req, int(action.MessageID or 0), job_id)
     log_event(
         log,
         "dimse.commitment.requested",
-        calling_ae=principal.sub,
+        calling_ae=ctx.principal.sub,
         transaction_uid=req.transaction_uid,
         references=len(req.references),
     )
@@ -190,7 +189,7 @@ class _Job:
     that answered the N-ACTION while its association may still be open."""
 
     id: int
-    principal: Principal
+    ctx: Context  # the requester's, as it was when it asked
     request: Request
     attempts: int  # made before this one
     watch: _Watch | None = None  # holds the association
@@ -213,13 +212,13 @@ class Reporter:
                 self._sweeper = threading.Thread(target=self._sweep, name="stgcmt-sweep", daemon=True)
                 self._sweeper.start()
 
-    def keep(self, principal: Principal, req: Request) -> int:
+    def keep(self, ctx: Context, req: Request) -> int:
         """Keep an acknowledged request in the index, claimed for this process's first attempt."""
         with self.archive.db.write() as session:
-            return keep(session, principal, req, self.archive.owner, CLAIM_LEASE)
+            return keep(session, ctx, req, self.archive.owner, CLAIM_LEASE)
 
-    def submit(self, assoc: Association, principal: Principal, req: Request, message_id: int, job_id: int) -> None:
-        self._spawn(_Job(job_id, principal, req, 0, _Watch(assoc, message_id)))
+    def submit(self, assoc: Association, ctx: Context, req: Request, message_id: int, job_id: int) -> None:
+        self._spawn(_Job(job_id, ctx, req, 0, _Watch(assoc, message_id)))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sweeping and waiting; give reports being sent a moment to finish. A request not
@@ -253,7 +252,8 @@ class Reporter:
                         calling_ae=pending.principal.sub,
                         previous_owner=pending.previous_owner,
                     )
-                self._spawn(_Job(pending.id, pending.principal, pending.request, pending.attempts))
+                ctx = Context(pending.principal, Channel.DIMSE, audit=self.archive.audit)
+                self._spawn(_Job(pending.id, ctx, pending.request, pending.attempts))
             if self._stop.wait(SWEEP_SECONDS):
                 return
 
@@ -318,7 +318,7 @@ class Reporter:
     def _fields(job: _Job, result: Result | None) -> dict[str, Any]:
         return {
             "transaction_uid": job.request.transaction_uid,
-            "calling_ae": job.principal.sub,
+            "calling_ae": job.ctx.principal.sub,
             "committed": len(result.committed) if result else None,
             "failed": len(result.failed) if result else None,
         }
@@ -333,7 +333,7 @@ class Reporter:
 
     def _evaluate(self, job: _Job) -> Result:
         with self.archive.db.read() as session:
-            return evaluate(session, job.principal, job.request)
+            return evaluate(session, job.ctx, job.request)
 
     def _send(self, assoc: Association, result: Result) -> None:
         info = event_information(result, self.archive.settings.ae_title)
@@ -346,16 +346,18 @@ class Reporter:
 
     def _send_new(self, job: _Job, result: Result) -> None:
         with self.archive.db.read() as session:
-            address = report_address(session, job.principal.sub)
+            address = report_address(session, job.ctx.principal.sub)
         if address is None:
-            raise _Undelivered(f"no address is registered for AE {job.principal.sub} (pacs org add --ae AET@host:port)")
+            raise _Undelivered(
+                f"no address is registered for AE {job.ctx.principal.sub} (pacs org add --ae AET@host:port)"
+            )
         ae = AE(ae_title=self.archive.settings.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = REPORT_TIMEOUT
         assoc = ae.associate(
             address[0],
             address[1],
             contexts=[build_context(StorageCommitmentPushModel)],
-            ae_title=job.principal.sub,
+            ae_title=job.ctx.principal.sub,
             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],  # the archive reports: SCP
         )
         if not assoc.is_established:
@@ -375,30 +377,3 @@ def _why_not(assoc: Association) -> str:
     if assoc.is_rejected:
         return "rejected"
     return "aborted" if assoc.is_aborted else "could not be opened"
-
-
-_reporters: weakref.WeakKeyDictionary[Any, Reporter] = weakref.WeakKeyDictionary()
-_reporters_lock = threading.Lock()
-
-
-def reporter_for(ae: Any, archive: Archive) -> Reporter:
-    """The reporter of an SCP (one pynetdicom AE), sweeping from its first use."""
-    with _reporters_lock:
-        reporter = _reporters.get(ae)
-        if reporter is None:
-            reporter = _reporters[ae] = Reporter(archive)
-    reporter.start()
-    return reporter
-
-
-def start(ae: Any, archive: Archive) -> None:
-    """Start an SCP's reports with the SCP: what a killed process left unreported goes out now."""
-    reporter_for(ae, archive)
-
-
-def stop(ae: Any) -> None:
-    """Stop the reports of an SCP that is shutting down (a report not yet sent stays kept)."""
-    with _reporters_lock:
-        reporter = _reporters.pop(ae, None)
-    if reporter is not None:
-        reporter.stop()

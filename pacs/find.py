@@ -38,15 +38,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from pacs import worklist
-from pacs.policy import principal_for
+from pacs.policy import context_for
 from pacs.status import failure
 from pacs.wire import identifier
 from pacs.wire.pacing import PACE_EVERY, keep_pace
-from storage.access.principal import Principal, require_read
+from storage.access.context import Context
+from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.dicom.charset import TEXT_VRS, check_decodes, python_encodings
 from storage.dicom.dicomjson import element_vr
-from storage.errors import NotAuthorized, StorageError
+from storage.errors import StorageError
 from storage.logs import event as log_event
 from storage.query.keys import IMAGE, PATIENT, SERIES, STUDY, keyword
 from storage.query.matching import InvalidQuery
@@ -99,15 +100,15 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
     if sop_class == ModalityWorklistInformationFind:
         yield from worklist.find(event, archive)
         return
-    started, principal = time.perf_counter(), principal_for(event.assoc, archive)
+    started, ctx = time.perf_counter(), context_for(event.assoc, archive)
     model, levels = MODELS[sop_class]
     outcome = _Outcome()
     try:
-        require_read(principal, "C-FIND")
+        require_read(ctx, "C-FIND")
         request = parse(event.identifier, levels)
         outcome.level = request.query.level
         with archive.db.read() as session:
-            found = search_all(request.query, principal, session=session)
+            found = search_all(request.query, ctx, session=session)
             pending = PENDING_WARNING if found.ignored else PENDING
             responder = _Responder(event)
             for match in found.matches:
@@ -124,11 +125,9 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
                 outcome.matches += 1
     except StorageError as exc:
         outcome.status = exc.status
-        if isinstance(exc, NotAuthorized):
-            log_event(log, "dimse.find.refused", level=logging.WARNING, calling_ae=principal.sub, reason=exc.detail)
         yield failure(exc), None
     finally:
-        _log(principal, model, outcome, started)
+        _log(ctx, model, outcome, started)
 
 
 def parse(identifier: Dataset, levels: tuple[str, ...]) -> Request:
@@ -260,7 +259,7 @@ def _single_uid(keys: dict[str, str], tag: str) -> None:
         raise InvalidQuery(f"{keyword(tag)} above the level must be a single UID")  # PS3.4 C.4.1.2.1
 
 
-def _log(principal: Principal, model: str, outcome: _Outcome, started: float) -> None:
+def _log(ctx: Context, model: str, outcome: _Outcome, started: float) -> None:
     status: int | str = outcome.status
     raised = sys.exc_info()[0]
     if raised is GeneratorExit and status == SUCCESS:
@@ -270,7 +269,7 @@ def _log(principal: Principal, model: str, outcome: _Outcome, started: float) ->
     log_event(
         log,
         "dimse.find",
-        calling_ae=principal.sub,
+        calling_ae=ctx.principal.sub,
         model=model,
         query_level=outcome.level,  # `level` is the log level of storage.logs.event
         matches=outcome.matches,

@@ -13,9 +13,10 @@ from typing import Any
 
 from pynetdicom.events import Event
 
-from pacs.policy import principal_for
+from pacs.association import state_of
+from pacs.policy import context_for
 from pacs.suboperations import Retrieval, model_of, refuse
-from storage.access.principal import require_read
+from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
 from storage.retrieve.selection import parse_identifier, select_instances
@@ -31,19 +32,19 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
     (status, dataset)
         The sub-operations, from `Retrieval.run`.
     """
-    principal = principal_for(event.assoc, archive)
-    fields = {"calling_ae": principal.sub}
+    ctx = context_for(event.assoc, archive)
+    fields = {"calling_ae": ctx.principal.sub}
     try:
-        require_read(principal, "C-GET")
+        require_read(ctx, "C-GET")
         keys = parse_identifier(event.identifier, model_of(event))
         with archive.db.read() as session:
-            instances = select_instances(session, principal, keys)
+            instances = select_instances(session, ctx, keys)
     except StorageError as exc:
         refuse(event, exc, service="get", fields=fields)
         yield 0
         return
-    retrieval = Retrieval(archive, instances, service="get", originator=principal.sub, fields=fields)
-    retrieval.send_through(event.assoc)
+    retrieval = Retrieval(archive, instances, service="get", originator=ctx.principal.sub, fields=fields)
+    retrieval.send_through(event.assoc, state_of(event.assoc).direct)
     try:
         yield len(instances)
         yield from retrieval.run(event)

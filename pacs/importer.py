@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from storage.access.context import Context
 from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.errors import StorageError
 from storage.index.migrate import upgrade
-from storage.ingest.pipeline import Origin, Outcome, ingest
+from storage.ingest.pipeline import Outcome, ingest
 from storage.settings import Settings
 
 MAX_LISTED = 50
@@ -42,7 +43,7 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
     files = list(walk(paths))
     archive = Archive.open(settings)
     upgrade(archive.db.engine)
-    principal = Principal(sub="pacs-import", org=org, roles=frozenset({"admin"}), via="cli")
+    ctx = Context.console(Principal.system("pacs-import", org), audit=archive.audit)
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, StorageError]] = []
     try:
@@ -58,7 +59,7 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
             task = progress.add_task("import", total=len(files), status="")
             for path in files:
                 try:
-                    result = ingest(Source(path=path), Origin.cli(str(path)), principal, archive=archive)
+                    result = ingest(Source(path=path), ctx, archive=archive)
                     counts[result.outcome.value] += 1
                 except StorageError as exc:
                     counts["rejected"] += 1

@@ -1,6 +1,6 @@
 """C-MOVE SCP (PS3.4 C.4.2): send what the identifier names to a registered node of the caller.
 
-The caller must be a registered AE (`storage.access.principal.require_read`), the identifier valid for
+The caller must be a registered AE (`storage.access.policy.require_read`), the identifier valid for
 its information model (`storage.retrieve.selection`), and the Move Destination an AE of the caller's
 own organization registered with an address (`storage.access.orgs.move_destination`). pynetdicom then
 opens one association to it, proposing each SOP class in its stored syntaxes and in explicit
@@ -14,10 +14,10 @@ from typing import Any
 
 from pynetdicom.events import Event
 
-from pacs.policy import principal_for
+from pacs.policy import context_for
 from pacs.suboperations import Retrieval, destination_contexts, model_of, refuse
 from storage.access.orgs import move_destination
-from storage.access.principal import require_read
+from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
 from storage.retrieve.selection import parse_identifier, select_instances
@@ -35,19 +35,19 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
     (status, dataset)
         The sub-operations, from `Retrieval.run`.
     """
-    principal = principal_for(event.assoc, archive)
-    fields = {"calling_ae": principal.sub, "destination": event.move_destination or ""}
+    ctx = context_for(event.assoc, archive)
+    fields = {"calling_ae": ctx.principal.sub, "destination": event.move_destination or ""}
     try:
-        require_read(principal, "C-MOVE")
+        require_read(ctx, "C-MOVE")
         keys = parse_identifier(event.identifier, model_of(event))
         with archive.db.read() as session:
-            destination = move_destination(session, event.move_destination or "", principal.org)
-            instances = select_instances(session, principal, keys)
+            destination = move_destination(session, event.move_destination or "", ctx.principal.org)
+            instances = select_instances(session, ctx, keys)
     except StorageError as exc:
         refuse(event, exc, service="move", fields=fields)
         yield None, None
         return
-    retrieval = Retrieval(archive, instances, service="move", originator=principal.sub, fields=fields)
+    retrieval = Retrieval(archive, instances, service="move", originator=ctx.principal.sub, fields=fields)
     try:
         options = {"contexts": destination_contexts(instances), "evt_handlers": retrieval.destination_handlers()}
         yield destination.host, destination.port, options

@@ -43,8 +43,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import commitment, dispatch, echo, find, get, move, stats, store
-from pacs.wire import direct_send, negotiation
+from pacs import association, commitment, dispatch, echo, find, get, move, store
+from pacs.wire import negotiation
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -204,6 +204,7 @@ class RunningScp:
 
     servers: dict[str, ThreadedAssociationServer]
     archive: Archive
+    reporter: commitment.Reporter
 
     @property
     def server(self) -> ThreadedAssociationServer:
@@ -222,7 +223,7 @@ class RunningScp:
         return int(self.servers[TLS].server_address[1])
 
     def shutdown(self) -> None:
-        commitment.stop(self.server.ae)  # storage commitment reports still waiting to be retried
+        self.reporter.stop()  # storage commitment reports still waiting to be retried stay kept
         for server in self.servers.values():
             server.shutdown()  # also closes the socket and deregisters from the AE
 
@@ -269,14 +270,14 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def _handlers(archive: Archive) -> list[Any]:
+def _handlers(archive: Archive, reporter: commitment.Reporter) -> list[Any]:
     return [
         (evt.EVT_C_ECHO, echo.handle),
         (evt.EVT_C_STORE, store.handle, [archive]),
         (evt.EVT_C_FIND, find.handle, [archive]),
         (evt.EVT_C_MOVE, move.handle, [archive]),
         (evt.EVT_C_GET, get.handle, [archive]),
-        (evt.EVT_N_ACTION, commitment.handle, [archive]),
+        (evt.EVT_N_ACTION, commitment.handle, [archive, reporter]),
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_REJECTED, _on_rejected),
         (evt.EVT_RELEASED, _on_closed, ["released"]),
@@ -285,27 +286,37 @@ def _handlers(archive: Archive) -> list[Any]:
 
 
 def _peer(e: evt.Event) -> dict[str, Any]:
+    """The association's ends as the requestor named them: its own AE title, the one it called,
+    and its address (`acceptor.ae_title` is the archive's own title, whatever was called)."""
     r = e.assoc.requestor
-    return {
-        "calling_ae": str(r.ae_title).strip(),
-        "called_ae": str(e.assoc.acceptor.ae_title).strip(),
-        "peer": f"{r.address}:{r.port}",
-    }
+    request = r.primitive
+    called = request.called_ae_title if request is not None else e.assoc.acceptor.ae_title
+    return {"calling_ae": str(r.ae_title).strip(), "called_ae": str(called).strip(), "peer": f"{r.address}:{r.port}"}
 
 
 def _on_accepted(e: evt.Event) -> None:
-    stats.stats_for(e.assoc)
-    direct_send.install(e.assoc)  # before any request: every response and C-GET sub-operation goes direct
+    association.begin(e.assoc)  # before any request: every response and C-GET sub-operation goes direct
     ASSOCIATIONS.labels("accepted").inc()
+
+
+def rejection_reason(assoc: Association) -> str:
+    """Why pynetdicom's acceptor rejected an association (`acse._negotiate_as_acceptor`'s checks,
+    which it does not pass on to EVT_REJECTED), in the words of PS3.8 Table 9-21."""
+    request = assoc.requestor.primitive
+    if request is not None and str(request.called_ae_title).strip() != str(assoc.acceptor.ae_title).strip():
+        return f"called AE title not recognised: this archive is {str(assoc.acceptor.ae_title).strip()}"
+    if len([a for a in assoc.ae.active_associations if a.is_acceptor]) > assoc.ae.maximum_associations:
+        return f"local limit exceeded: {assoc.ae.maximum_associations} associations at once (PACS_MAX_ASSOCIATIONS)"
+    return "no reason given"
 
 
 def _on_rejected(e: evt.Event) -> None:
     ASSOCIATIONS.labels("rejected").inc()
-    event(log, "dimse.assoc.rejected", level=logging.WARNING, **_peer(e))
+    event(log, "dimse.assoc.rejected", level=logging.WARNING, **_peer(e), reason=rejection_reason(e.assoc))
 
 
 def _on_closed(e: evt.Event, how: str) -> None:
-    s = stats.pop(e.assoc)
+    s = association.end(e.assoc)
     event(
         log,
         f"dimse.assoc.{how}",
@@ -329,11 +340,12 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
     if settings.dicom_tls:
         ports[TLS] = (settings.dicom_tls_port if tls_port is None else tls_port, _TlsServer.context(settings))
     servers: dict[str, ThreadedAssociationServer] = {}
+    reporter = commitment.Reporter(archive)
     for kind, (number, tls) in ports.items():
         server = cast(
             _ListeningServer,
             ae.make_server(
-                (settings.dicom_host, number), evt_handlers=_handlers(archive), server_class=_ListeningServer
+                (settings.dicom_host, number), evt_handlers=_handlers(archive, reporter), server_class=_ListeningServer
             ),
         )
         server.tls = tls
@@ -342,8 +354,8 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
         name = f"scp:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         servers[kind] = server
-    commitment.start(ae, archive)  # with the SCP: reports a killed process left unsent go out now
-    return RunningScp(servers=servers, archive=archive)
+    reporter.start()  # with the SCP: reports a killed process left unsent go out now
+    return RunningScp(servers=servers, archive=archive, reporter=reporter)
 
 
 def start_workers(settings: Settings) -> dispatch.Dispatcher:
@@ -371,13 +383,15 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _handed_off_server(settings: Settings, archive: Archive, channel: socket.socket) -> _HandedOffServer:
+def _handed_off_server(
+    settings: Settings, archive: Archive, reporter: commitment.Reporter, channel: socket.socket
+) -> _HandedOffServer:
     configure_pynetdicom()
     server = cast(
         _HandedOffServer,
         build_ae(settings).make_server(
             ("127.0.0.1", 0),
-            evt_handlers=_handlers(archive),
+            evt_handlers=_handlers(archive, reporter),
             server_class=_HandedOffServer,
             request_handler=_WholeAssociationHandler,
         ),
@@ -406,18 +420,19 @@ def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> N
 
     configure_logging(settings.log_level)
     archive = Archive.open(settings)
-    server = _handed_off_server(settings, archive, channel)
+    reporter = commitment.Reporter(archive)
+    server = _handed_off_server(settings, archive, reporter, channel)
     freeze_startup_heap()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=_serve_handed_off, args=(server, channel, stop), name="scp:handed-off", daemon=True).start()
-    commitment.start(server.ae, archive)
+    reporter.start()
     event(log, "dimse.worker.started", pid=os.getpid())
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:  # the server died without stopping us
             break
-    commitment.stop(server.ae)
+    reporter.stop()
     for assoc in server.ae.active_associations:
         assoc.abort()
     server.server_close()

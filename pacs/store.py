@@ -11,22 +11,20 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs.policy import principal_for
-from pacs.stats import stats_for
+from pacs.association import state_of
+from pacs.policy import context_for
 from pacs.status import SUCCESS, failure
 from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.errors import StorageError
-from storage.ingest.pipeline import Origin, Outcome, ingest
+from storage.ingest.pipeline import Outcome, ingest
 
 
 def handle(event: Event, archive: Archive) -> int | Dataset:
-    assoc = event.assoc
-    principal = principal_for(assoc, archive)
-    origin = Origin.dimse(principal.sub, str(assoc.acceptor.ae_title).strip(), principal.address)
-    stats = stats_for(assoc)
+    ctx = context_for(event.assoc, archive)
+    stats = state_of(event.assoc).stats
     try:
-        result = ingest(Source(path=Path(event.dataset_path)), origin, principal, archive=archive)
+        result = ingest(Source(path=Path(event.dataset_path)), ctx, archive=archive)
     except StorageError as exc:
         stats.rejected += 1
         return failure(exc)

@@ -231,10 +231,11 @@ class Tally:
 class _Sender:
     """`send_c_store` of a sending association: a StoredObject goes as its file, anything else as before."""
 
-    def __init__(self, assoc: Association, retrieval: Retrieval) -> None:
+    def __init__(self, assoc: Association, retrieval: Retrieval, direct: direct_send.DirectSend | None) -> None:
         self.assoc = assoc
         self.send_c_store = assoc.send_c_store  # the bound method of the class
         self.retrieval = retrieval
+        self.direct = direct
 
     def __call__(
         self,
@@ -266,7 +267,7 @@ class _Sender:
         self, prepared: Prepared, path: Path, msg_id: int, priority: int, aet: str | None, aet_msg_id: int | None
     ) -> Dataset:
         """Straight to the socket (`pacs.wire.direct_send`) unless the association has no direct sender (TLS)."""
-        direct = direct_send.installed(self.assoc)
+        direct = self.direct
         if direct is not None:
             inst = prepared.instance
             request = direct_send.StoreRequest(
@@ -301,10 +302,11 @@ class Retrieval:
 
     # ----- the sending association --------------------------------------------------------
 
-    def send_through(self, assoc: Association) -> None:
-        """Send this retrieval's sub-operations through `assoc` (C-GET: the requester's own)."""
+    def send_through(self, assoc: Association, direct: direct_send.DirectSend | None) -> None:
+        """Send this retrieval's sub-operations through `assoc` (C-GET: the requester's own), by
+        its direct sender when it has one (`pacs.wire.direct_send.install`; None on TLS)."""
         self.peer = assoc
-        setattr(assoc, "send_c_store", _Sender(assoc, self))  # noqa: B010 - this association only
+        setattr(assoc, "send_c_store", _Sender(assoc, self, direct))  # noqa: B010 - this association only
 
     def stop_sending(self) -> None:
         if self.peer is not None and "send_c_store" in vars(self.peer):
@@ -433,9 +435,9 @@ def _on_destination_established(event: Event, retrieval: Retrieval) -> None:
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    direct_send.install(event.assoc)
+    direct = direct_send.install(event.assoc)
     _HeldCheckpoint.hold(event.assoc)
-    retrieval.send_through(event.assoc)
+    retrieval.send_through(event.assoc, direct)
 
 
 class _HeldCheckpoint(threading.Event):

@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs.policy import principal_for
+from pacs.policy import context_for
 from pacs.status import SUCCESS, failure
 from pacs.wire.pacing import PACE_EVERY, keep_pace
-from storage.access.principal import require_read
+from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.errors import StorageError
 from storage.logs import event as log_event
 from storage.query.matching import InvalidQuery
-from storage.workflow.worklist import find_worklist
+from storage.workflow.mwl import find_worklist
 
 log = logging.getLogger(__name__)
 PENDING = 0xFF00
@@ -41,13 +41,13 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
         pynetdicom sends the final 0x0000 itself.
     """
     started = time.perf_counter()
-    principal = principal_for(event.assoc, archive)
+    ctx = context_for(event.assoc, archive)
     matches, status = 0, SUCCESS
     try:
-        require_read(principal, "C-FIND")
+        require_read(ctx, "C-FIND")
         identifier = _identifier(event)
         with archive.db.read() as session:
-            answers = find_worklist(identifier, principal, session=session)
+            answers = find_worklist(identifier, ctx, session=session)
         matches = len(answers)
         for sent, answer in enumerate(answers):
             if sent % PACE_EVERY == 0:
@@ -65,7 +65,7 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
         log_event(
             log,
             "dimse.worklist",
-            calling_ae=principal.sub,
+            calling_ae=ctx.principal.sub,
             matches=matches,
             status=f"0x{status:04X}",
             duration_ms=duration_ms,

@@ -1,4 +1,5 @@
-"""The storage services of one process: the index database and the blob store, opened once."""
+"""The storage services of one process: the index database, the blob store and the audit
+recorder, opened once and shared by every request and association of the process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from storage.blobs.protocol import BlobStore, from_settings
+from storage.access.context import NO_AUDIT, AuditRecorder
+from storage.blobs import from_settings
+from storage.blobs.protocol import BlobStore
 from storage.index.db import Database
 from storage.settings import Settings
 
@@ -37,6 +40,8 @@ class Archive:
     db: Database
     blobs: BlobStore
     owner: str = field(default_factory=process_owner)
+    #: where every request context of this process records its accesses ([6/10] fills it in)
+    audit: AuditRecorder = NO_AUDIT
 
     @classmethod
     def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:

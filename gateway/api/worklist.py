@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
-from gateway.deps import ArchiveDep, PrincipalDep
+from gateway.deps import ApiContext, ArchiveDep
 from storage.logs import event
 from storage.workflow import worklist
 from storage.workflow.worklist import NewStep, Status, Step
@@ -36,18 +36,18 @@ class StatusChange(BaseModel):
 
 
 @router.post("", status_code=201, summary="Schedule a procedure step", responses=_RESPONSES)
-def create(spec: NewStep, archive: ArchiveDep, principal: PrincipalDep, response: Response) -> Step:
+def create(spec: NewStep, archive: ArchiveDep, ctx: ApiContext, response: Response) -> Step:
     with archive.db.write() as session:
-        step = worklist.create_step(spec, principal, session=session)
+        step = worklist.create_step(spec, ctx, session=session)
     response.headers["Location"] = f"{router.prefix}/{step.id}"
-    event(log, "worklist.created", id=step.id, org=step.org, modality=step.modality, actor=principal.sub)
+    event(log, "worklist.created", id=step.id, org=step.org, modality=step.modality, actor=ctx.principal.sub)
     return step
 
 
 @router.get("", summary="List scheduled procedure steps", responses=_RESPONSES)
 def list_steps(
     archive: ArchiveDep,
-    principal: PrincipalDep,
+    ctx: ApiContext,
     date: Annotated[str, Query(description="YYYYMMDD, YYYY-MM-DD or a range D1-D2, D-, -D")] = "",
     modality: Annotated[str, Query(description="CT, MR...; * and ? wild cards")] = "",
     station_ae: Annotated[str, Query(description="Scheduled Station AE Title; * and ? wild cards")] = "",
@@ -57,7 +57,7 @@ def list_steps(
 ) -> list[Step]:
     with archive.db.read() as session:
         return worklist.list_steps(
-            principal,
+            ctx,
             session=session,
             date=date,
             modality=modality,
@@ -69,22 +69,22 @@ def list_steps(
 
 
 @router.get("/{step_id}", summary="One scheduled procedure step", responses=_ONE)
-def get(step_id: int, archive: ArchiveDep, principal: PrincipalDep) -> Step:
+def get(step_id: int, archive: ArchiveDep, ctx: ApiContext) -> Step:
     with archive.db.read() as session:
-        return worklist.get_step(step_id, principal, session=session)
+        return worklist.get_step(step_id, ctx, session=session)
 
 
 @router.patch("/{step_id}", summary="Change a step's status", responses=_ONE)
-def patch(step_id: int, change: StatusChange, archive: ArchiveDep, principal: PrincipalDep) -> Step:
+def patch(step_id: int, change: StatusChange, archive: ArchiveDep, ctx: ApiContext) -> Step:
     with archive.db.write() as session:
-        step = worklist.set_status(step_id, change.status, principal, session=session)
-    event(log, "worklist.status", id=step_id, status=step.status, actor=principal.sub)
+        step = worklist.set_status(step_id, change.status, ctx, session=session)
+    event(log, "worklist.status", id=step_id, status=step.status, actor=ctx.principal.sub)
     return step
 
 
 @router.delete("/{step_id}", status_code=204, summary="Remove a step from the worklist", responses=_ONE)
-def delete(step_id: int, archive: ArchiveDep, principal: PrincipalDep) -> Response:
+def delete(step_id: int, archive: ArchiveDep, ctx: ApiContext) -> Response:
     with archive.db.write() as session:
-        worklist.delete_step(step_id, principal, session=session)
-    event(log, "worklist.deleted", id=step_id, actor=principal.sub)
+        worklist.delete_step(step_id, ctx, session=session)
+    event(log, "worklist.deleted", id=step_id, actor=ctx.principal.sub)
     return Response(status_code=204)

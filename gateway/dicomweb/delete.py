@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from gateway.deps import ArchiveDep, PrincipalDep
+from gateway.deps import ArchiveDep, DicomwebContext
 from storage.ingest import delete as deleting
 
 router = APIRouter(tags=["DELETE (admin)"])
@@ -37,15 +37,15 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.delete("/studies/{study}", summary="Delete a study, its series and instances (admin)", responses=_RESPONSES)
-def delete_study(study: str, archive: ArchiveDep, principal: PrincipalDep) -> Deleted:
-    return _report(deleting.delete_study(study, principal, archive=archive), study)
+def delete_study(study: str, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
+    return _report(deleting.delete_study(study, ctx, archive=archive), study)
 
 
 @router.delete(
     "/studies/{study}/series/{series}", summary="Delete a series and its instances (admin)", responses=_RESPONSES
 )
-def delete_series(study: str, series: str, archive: ArchiveDep, principal: PrincipalDep) -> Deleted:
-    return _report(deleting.delete_series(study, series, principal, archive=archive), study, series)
+def delete_series(study: str, series: str, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
+    return _report(deleting.delete_series(study, series, ctx, archive=archive), study, series)
 
 
 def _report(r: deleting.DeleteResult, study: str, series: str | None = None) -> Deleted:

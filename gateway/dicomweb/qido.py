@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, dicomweb_root
+from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, dicomweb_root
 from gateway.dicomweb import multipart as mp
 from storage.dicom.uids import is_uid
 from storage.query.keys import IMAGE, SERIES, STUDY, attribute_tag, keyword
@@ -34,51 +34,49 @@ _PN_PARTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"
 
 
 @router.get("/studies", summary="Search for studies")
-def search_studies(request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep) -> Response:
-    return _search(request, archive, principal, settings, STUDY)
+def search_studies(request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep) -> Response:
+    return _search(request, archive, ctx, settings, STUDY)
 
 
 @router.get("/series", summary="Search for series")
-def search_all_series(
-    request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
-) -> Response:
-    return _search(request, archive, principal, settings, SERIES)
+def search_all_series(request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep) -> Response:
+    return _search(request, archive, ctx, settings, SERIES)
 
 
 @router.get("/studies/{study}/series", summary="Search for series of a study")
 def search_series(
-    study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _search(request, archive, principal, settings, SERIES, study)
+    return _search(request, archive, ctx, settings, SERIES, study)
 
 
 @router.get("/instances", summary="Search for instances")
 def search_all_instances(
-    request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _search(request, archive, principal, settings, IMAGE)
+    return _search(request, archive, ctx, settings, IMAGE)
 
 
 @router.get("/studies/{study}/instances", summary="Search for instances of a study")
 def search_study_instances(
-    study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _search(request, archive, principal, settings, IMAGE, study)
+    return _search(request, archive, ctx, settings, IMAGE, study)
 
 
 @router.get(
     "/studies/{study}/series/{series}/instances", summary="Search for instances of a series (application/dicom+json)"
 )
 def search_series_instances(
-    study: str, series: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _search(request, archive, principal, settings, IMAGE, study, series)
+    return _search(request, archive, ctx, settings, IMAGE, study, series)
 
 
 def _search(
     request: Request,
     archive: ArchiveDep,
-    principal: PrincipalDep,
+    ctx: DicomwebContext,
     settings: SettingsDep,
     level: str,
     study: str | None = None,
@@ -92,7 +90,7 @@ def _search(
     query, limit, offset, warnings = parse_params(params, level, study, series)
     base = dicomweb_root(request, settings)
     with archive.db.read(per_statement=True) as session:
-        result = search(query, principal, session=session, limit=limit, offset=offset, base_url=base)
+        result = search(query, ctx, session=session, limit=limit, offset=offset, base_url=base)
     response = _xml_response(result.matches) if xml else _json_response(result.to_json())
     for text in warnings + _warnings(result):
         response.headers.append("Warning", f'299 {urlsplit(base).netloc}: "{text}"')

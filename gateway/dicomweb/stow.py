@@ -22,15 +22,15 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
-from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, dicomweb_root
+from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, dicomweb_root
 from gateway.dicomweb.multipart_reader import MultipartError, Part, parse_content_type, read_parts, request_chunks
 from storage import metrics
-from storage.access.principal import Principal
+from storage.access.context import Context
 from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.dicom.uids import is_uid
 from storage.errors import NotDicom, RejectedInput, StorageError, Truncated
-from storage.ingest.pipeline import IngestResult, Origin, Outcome, ingest
+from storage.ingest.pipeline import IngestResult, Outcome, ingest
 from storage.logs import event
 from storage.settings import Settings
 
@@ -69,29 +69,28 @@ _ROUTE: dict[str, Any] = {"response_class": DicomJSONResponse, "responses": _RES
 
 
 @router.post("/studies", summary="Store instances (STOW-RS)", **_ROUTE)
-def store_instances(request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep) -> Any:
-    return _store(request, None, archive, principal, settings)
+def store_instances(request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep) -> Any:
+    return _store(request, None, archive, ctx, settings)
 
 
 @router.post("/studies/{study}", summary="Store instances of one study (STOW-RS)", **_ROUTE)
 def store_study_instances(
-    study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Any:
     if not is_uid(study):
         raise HTTPException(400, f"{study[:80]!r} is not a valid Study Instance UID")
-    return _store(request, study, archive, principal, settings)
+    return _store(request, study, archive, ctx, settings)
 
 
-def _store(request: Request, study: str | None, archive: Archive, principal: Principal, settings: Settings) -> Any:
+def _store(request: Request, study: str | None, archive: Archive, ctx: Context, settings: Settings) -> Any:
     started = time.perf_counter()
     _check_accept(request.headers.get("accept", ""))
     boundary = _boundary(request.headers.get("content-type", ""))
-    origin = Origin.stow(principal.sub, principal.address)
     response = StoreResponse(dicomweb_root(request, settings), study)
     try:
         for part in read_parts(request_chunks(request), boundary):
             try:
-                response.stored(_store_part(part, study, origin, principal, archive))
+                response.stored(_store_part(part, study, ctx, archive))
             except StorageError as exc:
                 response.failed(exc, _identify(_source(part)))
     except MultipartError as exc:
@@ -100,14 +99,14 @@ def _store(request: Request, study: str | None, archive: Archive, principal: Pri
         response.failed(NotDicom(f"the rest of the body cannot be read: {exc}"), (None, None, None))
     if not response.parts:
         raise HTTPException(400, "the multipart body holds no part")
-    event(log, "stow.done", sub=principal.sub, org=principal.org, **response.counts(), duration_ms=_ms(started))
+    event(log, "stow.done", sub=ctx.principal.sub, org=ctx.principal.org, **response.counts(), duration_ms=_ms(started))
     answer = DicomJSONResponse(response.dataset(), status_code=response.http_status)
     for warning in response.warnings():
         answer.headers.append("Warning", warning)
     return answer
 
 
-def _store_part(part: Part, study: str | None, origin: Origin, principal: Principal, archive: Archive) -> IngestResult:
+def _store_part(part: Part, study: str | None, ctx: Context, archive: Archive) -> IngestResult:
     source = _source(part)
     try:
         if not part.complete:
@@ -125,7 +124,7 @@ def _store_part(part: Part, study: str | None, origin: Origin, principal: Princi
             detail=exc.detail,
         )
         raise
-    return ingest(source, origin, principal, archive=archive, expect_study=study)
+    return ingest(source, ctx, archive=archive, expect_study=study)
 
 
 def _source(part: Part) -> Source:

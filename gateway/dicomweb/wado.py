@@ -17,10 +17,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from gateway.deps import ArchiveDep, PrincipalDep, SettingsDep, public_root
+from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, public_root
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
-from storage.access.principal import Principal
+from storage.access.context import Context
 from storage.archive import Archive
 from storage.dicom import pixels
 from storage.errors import CannotTranscode
@@ -46,10 +46,10 @@ def _base(request: Request, public_url: str) -> str:
 
 
 def resolve(
-    archive: Archive, principal: Principal, study: str, series: str | None = None, sop: str | None = None, **kw: bool
+    archive: Archive, ctx: Context, study: str, series: str | None = None, sop: str | None = None, **kw: bool
 ) -> list[StoredInstance]:
     with archive.db.read() as session:
-        return retrieve.instances(session, principal, study, series, sop, **kw)
+        return retrieve.instances(session, ctx, study, series, sop, **kw)
 
 
 # ----- instances ----------------------------------------------------------------------------
@@ -57,16 +57,16 @@ def resolve(
 
 @router.get(STUDY, summary="Retrieve a study (multipart/related; type=application/dicom)")
 def retrieve_study(
-    study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _retrieve(request, archive, principal, settings.public_url, study)
+    return _retrieve(request, archive, ctx, settings.public_url, study)
 
 
 @router.get(SERIES, summary="Retrieve a series")
 def retrieve_series(
-    study: str, series: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _retrieve(request, archive, principal, settings.public_url, study, series)
+    return _retrieve(request, archive, ctx, settings.public_url, study, series)
 
 
 @router.get(INSTANCE, summary="Retrieve an instance (multipart, or application/dicom with Range support)")
@@ -76,23 +76,23 @@ def retrieve_instance(
     sop: str,
     request: Request,
     archive: ArchiveDep,
-    principal: PrincipalDep,
+    ctx: DicomwebContext,
     settings: SettingsDep,
 ) -> Response:
-    return _retrieve(request, archive, principal, settings.public_url, study, series, sop)
+    return _retrieve(request, archive, ctx, settings.public_url, study, series, sop)
 
 
 def _retrieve(
     request: Request,
     archive: Archive,
-    principal: Principal,
+    ctx: Context,
     public_url: str,
     study: str,
     series: str | None = None,
     sop: str | None = None,
 ) -> Response:
     choice = mp.negotiate_dicom(request.headers.get("accept"), single_part=sop is not None)
-    deliveries = [_plan(inst, choice.syntaxes) for inst in resolve(archive, principal, study, series, sop)]
+    deliveries = [_plan(inst, choice.syntaxes) for inst in resolve(archive, ctx, study, series, sop)]
     if not choice.multipart:
         return dicom_file(archive, deliveries[0], request.headers.get("range"))
     ready: dict[str, bytes] = {}
@@ -175,16 +175,16 @@ def dicom_file(archive: Archive, d: Delivery, range_header: str | None, *, uri_s
 
 @router.get(STUDY + "/metadata", summary="Study metadata (application/dicom+json)")
 def study_metadata(
-    study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _metadata(request, archive, principal, settings.public_url, study)
+    return _metadata(request, archive, ctx, settings.public_url, study)
 
 
 @router.get(SERIES + "/metadata", summary="Series metadata")
 def series_metadata(
-    study: str, series: str, request: Request, archive: ArchiveDep, principal: PrincipalDep, settings: SettingsDep
+    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
-    return _metadata(request, archive, principal, settings.public_url, study, series)
+    return _metadata(request, archive, ctx, settings.public_url, study, series)
 
 
 @router.get(INSTANCE + "/metadata", summary="Instance metadata")
@@ -194,16 +194,16 @@ def instance_metadata(
     sop: str,
     request: Request,
     archive: ArchiveDep,
-    principal: PrincipalDep,
+    ctx: DicomwebContext,
     settings: SettingsDep,
 ) -> Response:
-    return _metadata(request, archive, principal, settings.public_url, study, series, sop)
+    return _metadata(request, archive, ctx, settings.public_url, study, series, sop)
 
 
 def _metadata(
     request: Request,
     archive: Archive,
-    principal: Principal,
+    ctx: Context,
     public_url: str,
     study: str,
     series: str | None = None,
@@ -212,7 +212,7 @@ def _metadata(
     if not any(r.matches(t) for r in mp.parse_accept(request.headers.get("accept")) for t in _JSON_TYPES):
         raise mp.not_acceptable(f"metadata is served as {DICOM_JSON}")
     with archive.db.read() as session:
-        rows = retrieve.metadata(session, principal, study, series, sop)
+        rows = retrieve.metadata(session, ctx, study, series, sop)
     prefix = f'"BulkDataURI":"{_base(request, public_url)}/studies/{study}/series/'
     out = []
     for series_uid, sop_uid, doc in rows:
@@ -227,14 +227,14 @@ def _metadata(
 
 @router.get(INSTANCE + "/bulk/{path:path}", summary="Bulk data of an element (multipart octet-stream)")
 def bulk_data(
-    study: str, series: str, sop: str, path: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
+    study: str, series: str, sop: str, path: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
 ) -> Response:
     try:
         tags = pixels.parse_bulk_path(path)
     except ValueError as exc:
         raise HTTPException(400, detail=str(exc)) from None
     choice = mp.negotiate_bulk(request.headers.get("accept"))
-    inst = resolve(archive, principal, study, series, sop, with_json=True)[0]
+    inst = resolve(archive, ctx, study, series, sop, with_json=True)[0]
     layout = inst.layout
     if tags == [0x7FE00010] and layout is not None and layout.kind == "encapsulated":
         return _pixels(archive, inst, list(range(1, inst.frame_count + 1)), choice)
@@ -253,10 +253,10 @@ def bulk_data(
 
 @router.get(INSTANCE + "/frames/{frames}", summary="Frames (octet-stream, or compressed as stored)")
 def retrieve_frames(
-    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
+    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
 ) -> Response:
     numbers = _frame_numbers(frames)
-    inst = retrieve.instance(archive, principal, study, series, sop)
+    inst = retrieve.instance(archive, ctx, study, series, sop)
     _check_frames(inst, numbers)
     return _pixels(archive, inst, numbers, mp.negotiate_bulk(request.headers.get("accept")))
 
@@ -314,7 +314,7 @@ def _parts(bodies: list[bytes], part_type: str, inner: str, multipart: bool) -> 
 def _rendered(
     request: Request,
     archive: Archive,
-    principal: Principal,
+    ctx: Context,
     study: str,
     series: str | None = None,
     sop: str | None = None,
@@ -340,9 +340,9 @@ def _rendered(
     if len(numbers) > 1:
         raise HTTPException(400, detail="a rendered frame request names one frame")
     if series is not None and sop is not None:
-        found = [retrieve.instance(archive, principal, study, series, sop)]
+        found = [retrieve.instance(archive, ctx, study, series, sop)]
     else:
-        found = resolve(archive, principal, study, series)
+        found = resolve(archive, ctx, study, series)
     images = [i for i in found if i.frame_count]
     if not images:
         raise mp.not_acceptable("nothing here has pixel data to render as an image")
@@ -350,7 +350,7 @@ def _rendered(
         images = [i for i in images if i.series_uid == images[0].series_uid]
     inst = images[len(images) // 2]
     if inst.dicom_json is None:  # the representative image: its attributes let it render from its frame
-        inst = retrieve.instance(archive, principal, inst.study_uid, inst.series_uid, inst.sop_uid)
+        inst = retrieve.instance(archive, ctx, inst.study_uid, inst.series_uid, inst.sop_uid)
     return Response(rendered_image(archive, inst, numbers[0], params), media_type=media_type)
 
 
@@ -377,20 +377,18 @@ def rendered_image(archive: Archive, inst: StoredInstance, frame: int, params: r
 
 def _add_rendered_routes(suffix: str, *, thumbnail: bool) -> None:
     @router.get(STUDY + suffix, summary=f"Study {suffix[1:]}")
-    def study_image(study: str, request: Request, archive: ArchiveDep, principal: PrincipalDep) -> Response:
-        return _rendered(request, archive, principal, study, thumbnail=thumbnail)
+    def study_image(study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext) -> Response:
+        return _rendered(request, archive, ctx, study, thumbnail=thumbnail)
 
     @router.get(SERIES + suffix, summary=f"Series {suffix[1:]}")
-    def series_image(
-        study: str, series: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
-    ) -> Response:
-        return _rendered(request, archive, principal, study, series, thumbnail=thumbnail)
+    def series_image(study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext) -> Response:
+        return _rendered(request, archive, ctx, study, series, thumbnail=thumbnail)
 
     @router.get(INSTANCE + suffix, summary=f"Instance {suffix[1:]}")
     def instance_image(
-        study: str, series: str, sop: str, request: Request, archive: ArchiveDep, principal: PrincipalDep
+        study: str, series: str, sop: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
     ) -> Response:
-        return _rendered(request, archive, principal, study, series, sop, thumbnail=thumbnail)
+        return _rendered(request, archive, ctx, study, series, sop, thumbnail=thumbnail)
 
     @router.get(INSTANCE + "/frames/{frames}" + suffix, summary=f"Frame {suffix[1:]}")
     def frame_image(
@@ -400,9 +398,9 @@ def _add_rendered_routes(suffix: str, *, thumbnail: bool) -> None:
         frames: str,
         request: Request,
         archive: ArchiveDep,
-        principal: PrincipalDep,
+        ctx: DicomwebContext,
     ) -> Response:
-        return _rendered(request, archive, principal, study, series, sop, frames, thumbnail=thumbnail)
+        return _rendered(request, archive, ctx, study, series, sop, frames, thumbnail=thumbnail)
 
 
 _add_rendered_routes("/rendered", thumbnail=False)

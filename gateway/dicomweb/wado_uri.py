@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydicom.uid import ExplicitVRLittleEndian
 from starlette.datastructures import QueryParams
 
-from gateway.deps import ArchiveDep, PrincipalDep
+from gateway.deps import ArchiveDep, WadoUriContext
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from gateway.dicomweb.wado import dicom_file, rendered_image, resolve
@@ -33,7 +33,7 @@ MAX_SIDE = 1 << 16
 
 
 @router.get("/wado", summary="WADO-URI: one object as application/dicom or a rendered image")
-def wado(request: Request, archive: ArchiveDep, principal: PrincipalDep) -> Response:
+def wado(request: Request, archive: ArchiveDep, ctx: WadoUriContext) -> Response:
     q = request.query_params
     if q.get("requestType") != "WADO":
         raise HTTPException(400, detail="requestType=WADO is required")
@@ -42,7 +42,7 @@ def wado(request: Request, archive: ArchiveDep, principal: PrincipalDep) -> Resp
         raise HTTPException(400, detail=f"missing required parameter(s): {', '.join(missing)}")
     if q.get("anonymize", "").lower() == "yes":
         raise HTTPException(400, detail="anonymize=yes is not supported by this server")
-    inst = resolve(archive, principal, q["studyUID"], q["seriesUID"], q["objectUID"])[0]
+    inst = resolve(archive, ctx, q["studyUID"], q["seriesUID"], q["objectUID"])[0]
     media_type = _content_type(q, inst)
     if media_type == mp.DICOM:
         return _dicom(request, archive, inst)

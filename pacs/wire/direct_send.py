@@ -30,7 +30,6 @@ import os
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +51,6 @@ WRITE_SIZE = 1 << 20
 MAX_BUFFERS = 512
 
 
-_INSTALLED: weakref.WeakKeyDictionary[Association, DirectSend] = weakref.WeakKeyDictionary()
-
-
-def installed(assoc: Association) -> DirectSend | None:
-    """The association's direct sender, if `install` gave it one."""
-    return _INSTALLED.get(assoc)
-
-
 def install(assoc: Association) -> DirectSend | None:
     """Send `assoc`'s DIMSE messages directly from now on; None (pynetdicom's path kept) for TLS."""
     sock = assoc.dul.socket
@@ -67,7 +58,6 @@ def install(assoc: Association) -> DirectSend | None:
     if raw is None or isinstance(raw, ssl.SSLSocket):
         return None
     direct = DirectSend(assoc, raw)
-    _INSTALLED[assoc] = direct
     setattr(assoc.dimse, "send_msg", direct.send_msg)  # noqa: B010 - this association only
     dul_send = assoc.dul._send
 

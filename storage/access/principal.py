@@ -1,68 +1,55 @@
-"""Who is asking: the principal every query, retrieve and write is checked against.
+"""Who is asking: a token's subject or a DICOM node, with its organization and roles.
 
-Only `gateway/auth.py` (bearer token) and `pacs/policy.py` (calling AE title) create a
-Principal. Until organization filtering lands ([4/7]), `visible_to` lets every
-authenticated principal see every study; keeping the rule here means that work fills in
-one function instead of touching every route and DIMSE handler.
+Only `gateway/auth.py` (a bearer token) and `pacs/policy.py` (a calling AE title) make a
+Principal from what a peer presented; the console makes one for itself (`Principal.system`).
+What a principal may do is decided by `storage.access.policy`, never by the edges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from sqlalchemy import ColumnElement, true
 
-from storage.errors import NotAuthorized
+class Role(StrEnum):
+    """The roles of DESIGN.md "HTTP surface", and the one a DICOM node has."""
 
-ROLES = ("clinician", "integrator", "admin", "modality")
+    CLINICIAN = "clinician"
+    INTEGRATOR = "integrator"
+    ADMIN = "admin"
+    #: a calling AE title: the archive's modalities and workstations, never a token holder
+    MODALITY = "modality"
+
+
+#: the roles a bearer token may carry (`pacs token --role`, an identity provider's `roles` claim)
+TOKEN_ROLES = frozenset({Role.CLINICIAN, Role.INTEGRATOR, Role.ADMIN})
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller: a token's subject or a DICOM node.
+    """An authenticated caller: a token's subject or a DICOM node's AE title.
 
-    `org` is None for an unregistered DICOM node: its studies are held unassigned.
-    `via` is the channel (`dimse`, `http`, `cli`), and `address` the peer for the audit trail.
+    `org` is None for an unregistered DICOM node, whose studies are held unassigned, and for
+    the console's own principal.
     """
 
     sub: str
     org: str | None
-    roles: frozenset[str] = field(default_factory=frozenset)
-    via: str = "http"
-    address: str = ""
+    roles: frozenset[Role] = field(default_factory=frozenset)
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.roles
+        return Role.ADMIN in self.roles
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
 
     @classmethod
-    def system(cls, sub: str = "system") -> Principal:
-        """The operator at the console (`pacs import`, start-up recovery)."""
-        return cls(sub=sub, org=None, roles=frozenset({"admin"}), via="cli")
+    def system(cls, sub: str = "system", org: str | None = None) -> Principal:
+        """The operator at the console (`pacs import`, `pacs org claim`, start-up recovery)."""
+        return cls(sub=sub, org=org, roles=frozenset({Role.ADMIN}))
 
     @classmethod
-    def dicom_node(cls, ae_title: str, org: str | None, address: str = "") -> Principal:
+    def dicom_node(cls, ae_title: str, org: str | None) -> Principal:
         """A calling AE: its organization's when registered (`org`), else unassigned."""
-        return cls(sub=ae_title, org=org, roles=frozenset({"modality"}), via="dimse", address=address)
-
-
-def visible_to(principal: Principal) -> ColumnElement[bool]:
-    """The SQL filter on studies that `principal` may see (all, until [4/7])."""
-    del principal
-    return true()
-
-
-def may_read(principal: Principal) -> bool:
-    """Whether `principal` may query or retrieve at all (before any study filter).
-
-    DESIGN.md "DICOM surface": an unregistered calling AE (a DICOM principal without an
-    organization) may C-ECHO and C-STORE only; every token holder and every registered AE
-    may read within what `visible_to` lets it see.
-    """
-    return principal.is_admin or principal.org is not None or principal.via != "dimse"
-
-
-def require_read(principal: Principal, action: str) -> None:
-    """Raise `NotAuthorized` (DIMSE 0x0124 Refused: Not Authorized; HTTP 403) unless `may_read`."""
-    if not may_read(principal):
-        raise NotAuthorized(f"{action} refused: calling AE {principal.sub} is not registered to an organization")
+        return cls(sub=ae_title, org=org, roles=frozenset({Role.MODALITY}))

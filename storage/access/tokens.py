@@ -17,12 +17,11 @@ from pathlib import Path
 
 import jwt
 
-from storage.access.principal import Principal
+from storage.access.principal import TOKEN_ROLES, Principal, Role
 from storage.settings import Settings
 
 ISSUER = "pacs-local"
 ALGORITHM = "HS256"
-ROLES = frozenset({"clinician", "integrator", "admin"})
 _TTL = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -35,11 +34,11 @@ class TokenError(ValueError):
 class Claims:
     sub: str
     org: str | None
-    roles: frozenset[str]
+    roles: frozenset[Role]
     exp: int
 
-    def principal(self, address: str = "") -> Principal:
-        return Principal(sub=self.sub, org=self.org, roles=self.roles, via="http", address=address)
+    def principal(self) -> Principal:
+        return Principal(sub=self.sub, org=self.org, roles=self.roles)
 
 
 def parse_ttl(text: str) -> int:
@@ -81,9 +80,9 @@ def signing_key(settings: Settings) -> str:
 
 
 def issue(settings: Settings, *, sub: str, org: str | None, roles: list[str], ttl_seconds: int) -> str:
-    unknown = set(roles) - ROLES
+    unknown = set(roles) - TOKEN_ROLES
     if unknown or not roles:
-        raise ValueError(f"roles must be among {', '.join(sorted(ROLES))}")
+        raise ValueError(f"roles must be among {', '.join(sorted(TOKEN_ROLES))}")
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": sub, "org": org, "roles": sorted(set(roles)), "iat": now, "exp": now + ttl_seconds}
     return jwt.encode(claims, signing_key(settings), algorithm=ALGORITHM)
@@ -115,4 +114,5 @@ def claims_from(data: dict[str, object]) -> Claims:
     org = data.get("org")
     if org is not None and not isinstance(org, str):
         raise TokenError("the token's org claim is not a string")
-    return Claims(sub=str(data["sub"]), org=org, roles=frozenset(roles) & ROLES, exp=int(str(data["exp"])))
+    known = frozenset(Role(r) for r in roles if r in TOKEN_ROLES)
+    return Claims(sub=str(data["sub"]), org=org, roles=known, exp=int(str(data["exp"])))

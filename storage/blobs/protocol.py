@@ -1,8 +1,9 @@
 """The blob store: where the bytes of every instance live, as received.
 
-A small interface with two implementations (`blob_fs`, `blob_s3`) chosen by the scheme of
-`PACS_STORAGE_URL`. Keys are made by the server (`object_key`), never from UIDs or file
-names, so a sender cannot steer where data lands and two objects never collide.
+A small interface with two implementations (`storage.blobs.fs`, `storage.blobs.s3`), chosen
+by the scheme of `PACS_STORAGE_URL` (`storage.blobs.from_settings`). Keys are made by the
+server (`object_key`), never from UIDs or file names, so a sender cannot steer where data
+lands and two objects never collide.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import parse_qs, unquote, urlparse
-
-from storage.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +70,3 @@ def object_key(u: uuid.UUID) -> str:
     """Fan the key out over two directory levels so no folder grows past ~65k entries."""
     h = u.hex
     return f"{h[0:2]}/{h[2:4]}/{h}.dcm"
-
-
-def from_settings(settings: Settings) -> BlobStore:
-    """Build the blob store that `PACS_STORAGE_URL` names (`file://PATH` or `s3://BUCKET?...`)."""
-    url = urlparse(settings.storage_url)
-    if url.scheme == "file":
-        from storage.blobs.fs import FileBlobStore
-
-        return FileBlobStore(Path(unquote(url.netloc + url.path)))
-    if url.scheme == "s3":
-        from storage.blobs.s3 import S3BlobStore
-
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        return S3BlobStore(
-            bucket=url.netloc,
-            prefix=url.path.strip("/"),
-            endpoint=query.get("endpoint", "https://s3.amazonaws.com"),
-            region=query.get("region") or None,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key.get_secret_value(),
-        )
-    raise ValueError(f"unsupported storage URL scheme {url.scheme!r}")

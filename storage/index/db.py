@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.adapt import Buffer, Loader
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from storage.index.models import Base
 
 WRITE_OPTION = "pacs_write"
 #: execution option: `text` columns come back as their UTF-8 bytes on PostgreSQL (a UTF-8
@@ -146,3 +150,19 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self.light_engine.dispose()
+
+
+def insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING, then the id of whichever row holds `key`.
+
+    Two associations storing the first instances of one study race here; the conflict clause
+    lets both proceed without an error and both end up on the same row.
+    """
+    ins = pg_insert(model) if conn.dialect.name == "postgresql" else sqlite_insert(model)
+    table = model.__table__
+    new_id = conn.scalar(
+        ins.values(**key, **values).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
+    )
+    if new_id is not None:
+        return int(new_id)
+    return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one())

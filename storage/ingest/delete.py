@@ -23,9 +23,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import require_admin, visible_to
 from storage.archive import Archive
-from storage.errors import NotAuthorized, NotFound
+from storage.errors import NotFound
 from storage.index.models import Instance, PendingBlob, Series, Study, utcnow
 from storage.logs import event
 
@@ -46,30 +47,30 @@ class DeleteResult:
     blobs_failed: int
 
 
-def delete_study(study_uid: str, principal: Principal, *, archive: Archive) -> DeleteResult:
+def delete_study(study_uid: str, ctx: Context, *, archive: Archive) -> DeleteResult:
     """Remove a study: its instances, series and study rows, then their blobs.
 
     Raises
     ------
     NotAuthorized
-        `principal` is not an admin.
+        `ctx` is not an admin.
     NotFound
-        No such study among those `principal` may see.
+        No such study among those `ctx` may see.
     """
-    _check_admin(principal)
+    require_admin(ctx, "deleting a study")
     started = time.perf_counter()
     with archive.db.write_conn() as conn:
-        study_id = _lock_study(conn, study_uid, principal)
+        study_id = _lock_study(conn, study_uid, ctx)
         n_series = int(conn.scalar(select(func.count(Series.id)).where(Series.study_id == study_id)) or 0)
         keys = _remove_instances(conn, Instance.study_id == study_id, archive.owner)
         conn.execute(delete(Series).where(Series.study_id == study_id))
         conn.execute(delete(Study).where(Study.id == study_id))
     result = _delete_blobs(archive, keys, studies=1, series=n_series)
-    _log("delete.study", principal, result, started, study_instance_uid=study_uid)
+    _log("delete.study", ctx, result, started, study_instance_uid=study_uid)
     return result
 
 
-def delete_series(study_uid: str, series_uid: str, principal: Principal, *, archive: Archive) -> DeleteResult:
+def delete_series(study_uid: str, series_uid: str, ctx: Context, *, archive: Archive) -> DeleteResult:
     """Remove one series of a study, then update the study's aggregates.
 
     PS3.18 defines no delete; this is the archive-management operation Google Healthcare and
@@ -78,14 +79,14 @@ def delete_series(study_uid: str, series_uid: str, principal: Principal, *, arch
     Raises
     ------
     NotAuthorized
-        `principal` is not an admin.
+        `ctx` is not an admin.
     NotFound
-        No such series in that study among those `principal` may see.
+        No such series in that study among those `ctx` may see.
     """
-    _check_admin(principal)
+    require_admin(ctx, "deleting a series")
     started = time.perf_counter()
     with archive.db.write_conn() as conn:
-        study_id = _lock_study(conn, study_uid, principal)
+        study_id = _lock_study(conn, study_uid, ctx)
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == series_uid, Series.study_id == study_id))
         if series_id is None:
             raise NotFound(f"series {series_uid} not found in study {study_uid}")
@@ -93,25 +94,18 @@ def delete_series(study_uid: str, series_uid: str, principal: Principal, *, arch
         conn.execute(delete(Series).where(Series.id == series_id))
         studies = _refresh_study(conn, study_id)
     result = _delete_blobs(archive, keys, studies=studies, series=1)
-    _log("delete.series", principal, result, started, study_instance_uid=study_uid, series_instance_uid=series_uid)
+    _log("delete.series", ctx, result, started, study_instance_uid=study_uid, series_instance_uid=series_uid)
     return result
 
 
-def _check_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise NotAuthorized("deleting studies and series needs the admin role")
-
-
-def _lock_study(conn: Connection, study_uid: str, principal: Principal) -> int:
+def _lock_study(conn: Connection, study_uid: str, ctx: Context) -> int:
     """The study's id, its row locked (PostgreSQL) until commit.
 
     The lock makes a concurrent ingest into the study wait (its instance insert takes a key
     share lock on the study row) and then fail on the foreign key, instead of committing an
     instance this transaction does not see. SQLite serializes writers already.
     """
-    study_id = conn.scalar(
-        select(Study.id).where(Study.study_uid == study_uid, visible_to(principal)).with_for_update()
-    )
+    study_id = conn.scalar(select(Study.id).where(Study.study_uid == study_uid, visible_to(ctx)).with_for_update())
     if study_id is None:
         raise NotFound(f"study {study_uid} not found")
     return int(study_id)
@@ -179,8 +173,8 @@ def _delete_blobs(archive: Archive, keys: Sequence[str], *, studies: int, series
     return DeleteResult(studies, series, len(keys), len(deleted), len(keys) - len(deleted))
 
 
-def _log(name: str, principal: Principal, result: DeleteResult, started: float, **uids: str) -> None:
-    fields: dict[str, Any] = {"sub": principal.sub, "org": principal.org, **uids}
+def _log(name: str, ctx: Context, result: DeleteResult, started: float, **uids: str) -> None:
+    fields: dict[str, Any] = {"sub": ctx.principal.sub, "org": ctx.principal.org, **uids}
     fields.update(
         series=result.series,
         instances=result.instances,

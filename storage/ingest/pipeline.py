@@ -16,48 +16,23 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from storage import metrics
-from storage.access.principal import Principal
+from storage.access.context import Channel, Context
 from storage.archive import Archive
 from storage.blobs.protocol import BlobInfo, new_key
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
 from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError, StudyMismatch
-from storage.index.models import Base, Instance, PatientIdentity, PendingBlob, Series, Study, utcnow
+from storage.index.db import insert_or_get
+from storage.index.models import Instance, PendingBlob, Series, Study, utcnow
 from storage.logs import event
+from storage.patients import identities
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where an object came from; for the log, the metrics and the study's source."""
-
-    via: str
-    calling_ae: str = ""
-    called_ae: str = ""
-    address: str = ""
-    sub: str = ""
-    path: str = ""
-
-    @classmethod
-    def dimse(cls, calling_ae: str, called_ae: str, address: str) -> Origin:
-        return cls(via="dimse", calling_ae=calling_ae, called_ae=called_ae, address=address)
-
-    @classmethod
-    def stow(cls, sub: str, address: str) -> Origin:
-        return cls(via="stow", sub=sub, address=address)
-
-    @classmethod
-    def cli(cls, path: str) -> Origin:
-        return cls(via="cli", path=path)
 
 
 class Outcome(Enum):
@@ -75,12 +50,12 @@ class IngestResult:
     size: int
 
 
-def ingest(
-    source: Source, origin: Origin, principal: Principal, *, archive: Archive, expect_study: str | None = None
-) -> IngestResult:
-    """Store one Part-10 object; return only once it is durable and indexed.
+def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str | None = None) -> IngestResult:
+    """Store one Part-10 object for `ctx`; return only once it is durable and indexed.
 
-    `expect_study` refuses an instance of another study (STOW-RS to /studies/{study}).
+    The study is filed under the caller's organization (none for an unregistered AE: held
+    unassigned, for admins); its patient ID in the namespace `storage.patients.identities`
+    gives it. `expect_study` refuses an instance of another study (STOW-RS to /studies/{study}).
 
     Raises
     ------
@@ -97,33 +72,33 @@ def ingest(
         if expect_study is not None and parsed.study_uid != expect_study:
             raise StudyMismatch(f"StudyInstanceUID {parsed.study_uid} is not the study {expect_study} of the request")
     except RejectedInput as exc:
-        _rejected(origin, exc, source.describe())
+        _rejected(ctx, exc, source.describe())
         raise
     key = new_key()
     pending_id = _reserve(archive, parsed.sop_uid, key)
     if pending_id is None:
-        return _already_present(origin, parsed, source.size)
+        return _already_present(ctx, parsed, source.size)
     try:
         blob = _write_blob(archive, key, source)
         with archive.db.write_conn() as conn:
-            _commit(conn, parsed, blob, origin, principal, pending_id)
+            _commit(conn, parsed, blob, ctx, pending_id)
     except IntegrityError as exc:
         _cleanup(archive, key, pending_id)
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
-            return _already_present(origin, parsed, source.size)
+            return _already_present(ctx, parsed, source.size)
         raise OutOfResources(f"index rejected the instance: {exc.orig}") from exc
     except RejectedInput as exc:
         _cleanup(archive, key, pending_id)
-        _rejected(origin, exc, source.describe())
+        _rejected(ctx, exc, source.describe())
         raise
     except Exception as exc:
         _cleanup(archive, key, pending_id)
-        metrics.INSTANCES_REJECTED.labels(origin.via, OutOfResources.reason).inc()
+        metrics.INSTANCES_REJECTED.labels(_via(ctx), OutOfResources.reason).inc()
         event(
             log,
             "ingest.failed",
             level=logging.ERROR,
-            via=origin.via,
+            via=_via(ctx),
             sop_instance_uid=parsed.sop_uid,
             error=f"{type(exc).__name__}: {exc}",
         )
@@ -132,16 +107,16 @@ def ingest(
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
 
     elapsed = time.perf_counter() - started
-    metrics.INSTANCES_STORED.labels(origin.via).inc()
-    metrics.BYTES_STORED.labels(origin.via).inc(blob.size)
-    metrics.INGEST_SECONDS.labels(origin.via).observe(elapsed)
+    metrics.INSTANCES_STORED.labels(_via(ctx)).inc()
+    metrics.BYTES_STORED.labels(_via(ctx)).inc(blob.size)
+    metrics.INGEST_SECONDS.labels(_via(ctx)).observe(elapsed)
     event(
         log,
         "ingest.stored",
         level=logging.DEBUG,
-        via=origin.via,
-        calling_ae=origin.calling_ae,
-        org=principal.org,
+        via=_via(ctx),
+        actor=ctx.principal.sub,
+        org=ctx.principal.org,
         sop_instance_uid=parsed.sop_uid,
         bytes=blob.size,
         duration_ms=round(elapsed * 1000, 2),
@@ -153,24 +128,29 @@ def _result(outcome: Outcome, parsed: ParsedInstance, size: int) -> IngestResult
     return IngestResult(outcome, parsed.sop_uid, parsed.sop_class_uid, parsed.study_uid, parsed.series_uid, size)
 
 
-def _rejected(origin: Origin, exc: StorageError, what: str) -> None:
-    metrics.INSTANCES_REJECTED.labels(origin.via, exc.reason).inc()
+def _via(ctx: Context) -> str:
+    """The entry point, as the metrics label it: `dimse`, `stow` (DICOMweb's one way in) or `cli`."""
+    return "stow" if ctx.channel is Channel.DICOMWEB else ctx.channel.value
+
+
+def _rejected(ctx: Context, exc: StorageError, what: str) -> None:
+    metrics.INSTANCES_REJECTED.labels(_via(ctx), exc.reason).inc()
     event(
         log,
         "ingest.rejected",
         level=logging.WARNING,
-        via=origin.via,
-        calling_ae=origin.calling_ae,
-        source=what if origin.via == "cli" else None,
+        via=_via(ctx),
+        actor=ctx.principal.sub,
+        source=what if ctx.channel is Channel.CLI else None,
         reason=exc.reason,
         status=f"0x{exc.status:04X}",
         detail=exc.detail,
     )
 
 
-def _already_present(origin: Origin, parsed: ParsedInstance, size: int) -> IngestResult:
-    metrics.INSTANCES_ALREADY_PRESENT.labels(origin.via).inc()
-    event(log, "ingest.already_present", via=origin.via, calling_ae=origin.calling_ae, sop_instance_uid=parsed.sop_uid)
+def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestResult:
+    metrics.INSTANCES_ALREADY_PRESENT.labels(_via(ctx)).inc()
+    event(log, "ingest.already_present", via=_via(ctx), actor=ctx.principal.sub, sop_instance_uid=parsed.sop_uid)
     return _result(Outcome.ALREADY_PRESENT, parsed, size)
 
 
@@ -228,9 +208,7 @@ def _cleanup(archive: Archive, key: str, pending_id: int) -> None:
         event(log, "ingest.cleanup_failed", level=logging.ERROR, object_key=key, error=repr(exc))
 
 
-def _commit(
-    conn: Connection, p: ParsedInstance, blob: BlobInfo, origin: Origin, principal: Principal, pending_id: int
-) -> None:
+def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, pending_id: int) -> None:
     """Index the instance, its series, study and patient, in the caller's one transaction."""
     now = utcnow()
     conn.execute(_UNRESERVE, {"pending_id": pending_id})
@@ -241,8 +219,12 @@ def _commit(
         if study_uid != p.study_uid:
             raise InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
     else:
-        identity_id = _upsert_identity(conn, p, origin, principal)
-        study_id = _upsert_study(conn, p, identity_id, origin, principal)
+        sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
+        key = identities.identity_key(
+            p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
+        )
+        identity_id = identities.upsert(conn, key, identities.Demographics(p.patient_name, p.birth_date, p.sex))
+        study_id = _upsert_study(conn, p, identity_id, ctx)
         series_id = _upsert_series(conn, p, study_id)
     conn.execute(
         _INSERT_INSTANCE,
@@ -261,7 +243,7 @@ def _commit(
             "pixel_layout": p.layout.to_json() if p.layout else None,
             "dicom_json": p.dicom_json,
             "attrs_json": p.instance_attrs_json,
-            "source_ae": origin.calling_ae[:16],
+            "source_ae": _source_ae(ctx),
             "created_at": now,
         },
     )
@@ -281,58 +263,20 @@ def _commit(
         )
 
 
-def _insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING, then the id of whichever row holds `key`.
-
-    Two associations storing the first instances of one study race here; the conflict clause
-    lets both proceed without an error and both end up on the same row.
-    """
-    ins = pg_insert(model) if conn.dialect.name == "postgresql" else sqlite_insert(model)
-    table = model.__table__
-    new_id = conn.scalar(
-        ins.values(**key, **values).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
-    )
-    if new_id is not None:
-        return int(new_id)
-    return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one())
+def _source_ae(ctx: Context) -> str:
+    """The calling AE title an object came from (empty for STOW-RS and imports)."""
+    return ctx.principal.sub[:16] if ctx.channel is Channel.DIMSE else ""
 
 
-def _identity_key(p: ParsedInstance, origin: Origin, principal: Principal) -> dict[str, str]:
-    """The namespace of the patient ID: the sender's issuer, else its organization, else its AE."""
-    if not p.patient_id:
-        return {"issuer_kind": "none", "issuer": p.study_uid, "patient_id": ""}
-    if p.issuer_of_patient_id:
-        return {"issuer_kind": "dicom", "issuer": p.issuer_of_patient_id[:128], "patient_id": p.patient_id[:64]}
-    if principal.org:
-        return {"issuer_kind": "org", "issuer": principal.org, "patient_id": p.patient_id[:64]}
-    sender = origin.calling_ae or origin.sub or origin.via
-    return {"issuer_kind": "ae", "issuer": sender, "patient_id": p.patient_id[:64]}
-
-
-def _upsert_identity(conn: Connection, p: ParsedInstance, origin: Origin, principal: Principal) -> int:
-    return _insert_or_get(
-        conn,
-        PatientIdentity,
-        _identity_key(p, origin, principal),
-        {
-            "patient_name": p.patient_name,
-            "patient_name_folded": fold(p.patient_name),
-            "birth_date": p.birth_date,
-            "sex": p.sex,
-            "created_at": utcnow(),
-        },
-    )
-
-
-def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, origin: Origin, principal: Principal) -> int:
-    return _insert_or_get(
+def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, ctx: Context) -> int:
+    return insert_or_get(
         conn,
         Study,
         {"study_uid": p.study_uid},
         {
             "identity_id": identity_id,
-            "org_id": principal.org,
-            "source_ae": origin.calling_ae[:16],
+            "org_id": ctx.principal.org,
+            "source_ae": _source_ae(ctx),
             "patient_id": p.patient_id[:64],
             "patient_name": p.patient_name,
             "patient_name_folded": fold(p.patient_name),
@@ -350,7 +294,7 @@ def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, origin:
 
 
 def _upsert_series(conn: Connection, p: ParsedInstance, study_id: int) -> int:
-    return _insert_or_get(
+    return insert_or_get(
         conn,
         Series,
         {"series_uid": p.series_uid},

@@ -17,21 +17,22 @@ import orjson
 from sqlalchemy import and_, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import visible_to
 from storage.errors import NotFound
 from storage.index.models import Instance, Series, Study
 from storage.query import answers
 
 
-def study_pk(session: Session, principal: Principal, study_uid: str) -> int:
-    """The key of a study `principal` may see.
+def study_pk(session: Session, ctx: Context, study_uid: str) -> int:
+    """The key of a study `ctx` may see.
 
     Raises
     ------
     NotFound
-        No such study, or `principal` may not see it.
+        No such study, or `ctx` may not see it.
     """
-    stmt = select(Study.id).where(Study.study_uid == study_uid, visible_to(principal))
+    stmt = select(Study.id).where(Study.study_uid == study_uid, visible_to(ctx))
     pk = session.connection().scalar(stmt)
     if pk is None:
         raise NotFound(f"no study {study_uid[:80]}")
@@ -44,9 +45,7 @@ def study_attrs(session: Session, study_pks: Iterable[int]) -> dict[int, dict[st
     return {pk: orjson.loads(text) for pk, text in rows}
 
 
-def patient_totals(
-    session: Session, principal: Principal, identity_ids: set[int]
-) -> dict[int, tuple[int, int, int, int]]:
+def patient_totals(session: Session, ctx: Context, identity_ids: set[int]) -> dict[int, tuple[int, int, int, int]]:
     """Per patient identity: visible studies, their series and instances, and the latest study's key."""
     if not identity_ids:
         return {}
@@ -58,14 +57,14 @@ def patient_totals(
             func.sum(Study.num_instances),
             func.max(Study.id),
         )
-        .where(Study.identity_id.in_(identity_ids), visible_to(principal))
+        .where(Study.identity_id.in_(identity_ids), visible_to(ctx))
         .group_by(Study.identity_id)
     )
     return {identity: (int(n), int(s or 0), int(i or 0), int(last)) for identity, n, s, i, last in rows}
 
 
 def computed(
-    session: Session, principal: Principal, rows: list[Any], wanted: frozenset[str]
+    session: Session, ctx: Context, rows: list[Any], wanted: frozenset[str]
 ) -> Callable[[Any], dict[str, Any]]:
     """SOPClassesInStudy and NumberOfPatientRelated* of a batch of rows, one query each if asked."""
     if not rows:
@@ -81,7 +80,7 @@ def computed(
             classes.setdefault(pk, []).append(sop_class)
     counts: dict[int, dict[str, Any]] = {}
     if wanted & answers.PATIENT_COUNTS:
-        totals = patient_totals(session, principal, {r.identity_id for r in rows})
+        totals = patient_totals(session, ctx, {r.identity_id for r in rows})
         counts = {identity: answers.patient_counts(*t[:3]) for identity, t in totals.items()}
 
     def of(row: Any) -> dict[str, Any]:
@@ -112,7 +111,7 @@ class Parents:
             found = session.connection().execute(select(Series.id, Series.attrs_json).where(Series.id.in_(series)))
             self._series.update({pk: orjson.loads(text) for pk, text in found})
 
-    def load_scope(self, session: Session, principal: Principal, study_uid: str) -> int:
+    def load_scope(self, session: Session, ctx: Context, study_uid: str) -> int:
         """The key of the study a search is scoped to; its attributes and all its series' too.
 
         One statement instead of three round trips (the study's key, then `load`'s two; four
@@ -123,9 +122,9 @@ class Parents:
         Raises
         ------
         NotFound
-            No such study, or `principal` may not see it.
+            No such study, or `ctx` may not see it.
         """
-        visible = and_(Study.study_uid == study_uid, visible_to(principal))
+        visible = and_(Study.study_uid == study_uid, visible_to(ctx))
         scope = union_all(
             select(literal(True), Study.id, Study.study_uid, Study.attrs_json).where(visible),
             select(literal(False), Series.id, Series.series_uid, Series.attrs_json)

@@ -3,7 +3,7 @@
 A `Query` says what to match and what to return, in DICOM terms (tags and values as sent),
 whoever asked: QIDO-RS builds it from URL parameters, C-FIND from its identifier. The search
 turns its keys into SQL on indexed columns (`storage.query.keys`), applies the caller's
-visibility (`storage.access.principal.visible_to`), orders the rows, and answers DICOM JSON
+visibility (`storage.access.policy.visible_to`), orders the rows, and answers DICOM JSON
 (PS3.18 F.2) built from what ingest kept (`storage.query.answers`). No blob is ever opened.
 
 QIDO-RS reads one page (`search`, at most `MAX_RESULTS`); C-FIND reads every match
@@ -27,7 +27,8 @@ import orjson
 from sqlalchemy import Result, exists, func, select, true
 from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import visible_to
 from storage.dicom.parse import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
 from storage.index.db import TEXT_AS_BYTES
 from storage.index.models import Instance, PatientIdentity, Series, Study
@@ -155,14 +156,14 @@ class _Shape:
 
 def search(
     query: Query,
-    principal: Principal,
+    ctx: Context,
     *,
     session: Session,
     limit: int | None = None,
     offset: int = 0,
     base_url: str = "",
 ) -> SearchResult:
-    """One page of matches at `query.level` that `principal` may see (PS3.18 10.6.1, PS3.4 C.6).
+    """One page of matches at `query.level` that `ctx` may see (PS3.18 10.6.1, PS3.4 C.6).
 
     - PATIENT: identities (issuer, patient ID) with at least one visible study, not merged
       (the patient index links them); NumberOfPatientRelated* count visible studies only;
@@ -179,9 +180,9 @@ def search(
     InvalidQuery
         A key's value cannot be matched (a malformed date range, an invalid UID...).
     NotFound
-        The study or series of the scope does not exist or `principal` may not see it.
+        The study or series of the scope does not exist or `ctx` may not see it.
     """
-    plan = _PLANNERS[query.level](query, principal, session, base_url)
+    plan = _PLANNERS[query.level](query, ctx, session, base_url)
     size = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
     if size < 0 or offset < 0:
         raise InvalidQuery("limit and offset must not be negative")
@@ -192,7 +193,7 @@ def search(
     return SearchResult(list(plan.build(session, rows[:size])), len(rows) > size, plan.ignored)
 
 
-def search_all(query: Query, principal: Principal, *, session: Session, batch: int = BATCH) -> Matches:
+def search_all(query: Query, ctx: Context, *, session: Session, batch: int = BATCH) -> Matches:
     """Every match at `query.level`, for C-FIND, which has no page size (PS3.4 C.4.1.3.1).
 
     The statement runs at once (so a database failure is raised here) and is fetched `batch`
@@ -204,7 +205,7 @@ def search_all(query: Query, principal: Principal, *, session: Session, batch: i
     InvalidQuery
         A key's value cannot be matched.
     """
-    plan = _PLANNERS[query.level](query, principal, session, "")
+    plan = _PLANNERS[query.level](query, ctx, session, "")
     # Core execution, as `search`; yield_per for this statement only (Connection.execution_options
     # would set it for the rest of the session's statements too); it also sets the partitions' size.
     result = session.connection().execute(plan.stmt, execution_options={"yield_per": batch})
@@ -241,10 +242,10 @@ def _record_type(names: tuple[str, ...]) -> Any:
 # ----- one plan per level ------------------------------------------------------------------
 
 
-def _patients(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+def _patients(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     del session, base_url
     conditions, ignored = filters(query.keys, PATIENT, fuzzy=query.fuzzy)
-    has_visible_study = exists().where(Study.identity_id == PatientIdentity.id, visible_to(principal))
+    has_visible_study = exists().where(Study.identity_id == PatientIdentity.id, visible_to(ctx))
     stmt = (
         select(
             PatientIdentity.id.label("identity_id"),
@@ -261,7 +262,7 @@ def _patients(query: Query, principal: Principal, session: Session, base_url: st
     shape = _Shape.of(query, answers.IDENTITY_TAGS)
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
-        totals = lookups.patient_totals(session, principal, {r.identity_id for r in rows})
+        totals = lookups.patient_totals(session, ctx, {r.identity_id for r in rows})
         # attributes beyond the identity's columns come from the patient's latest visible study
         latest = {identity: t[3] for identity, t in totals.items()}
         kept = lookups.study_attrs(session, latest.values()) if rows and shape.wanted - answers.IDENTITY_TAGS else {}
@@ -275,12 +276,12 @@ def _patients(query: Query, principal: Principal, session: Session, base_url: st
     return _Plan(stmt, build, ignored)
 
 
-def _studies(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     del session
     conditions, ignored = filters(query.keys, STUDY, fuzzy=query.fuzzy)
     stmt = (
         select(*splice.STUDY_COLUMNS)
-        .where(visible_to(principal), *conditions)
+        .where(visible_to(ctx), *conditions)
         .order_by(Study.study_date.desc(), Study.id.desc())
     )
     if query.study_uid is not None:
@@ -293,7 +294,7 @@ def _studies(query: Query, principal: Principal, session: Session, base_url: str
         )
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
-        computed = lookups.computed(session, principal, rows, shape.wanted)
+        computed = lookups.computed(session, ctx, rows, shape.wanted)
         for row in rows:
             attrs = orjson.loads(row.attrs_json)
             attrs.update(answers.study_computed(row))
@@ -304,7 +305,7 @@ def _studies(query: Query, principal: Principal, session: Session, base_url: str
     return _Plan(stmt, build, ignored)
 
 
-def _series(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     conditions, ignored = filters(query.keys, SERIES, fuzzy=query.fuzzy)
     stmt = (
         select(
@@ -320,18 +321,18 @@ def _series(query: Query, principal: Principal, session: Session, base_url: str)
             Study.num_instances,
         )
         .join(Study, Study.id == Series.study_id)
-        .where(visible_to(principal), *conditions)
+        .where(visible_to(ctx), *conditions)
     )
     order: list[Any] = [Series.series_number.asc().nulls_last(), Series.id]
     if query.study_uid is not None:
-        stmt = stmt.where(Series.study_id == lookups.study_pk(session, principal, query.study_uid))
+        stmt = stmt.where(Series.study_id == lookups.study_pk(session, ctx, query.study_uid))
     else:
         order = [Study.study_date.desc(), Study.id.desc(), *order]
     defaults = answers.SERIES_DEFAULTS | (answers.STUDY_DEFAULTS if query.study_uid is None else frozenset())
     shape = _Shape.of(query, defaults)
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
-        computed = lookups.computed(session, principal, rows, shape.wanted)
+        computed = lookups.computed(session, ctx, rows, shape.wanted)
         for row in rows:
             attrs = orjson.loads(row.study_json)
             attrs.update(answers.study_computed(row))
@@ -366,7 +367,7 @@ def _reads_subset(query: Query, wanted: frozenset[str]) -> bool:
     return not query.include_all and {t for t in wanted if "." not in t} <= _SUBSET_TAGS | answers.COMPUTED_TAGS
 
 
-def _instances(query: Query, principal: Principal, session: Session, base_url: str) -> _Plan:
+def _instances(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     conditions, ignored = filters(query.keys, IMAGE, fuzzy=query.fuzzy)
     shape = _Shape.of(query, _instance_defaults(query))
     subset = _reads_subset(query, shape.wanted)
@@ -390,14 +391,14 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
         )
         .join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Instance.study_id)
-        .where(visible_to(principal), *conditions)
+        .where(visible_to(ctx), *conditions)
     )
     parents = lookups.Parents()
     order: list[Any] = [Instance.instance_number.asc().nulls_last(), Instance.id]
     if query.study_uid is None:
         order = [Study.study_date.desc(), Study.id.desc(), Series.series_number.asc().nulls_last(), Series.id, *order]
     else:
-        stmt = stmt.where(Instance.study_id == parents.load_scope(session, principal, query.study_uid))
+        stmt = stmt.where(Instance.study_id == parents.load_scope(session, ctx, query.study_uid))
         if query.series_uid is None:
             order = [Series.series_number.asc().nulls_last(), Series.id, *order]
         else:
@@ -427,7 +428,7 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
         return shape.select(attrs)
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
-        computed = lookups.computed(session, principal, rows, shape.wanted)
+        computed = lookups.computed(session, ctx, rows, shape.wanted)
         parents.load(session, rows)
         for row in rows:
             yield splicer.answer(row) if spliced and not row.whole else answer(row, computed)
@@ -435,7 +436,7 @@ def _instances(query: Query, principal: Principal, session: Session, base_url: s
     return _Plan(stmt.order_by(*order), build, ignored)
 
 
-_PLANNERS: dict[str, Callable[[Query, Principal, Session, str], _Plan]] = {
+_PLANNERS: dict[str, Callable[[Query, Context, Session, str], _Plan]] = {
     PATIENT: _patients,
     STUDY: _studies,
     SERIES: _series,

@@ -1,7 +1,7 @@
-"""The retrieve path: the stored instances a principal may read, and their bytes.
+"""The retrieve path: the stored instances a ctx may read, and their bytes.
 
 WADO-RS (PS3.18 10.4), WADO-URI (PS3.18 9) and, later, C-MOVE / C-GET (PS3.4 C.4.2, C.4.3)
-resolve what to send here: `instances` applies `storage.access.principal.visible_to` to the study and
+resolve what to send here: `instances` applies `storage.access.policy.visible_to` to the study and
 answers from the index alone, so a study that exists but is not visible is as absent as one
 that does not exist. The bytes come from the blob store as stored: whole objects as chunk
 streams, frames as byte ranges located by the pixel layout kept at ingest (after A5's
@@ -24,7 +24,8 @@ from pydicom.uid import UID
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import visible_to
 from storage.archive import Archive
 from storage.dicom import pixels
 from storage.dicom.dicomjson import PixelLayout
@@ -91,12 +92,12 @@ class Delivery:
         return self.transfer_syntax == self.instance.transfer_syntax_uid
 
 
-def _scoped(q: Select[*Ts], principal: Principal, study: str, series: str | None, sop: str | None) -> Select[*Ts]:
-    """Join instance -> series -> study, filter by what `principal` may see, order for output."""
+def _scoped(q: Select[*Ts], ctx: Context, study: str, series: str | None, sop: str | None) -> Select[*Ts]:
+    """Join instance -> series -> study, filter by what `ctx` may see, order for output."""
     q = (
         q.join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Instance.study_id)
-        .where(Study.study_uid == study, visible_to(principal))
+        .where(Study.study_uid == study, visible_to(ctx))
     )
     if series is not None:
         q = q.where(Series.series_uid == series)
@@ -134,14 +135,14 @@ STORED_INSTANCE_COLUMNS = (
 
 def instances(
     session: Session,
-    principal: Principal,
+    ctx: Context,
     study_uid: str,
     series_uid: str | None = None,
     sop_uid: str | None = None,
     *,
     with_json: bool = False,
 ) -> list[StoredInstance]:
-    """The instances of a study, series or instance that `principal` may read (PS3.18 10.4.1).
+    """The instances of a study, series or instance that `ctx` may read (PS3.18 10.4.1).
 
     Ordered by series number then instance number. `with_json` also loads each instance's
     DICOM JSON (for frames and rendering, which need the pixel attributes).
@@ -151,18 +152,18 @@ def instances(
     InvalidUid
         A UID of the request is not a UID.
     NotFound
-        Nothing matches, or the study is not visible to `principal`.
+        Nothing matches, or the study is not visible to `ctx`.
     """
     _check_uids(study_uid, series_uid, sop_uid)
     cols = (*STORED_INSTANCE_COLUMNS, Instance.dicom_json) if with_json else STORED_INSTANCE_COLUMNS
-    rows = session.execute(_scoped(select(*cols), principal, study_uid, series_uid, sop_uid)).all()
+    rows = session.execute(_scoped(select(*cols), ctx, study_uid, series_uid, sop_uid)).all()
     if not rows:
         raise NotFound(_missing(study_uid, series_uid, sop_uid))
     return [StoredInstance(**row._asdict()) for row in rows]
 
 
 def metadata(
-    session: Session, principal: Principal, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    session: Session, ctx: Context, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> list[tuple[str, str, str]]:
     """(series UID, SOP instance UID, stored DICOM JSON) of each instance, from the index only.
 
@@ -171,7 +172,7 @@ def metadata(
     """
     _check_uids(study_uid, series_uid, sop_uid)
     columns = select(Series.series_uid, Instance.sop_uid, Instance.dicom_json)
-    q = _scoped(columns, principal, study_uid, series_uid, sop_uid)
+    q = _scoped(columns, ctx, study_uid, series_uid, sop_uid)
     rows = [(str(a), str(b), str(c)) for a, b, c in session.execute(q).all()]
     if not rows:
         raise NotFound(_missing(study_uid, series_uid, sop_uid))
@@ -272,7 +273,7 @@ _ONE_INSTANCE = (
 )
 
 
-def instance(archive: Archive, principal: Principal, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
+def instance(archive: Archive, ctx: Context, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
     """One named instance with its DICOM JSON, as `instances(..., with_json=True)` gives it.
 
     For frame and rendered requests (PS3.18 10.4.1.1.3-4), which name one instance and are
@@ -285,10 +286,10 @@ def instance(archive: Archive, principal: Principal, study_uid: str, series_uid:
     InvalidUid
         A UID of the request is not a UID.
     NotFound
-        No such instance in that series and study, or the study is not visible to `principal`.
+        No such instance in that series and study, or the study is not visible to `ctx`.
     """
     _check_uids(study_uid, series_uid, sop_uid)
-    query = _one_instance_query(visible_to(principal))
+    query = _one_instance_query(visible_to(ctx))
     with archive.db.engine.connect() as conn:
         row = conn.execute(query, {"sop": sop_uid, "series": series_uid, "study": study_uid}).first()
     if row is None:
@@ -304,7 +305,7 @@ def _one_instance_query(visible: ColumnElement[bool]) -> Select[Any]:
 
     SQLAlchemy finds a compiled statement by working out the structure of the statement
     object it is given (~0.1 ms); the same object carries that work over. `visible_to`
-    gives the same expression object for every principal until [4/7] (`true()`), and a
+    gives the same expression object for every ctx until [4/7] (`true()`), and a
     statement built on the very same expression object is the same statement.
     """
     last = _last_query[0] if _last_query else None

@@ -3,7 +3,7 @@
 A retrieve identifier (PS3.4 C.4.2.1.4.1, C.4.3.1.3.1) carries the Query/Retrieve Level and
 the unique keys down to that level; the key of the level itself may be a list of UIDs
 (PS3.4 C.4.2.2.1), the keys above it one value each. This module turns it into one SQL
-statement over the index, scoped by `storage.access.principal.visible_to`, so a study the caller may
+statement over the index, scoped by `storage.access.policy.visible_to`, so a study the caller may
 not see is as absent as one that does not exist (it is simply not sent).
 
 Choices where the standard leaves room, written down in the README:
@@ -29,7 +29,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import visible_to
 from storage.dicom.uids import check_uid
 from storage.errors import InvalidIdentifier
 from storage.index.models import Instance, PatientIdentity, Series, Study
@@ -107,8 +108,8 @@ def _values(identifier: Dataset, keyword: str) -> tuple[str, ...]:
     return tuple(s for s in (str(v).strip().rstrip("\0") for v in items if v is not None) if s)
 
 
-def select_instances(session: Session, principal: Principal, keys: RetrieveKeys) -> list[StoredInstance]:
-    """The instances `keys` names that `principal` may read, study by study, in series and instance order.
+def select_instances(session: Session, ctx: Context, keys: RetrieveKeys) -> list[StoredInstance]:
+    """The instances `keys` names that `ctx` may read, study by study, in series and instance order.
 
     One statement on indexed columns; no blob is opened. An empty list is a valid answer
     (the retrieve then completes with no sub-operations).
@@ -117,7 +118,7 @@ def select_instances(session: Session, principal: Principal, keys: RetrieveKeys)
         select(*STORED_INSTANCE_COLUMNS)
         .join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Instance.study_id)
-        .where(visible_to(principal), *_filters(keys))
+        .where(visible_to(ctx), *_filters(keys))
         .order_by(
             Study.id,
             Series.series_number.asc().nulls_last(),

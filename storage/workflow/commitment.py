@@ -4,7 +4,7 @@ PS3.4 J.3.3.1.2: the archive may commit only to what it keeps. Here that means a
 whose row is committed in the index with the SOP class the requester named: ingest writes
 (and fsyncs) the blob before that row's transaction commits, and a write in flight is only a
 pending row, so an indexed instance is durable. The reference must also lie within what the
-requester may see (`storage.access.principal.visible_to`), so that commitment cannot be used to learn
+requester may see (`storage.access.policy.visible_to`), so that commitment cannot be used to learn
 which instances another organization holds.
 """
 
@@ -18,7 +18,9 @@ import orjson
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal, visible_to
+from storage.access.context import Context
+from storage.access.policy import visible_to
+from storage.access.principal import Principal
 from storage.archive import owner_is_gone
 from storage.dicom.uids import is_uid
 from storage.errors import InvalidCommitmentRequest
@@ -92,14 +94,14 @@ def request(transaction_uid: str, references: Iterable[tuple[str, str]]) -> Requ
     return Request(transaction_uid, refs)
 
 
-def evaluate(session: Session, principal: Principal, req: Request) -> Result:
+def evaluate(session: Session, ctx: Context, req: Request) -> Result:
     """Sort the references into committed and failed (PS3.4 J.3.3.1.2).
 
     Every reference appears in the result, in the order of the request: not in the index (or
-    not visible to `principal`) fails with 0112H No such object instance, indexed under another
+    not visible to `ctx`) fails with 0112H No such object instance, indexed under another
     SOP class with 0119H Class/Instance conflict.
     """
-    stored = _stored_classes(session, principal, {r.sop_instance_uid for r in req.references})
+    stored = _stored_classes(session, ctx, {r.sop_instance_uid for r in req.references})
     committed: list[Reference] = []
     failed: list[Failure] = []
     for ref in req.references:
@@ -113,14 +115,14 @@ def evaluate(session: Session, principal: Principal, req: Request) -> Result:
     return Result(req.transaction_uid, tuple(committed), tuple(failed))
 
 
-def _stored_classes(session: Session, principal: Principal, sop_uids: set[str]) -> dict[str, str]:
+def _stored_classes(session: Session, ctx: Context, sop_uids: set[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     ordered = sorted(sop_uids)
     for start in range(0, len(ordered), _CHUNK):
         rows = session.execute(
             select(Instance.sop_uid, Instance.sop_class_uid)
             .join(Study, Study.id == Instance.study_id)
-            .where(Instance.sop_uid.in_(ordered[start : start + _CHUNK]), visible_to(principal))
+            .where(Instance.sop_uid.in_(ordered[start : start + _CHUNK]), visible_to(ctx))
         )
         found.update({str(sop): str(cls) for sop, cls in rows})
     return found
@@ -148,19 +150,19 @@ class Pending:
     """A kept request, claimed by this process for one delivery attempt."""
 
     id: int
-    principal: Principal
+    principal: Principal  # the requester, as it was when it asked
     request: Request
     attempts: int  # made before this one
     previous_owner: str | None  # whose claim this one took over (a process that died), if any
 
 
-def keep(session: Session, principal: Principal, req: Request, owner: str, lease: timedelta) -> int:
+def keep(session: Session, ctx: Context, req: Request, owner: str, lease: timedelta) -> int:
     """Record an acknowledged request, claimed by `owner` for its first attempt; its id."""
     now = datetime.now(UTC)
     row = CommitmentRequest(
         transaction_uid=req.transaction_uid,
-        calling_ae=principal.sub,
-        org_id=principal.org,
+        calling_ae=ctx.principal.sub,
+        org_id=ctx.principal.org,
         referenced=orjson.dumps([[r.sop_class_uid, r.sop_instance_uid] for r in req.references]).decode(),
         attempts=0,
         due_at=now,

@@ -1,4 +1,4 @@
-"""The Modality Worklist: scheduled procedure steps, and their C-FIND matching (PS3.4 K.6.1).
+"""The Modality Worklist's steps: scheduled, listed and moved on over the admin API (PS3.4 K.6.1).
 
 An integrator (the hospital's RIS or HIS interface) schedules steps over the admin API; a
 modality asks for its worklist with C-FIND and gets the patient's identity and the order's
@@ -6,8 +6,8 @@ Study Instance UID, so nobody types them at the console and the images land in t
 order expects. Fewer typed names means fewer identity errors for the patient index to undo.
 
 A step belongs to its performing organization: only that organization's AEs see it over DICOM,
-only that organization's integrators (and admins) manage it over HTTP. Matching reuses
-`storage.query.matching` (PS3.4 C.2.2.2), so names fold case and diacritics the way study searches do.
+only that organization's integrators (and admins) manage it over HTTP (`storage.access.policy`).
+A modality's C-FIND of its worklist is `storage.workflow.mwl`.
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from datetime import date as _date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import ColumnElement, false, select, true
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from storage.access.principal import Principal
+from storage.access.context import Context
+from storage.access.policy import require_schedule_for, worklist_managed_by
 from storage.dicom.charset import fold
 from storage.dicom.uids import is_uid
-from storage.errors import NotAuthorized, NotFound, RejectedInput
+from storage.errors import NotFound, RejectedInput
 from storage.index.models import ApplicationEntity, Organization, ScheduledProcedureStep, utcnow
 from storage.query import matching as m
 from storage.query.matching import InvalidQuery
@@ -48,7 +46,7 @@ MODALITIES = frozenset(
     "SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL XC".split()
 )
 #: schedule order: the worklist a modality shows, top to bottom
-_ORDER = (SPS.scheduled_procedure_step_start_date, SPS.scheduled_procedure_step_start_time, SPS.id)
+SCHEDULE_ORDER = (SPS.scheduled_procedure_step_start_date, SPS.scheduled_procedure_step_start_time, SPS.id)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
@@ -209,22 +207,7 @@ def _view(row: ScheduledProcedureStep) -> Step:
 # --- the admin API's operations -------------------------------------------------------------
 
 
-def _manager_scope(principal: Principal) -> ColumnElement[bool]:
-    """The steps `principal` may manage: all for an admin, its organization's for an integrator.
-
-    Raises
-    ------
-    NotAuthorized
-        Neither an admin nor an integrator with an organization (a clinician, say).
-    """
-    if principal.is_admin:
-        return true()
-    if "integrator" in principal.roles and principal.org:
-        return SPS.org_id == principal.org
-    raise NotAuthorized("managing the worklist needs the admin or integrator role")
-
-
-def create_step(spec: NewStep, principal: Principal, *, session: Session) -> Step:
+def create_step(spec: NewStep, ctx: Context, *, session: Session) -> Step:
     """Schedule a step for `spec.org` (admin) or the caller's own organization (integrator).
 
     Raises
@@ -234,10 +217,8 @@ def create_step(spec: NewStep, principal: Principal, *, session: Session) -> Ste
     InvalidStep
         No such organization, or the station AE title is registered to another one.
     """
-    _manager_scope(principal)
-    org = spec.org or principal.org
-    if not principal.is_admin and org != principal.org:
-        raise NotAuthorized("an integrator schedules for its own organization only")
+    org = spec.org or ctx.principal.org
+    require_schedule_for(ctx, org)
     if not org:
         raise InvalidStep("org: required (the performing organization)")
     if session.get(Organization, org) is None:
@@ -262,7 +243,7 @@ def create_step(spec: NewStep, principal: Principal, *, session: Session) -> Ste
 
 
 def list_steps(
-    principal: Principal,
+    ctx: Context,
     *,
     session: Session,
     date: str = "",
@@ -292,24 +273,24 @@ def list_steps(
         SPS.status == status if status else None,
         SPS.org_id == org if org else None,
     ]
-    query = select(SPS).where(_manager_scope(principal), *(f for f in filters if f is not None))
-    return [_view(r) for r in session.scalars(query.order_by(*_ORDER).limit(limit))]
+    query = select(SPS).where(worklist_managed_by(ctx), *(f for f in filters if f is not None))
+    return [_view(r) for r in session.scalars(query.order_by(*SCHEDULE_ORDER).limit(limit))]
 
 
-def _managed(step_id: int, principal: Principal, session: Session) -> ScheduledProcedureStep:
+def _managed(step_id: int, ctx: Context, session: Session) -> ScheduledProcedureStep:
     """The step, if the caller manages it; another organization's step does not exist for it."""
-    row = session.scalar(select(SPS).where(SPS.id == step_id, _manager_scope(principal)))
+    row = session.scalar(select(SPS).where(SPS.id == step_id, worklist_managed_by(ctx)))
     if row is None:
         raise NotFound(f"no scheduled procedure step {step_id}")
     return row
 
 
-def get_step(step_id: int, principal: Principal, *, session: Session) -> Step:
+def get_step(step_id: int, ctx: Context, *, session: Session) -> Step:
     """Raises `NotFound` for a step the caller does not manage, `NotAuthorized` for a non-manager."""
-    return _view(_managed(step_id, principal, session))
+    return _view(_managed(step_id, ctx, session))
 
 
-def set_status(step_id: int, status: Status, principal: Principal, *, session: Session) -> Step:
+def set_status(step_id: int, status: Status, ctx: Context, *, session: Session) -> Step:
     """Move a step on (SCHEDULED, STARTED, COMPLETED, DISCONTINUED); only SCHEDULED is offered to modalities.
 
     Raises
@@ -317,7 +298,7 @@ def set_status(step_id: int, status: Status, principal: Principal, *, session: S
     InvalidStep
         The step is already COMPLETED or DISCONTINUED, which are final.
     """
-    row = _managed(step_id, principal, session)
+    row = _managed(step_id, ctx, session)
     if row.status in FINAL and status != row.status:
         raise InvalidStep(f"status: step {step_id} is {row.status}, which is final")
     row.status, row.updated_at = status, utcnow()
@@ -325,150 +306,6 @@ def set_status(step_id: int, status: Status, principal: Principal, *, session: S
     return _view(row)
 
 
-def delete_step(step_id: int, principal: Principal, *, session: Session) -> None:
-    session.delete(_managed(step_id, principal, session))
+def delete_step(step_id: int, ctx: Context, *, session: Session) -> None:
+    session.delete(_managed(step_id, ctx, session))
     session.flush()
-
-
-# --- Modality Worklist C-FIND (PS3.4 K.6.1.2) ----------------------------------------------
-
-Matcher = Callable[[Any, str], ColumnElement[bool] | None]
-
-
-def _pn(column: InstrumentedAttribute[str], folded: InstrumentedAttribute[str]) -> tuple[str, Any, Matcher]:
-    return column.key, folded, lambda c, value: m.person_name(c, value)
-
-
-def _key(column: InstrumentedAttribute[str], match: Matcher) -> tuple[str, Any, Matcher]:
-    return column.key, column, match
-
-
-#: keyword -> (attribute answered, column matched, matcher): Patient, Visit, Imaging Service
-#: Request and Requested Procedure keys at the top level of the identifier (PS3.4 Table K.6-1)
-TOP_KEYS: dict[str, tuple[str, Any, Matcher]] = {
-    "PatientName": _pn(SPS.patient_name, SPS.patient_name_folded),
-    "PatientID": _key(SPS.patient_id, m.string),
-    "IssuerOfPatientID": _key(SPS.issuer_of_patient_id, m.string),
-    "PatientBirthDate": _key(SPS.patient_birth_date, m.date),
-    "PatientSex": _key(SPS.patient_sex, m.string),
-    "AccessionNumber": _key(SPS.accession_number, m.string),
-    "ReferringPhysicianName": _pn(SPS.referring_physician_name, SPS.referring_physician_folded),
-    "RequestedProcedureID": _key(SPS.requested_procedure_id, m.string),
-    "RequestedProcedureDescription": _key(SPS.requested_procedure_description, m.string),
-    "StudyInstanceUID": _key(SPS.study_instance_uid, m.uid_list),
-    # belongs in the step item; some modalities send it at the top level, so it is honoured there too
-    "Modality": _key(SPS.modality, m.string),
-}
-#: the keys of the Scheduled Procedure Step Sequence item
-STEP_KEYS: dict[str, tuple[str, Any, Matcher]] = {
-    "ScheduledStationAETitle": _key(SPS.scheduled_station_ae_title, m.string),
-    "ScheduledProcedureStepStartDate": _key(SPS.scheduled_procedure_step_start_date, m.date),
-    "ScheduledProcedureStepStartTime": _key(SPS.scheduled_procedure_step_start_time, m.time),
-    "Modality": _key(SPS.modality, m.string),
-    "ScheduledPerformingPhysicianName": _pn(
-        SPS.scheduled_performing_physician_name, SPS.scheduled_performing_physician_folded
-    ),
-    "ScheduledProcedureStepDescription": _key(SPS.scheduled_procedure_step_description, m.string),
-    "ScheduledProcedureStepID": _key(SPS.scheduled_procedure_step_id, m.string),
-    "ScheduledProcedureStepStatus": _key(SPS.status, m.string),
-}
-_STEP_SEQUENCE = "ScheduledProcedureStepSequence"
-
-
-def _text_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue | list | tuple):  # MultiValue: a list of values, `\`-joined as on the wire
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _step_item(identifier: Dataset) -> Dataset | None:
-    """The one item of the Scheduled Procedure Step Sequence; None if the sequence is empty or absent."""
-    if _STEP_SEQUENCE not in identifier:
-        return None
-    items = identifier[_STEP_SEQUENCE].value or []
-    if len(items) > 1:
-        raise InvalidQuery("Scheduled Procedure Step Sequence: at most one item (PS3.4 C.2.2.2.6)")
-    return items[0] if items else None
-
-
-def _conditions(identifier: Dataset) -> list[ColumnElement[bool]]:
-    out = []
-    item = _step_item(identifier)
-    for keys, ds in ((TOP_KEYS, identifier), (STEP_KEYS, item)):
-        for keyword, (_, column, match) in keys.items():
-            if ds is not None and keyword in ds and ds[keyword].VR != "SQ":
-                try:
-                    condition = match(column, _text_value(ds[keyword].value))
-                except InvalidQuery as exc:
-                    raise InvalidQuery(f"{keyword}: {exc.detail}") from None
-                if condition is not None:
-                    out.append(condition)
-    return out
-
-
-def _mwl_scope(principal: Principal) -> ColumnElement[bool]:
-    """A modality sees its organization's steps; an AE without one sees none (`require_read` refuses it first)."""
-    if principal.is_admin:
-        return true()
-    return SPS.org_id == principal.org if principal.org else false()
-
-
-def find_worklist(identifier: Dataset, principal: Principal, *, session: Session) -> list[Dataset]:
-    """Match a Modality Worklist C-FIND identifier; answer one identifier per SCHEDULED step.
-
-    Keys at the top level and in the Scheduled Procedure Step Sequence item match with PS3.4
-    C.2.2.2 rules (person names folded); each answer holds exactly the keys asked for, those the
-    archive does not keep with a zero-length value (PS3.4 C.4.1.1.3.2). An empty step sequence
-    asks for the whole item. SpecificCharacterSet is ISO_IR 192 when some answered text is not ASCII.
-
-    Raises
-    ------
-    InvalidQuery
-        A malformed key value, or more than one step item (C-FIND 0xA900).
-    """
-    query = select(SPS).where(_mwl_scope(principal), SPS.status == "SCHEDULED", *_conditions(identifier))
-    return [_answer(row, identifier) for row in session.scalars(query.order_by(*_ORDER))]
-
-
-def _fill(
-    target: Dataset, request: Dataset, row: ScheduledProcedureStep, keys: dict[str, tuple[str, Any, Matcher]]
-) -> None:
-    for elem in request:
-        if elem.tag.is_private or elem.tag.element == 0 or elem.keyword == "SpecificCharacterSet":
-            continue
-        if elem.keyword in keys:
-            target.add_new(elem.tag, elem.VR, getattr(row, keys[elem.keyword][0]) or None)
-        elif elem.keyword == _STEP_SEQUENCE:
-            target.add_new(elem.tag, "SQ", Sequence([_answer_item(row, _step_item(request))]))
-        else:
-            target.add_new(elem.tag, elem.VR, Sequence() if elem.VR == "SQ" else None)
-
-
-def _answer_item(row: ScheduledProcedureStep, request: Dataset | None) -> Dataset:
-    item = Dataset()
-    if request is None:
-        request = Dataset()
-        for keyword in STEP_KEYS:
-            setattr(request, keyword, None)
-    _fill(item, request, row, STEP_KEYS)
-    return item
-
-
-def _answer(row: ScheduledProcedureStep, identifier: Dataset) -> Dataset:
-    answer = Dataset()
-    _fill(answer, identifier, row, TOP_KEYS)
-    if not _ascii(answer):
-        answer.SpecificCharacterSet = "ISO_IR 192"
-    return answer
-
-
-def _ascii(ds: Dataset) -> bool:
-    for elem in ds:
-        if elem.VR == "SQ":
-            if not all(_ascii(item) for item in elem.value):
-                return False
-        elif not _text_value(elem.value).isascii():
-            return False
-    return True

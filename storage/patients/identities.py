@@ -1,0 +1,98 @@
+"""Patient identities: one institution's identifier for a patient, in the namespace it belongs to.
+
+A patient ID means nothing without its issuer: PID 123 at the county hospital and PID 123 at a
+clinic are two people. Each identity is therefore keyed by (issuer kind, issuer, patient ID),
+where the issuer is IssuerOfPatientID as sent (`dicom`), else the sending organization (`org`),
+else, for an unregistered sender, its AE title (`ae`); a study without a patient ID gets an
+identity of its own, keyed by its Study Instance UID (`none`), so it is never merged with
+another. The master patient index links identities into persons; it never rewrites them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Connection, delete, select, update
+
+from storage.dicom.charset import fold
+from storage.index.db import insert_or_get
+from storage.index.models import PatientIdentity, Study, utcnow
+
+#: issuer kinds, in the order they are chosen
+DICOM, ORG, AE, NONE = "dicom", "org", "ae", "none"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKey:
+    """The unique key of a patient identity (`PatientIdentity`'s `uq_identity`)."""
+
+    issuer_kind: str
+    issuer: str
+    patient_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """What a received object says about its patient, kept with the identity as first received."""
+
+    patient_name: str
+    birth_date: str
+    sex: str
+
+
+def identity_key(patient_id: str, issuer: str, *, study_uid: str, org: str | None, sender: str) -> IdentityKey:
+    """The namespace of a patient ID: the sender's issuer, else its organization, else `sender`."""
+    if not patient_id:
+        return IdentityKey(NONE, study_uid, "")
+    if issuer:
+        return IdentityKey(DICOM, issuer[:128], patient_id[:64])
+    if org:
+        return IdentityKey(ORG, org, patient_id[:64])
+    return IdentityKey(AE, sender, patient_id[:64])
+
+
+def upsert(conn: Connection, key: IdentityKey, demographics: Demographics) -> int:
+    """The id of the identity `key`, created with `demographics` if it is new (race-free)."""
+    return insert_or_get(
+        conn,
+        PatientIdentity,
+        asdict(key),
+        {
+            "patient_name": demographics.patient_name,
+            "patient_name_folded": fold(demographics.patient_name),
+            "birth_date": demographics.birth_date,
+            "sex": demographics.sex,
+            "created_at": utcnow(),
+        },
+    )
+
+
+def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str) -> None:
+    """Give the studies an unregistered AE sent the identities they would have had from `org`.
+
+    An unregistered sender's patient IDs live in its AE title's namespace (`ae`); once the AE is
+    claimed by its organization, the same IDs belong to the organization's namespace (`org`), as
+    the AE's later studies will. Identities keyed by a DICOM issuer or by the study stay as they
+    are; an `ae` identity no study uses any more is removed (nothing else refers to it yet).
+    """
+    rows = conn.execute(
+        select(
+            Study.id,
+            PatientIdentity.id,
+            PatientIdentity.patient_id,
+            PatientIdentity.patient_name,
+            PatientIdentity.birth_date,
+            PatientIdentity.sex,
+        )
+        .join(PatientIdentity, PatientIdentity.id == Study.identity_id)
+        .where(Study.id.in_(study_ids), PatientIdentity.issuer_kind == AE, PatientIdentity.issuer == ae_title)
+    ).all()
+    old: set[int] = set()
+    for study_id, identity_id, patient_id, name, birth_date, sex in rows:
+        new_id = upsert(conn, IdentityKey(ORG, org, patient_id), Demographics(name, birth_date, sex))
+        conn.execute(update(Study).where(Study.id == study_id).values(identity_id=new_id))
+        old.add(identity_id)
+    for identity_id in old:
+        still_used = conn.scalar(select(Study.id).where(Study.identity_id == identity_id).limit(1))
+        if still_used is None:
+            conn.execute(delete(PatientIdentity).where(PatientIdentity.id == identity_id))

@@ -1,0 +1,37 @@
+"""Inspection helpers: what the archive holds, seen from outside the code under test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from storage.archive import Archive
+from storage.blobs.fs import FileBlobStore
+from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study
+
+
+def row_counts(archive: Archive) -> dict[str, int]:
+    with archive.db.read() as s:
+        return {
+            m.__tablename__: int(s.scalar(select(func.count()).select_from(m)) or 0)
+            for m in (PatientIdentity, Study, Series, Instance, PendingBlob)
+        }
+
+
+def blob_keys(archive: Archive) -> set[str]:
+    """Every object in the blob store, temp files included (a leak is a leak)."""
+    blobs = archive.blobs
+    if isinstance(blobs, FileBlobStore):
+        root = blobs.root
+        return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
+    client, bucket, prefix = blobs.client, blobs.bucket, blobs.prefix  # type: ignore[attr-defined]
+    return {o.object_name[len(prefix) :] for o in client.list_objects(bucket, prefix=prefix, recursive=True)}
+
+
+def spooled() -> list[Path]:
+    """Temporary files of C-MOVE/C-GET sub-operations (`pacs.suboperations`) left behind."""
+    import tempfile
+
+    return list(Path(tempfile.gettempdir()).glob("pacs-retrieve-*"))
