@@ -21,10 +21,10 @@ from sqlalchemy import select
 from storage.archive import Archive
 from storage.index.models import Instance
 from storage.settings import Settings
-from tests import dicom_factory as f
-from tests.conftest import require_tool
-from tests.helpers import blob_keys, row_counts
-from tests.servers import start_server
+from tests.kit import dicom_factory as f
+from tests.kit.inspect import blob_keys, row_counts
+from tests.kit.servers import start_server
+from tests.kit.tools import require_tool
 
 N = 200
 KILL_AFTER = 70

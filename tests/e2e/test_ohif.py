@@ -23,12 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storage.access.principal import Principal
-from storage.dicom.parse import Source
-from storage.ingest.pipeline import Origin, ingest
-from tests import dicom_factory as f
-from tests.conftest import missing
-from tests.gateway.conftest import Gateway
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.seed import seed
+from tests.kit.tools import missing
 
 OHIF_VERSION = "3.13.2"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -122,7 +120,6 @@ def ohif() -> Iterator[tuple[str, http.server.ThreadingHTTPServer]]:
 
 def _ingest_study(gateway: Gateway) -> str:
     study, series = f.uid(), f.uid()
-    principal = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
     for i in range(6):
         ds = f.ct_dataset(
             study_uid=study,
@@ -136,12 +133,7 @@ def _ingest_study(gateway: Gateway) -> str:
         y, x = np.mgrid[0:256, 0:256]
         ds.PixelData = (((x + y + 40 * i) % 512) * 4).astype(np.uint16).tobytes()  # a visible gradient
         ds.WindowCenter, ds.WindowWidth = "1000", "2000"
-        ingest(
-            Source(data=f.to_bytes(ds)),
-            Origin.dimse("CT1", "MUNIPACS", "127.0.0.1"),
-            principal,
-            archive=gateway.archive,
-        )
+        seed(gateway.archive, ds)
     return study
 
 
@@ -193,6 +185,4 @@ def test_ohif_lists_studies_and_draws_images(ohif: tuple[str, object], gateway_w
 @pytest.fixture()
 def gateway_with_cors(ohif: tuple[str, object], settings, archive) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
     """The gateway, allowing OHIF's origin: the viewer calls it from another origin, as in production."""
-    from tests.gateway.conftest import serve_gateway
-
     yield from serve_gateway(settings.model_copy(update={"cors_origins": [ohif[0]]}), archive)

@@ -11,8 +11,8 @@ import jwt
 import pytest
 
 from storage.access.tokens import ISSUER, parse_ttl
-from tests.gateway.conftest import Gateway
-from tests.servers import pacs_executable
+from tests.kit.dicomweb import Gateway
+from tests.kit.servers import pacs_executable
 
 PROTECTED = [
     "/dicomweb",

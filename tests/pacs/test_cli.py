@@ -9,8 +9,8 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 
 from storage.index.migrate import alembic_config
-from tests import dicom_factory as f
-from tests.servers import pacs_executable
+from tests.kit import dicom_factory as f
+from tests.kit.servers import pacs_executable
 
 
 def pacs(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -33,8 +33,8 @@ from storage.access.orgs import AeSpec, add_org
 from storage.archive import Archive
 from storage.index.models import CommitmentRequest
 from storage.settings import Settings
-from tests import dicom_factory as f
-from tests.servers import free_port, start_server
+from tests.kit import dicom_factory as f
+from tests.kit.servers import free_port, start_server
 
 REPORT_WAIT = 15.0
 CT = str(CTImageStorage)

@@ -12,110 +12,36 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
 )
 from sqlalchemy import event
 
 from pacs.server import start
-from storage.access.orgs import AeSpec, add_org
-from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import Source
 from storage.index.migrate import upgrade
-from storage.ingest.pipeline import Origin, ingest
 from storage.logs import FIELDS
 from storage.query.keys import PATIENT, STUDY
 from storage.query.search import Query, search, search_all
-from tests import dicom_factory as f
-from tests.conftest import BACKENDS, module_settings, require_tool
+from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.dimse import STUDY_ROOT, Found, findscu, keys, last_status, pyfind
+from tests.kit.principals import CT_A, ctx
+from tests.kit.seed import seed, seed_orgs
+from tests.kit.studies import BULK, BULK_INSTANCES
+from tests.kit.studies import QUERY_ARCHIVE as ARCHIVE
+from tests.kit.tools import require_tool
 
-MODALITY = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
-STUDY_ROOT, PATIENT_ROOT = StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind
-#: studies of one patient, and instances in each: enough answers to cancel in the middle of, even
-#: when the SCU (pynetdicom, in this process) reads its first answer tens of ms after the SCP sent it
-BULK, BULK_INSTANCES = 30, 8
-
-
-@dataclass
-class StudySpec:
-    label: str
-    uid: str = field(default_factory=f.uid)
-    series: list[str] = field(default_factory=list)
-    sops: list[str] = field(default_factory=list)
-    files: list[bytes] = field(default_factory=list)
-
-
-def make_study(
-    label: str,
-    name: str,
-    pid: str,
-    date: str,
-    series: tuple[tuple[str, int], ...] = (("CT", 1),),
-    *,
-    charset: str | None = None,
-    sex: str = "M",
-    issuer: str | None = None,
-    referring: str | None = None,
-) -> StudySpec:
-    """A study of `series` (modality, instance count); an ``OT`` series holds secondary captures."""
-    spec = StudySpec(label)
-    for number, (modality, count) in enumerate(series, 1):
-        series_uid = f.uid()
-        spec.series.append(series_uid)
-        for instance_number in range(1, count + 1):
-            ds = f.ct_dataset(
-                study_uid=spec.uid,
-                series_uid=series_uid,
-                patient_id=pid,
-                patient_name=name,
-                charset=charset,
-                issuer=issuer,
-                modality=modality,
-                instance_number=instance_number,
-            )
-            if modality == "OT":
-                ds.SOPClassUID = SecondaryCaptureImageStorage
-            ds.StudyDate, ds.SeriesNumber, ds.PatientSex = date, number, sex
-            ds.AccessionNumber = f"ACC-{label}"[:16]
-            if referring:
-                ds.ReferringPhysicianName = referring
-            spec.sops.append(ds.SOPInstanceUID)
-            spec.files.append(f.to_bytes(ds))
-    return spec
-
-
-ARCHIVE = {
-    s.label: s
-    for s in [
-        make_study("ion", "Popescu^Ion", "P001", "20260115", (("CT", 3), ("OT", 1)), referring="Ionescu^Radu"),
-        make_study("ion-x", "Popescu^Ion", "P001", "20230505", (("CR", 1),), issuer="SPITAL-X"),
-        make_study("maria", "Popescu^Maria", "P002", "20251201", (("MR", 2), ("CT", 1)), sex="F"),
-        make_study("stef", "Ştefănescu^Ioana", "P003", "20260310", charset="ISO_IR 101", sex="F"),
-        make_study("stef-mr", "Ștefănescu^Ioana", "P003", "20240101", (("MR", 2),), charset="ISO_IR 192", sex="F"),
-        make_study("turcanu", "Țurcanu^Mihai", "P004", "20240620", (("US", 1),), charset="ISO_IR 192"),
-        make_study("andrei", "Ionescu^Andrei", "P005", "20260115", (("CR", 1),), issuer="2.16.642.99"),
-        *(
-            make_study(f"masiv-{i:02d}", "Masiv^Pacient", "P100", f"2019{i % 12 + 1:02d}01", (("CT", BULK_INSTANCES),))
-            for i in range(BULK)
-        ),
-    ]
-}
+MODALITY = ctx(CT_A)
+PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
 BY_UID = {s.uid: s.label for s in ARCHIVE.values()}
-NAMED = {label for label in ARCHIVE if not label.startswith("masiv")}
 
 
 @dataclass
@@ -131,11 +57,9 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     archive = Archive.open(settings)
     try:
         upgrade(archive.db.engine)
-        with archive.db.write() as s:
-            add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT1")])
+        seed_orgs(archive)
         for spec in ARCHIVE.values():
-            for data in spec.files:
-                ingest(Source(data=data), ORIGIN, MODALITY, archive=archive)
+            seed(archive, *spec.files)
         scp = start(settings, archive, port=0)
         try:
             yield Loaded(scp.port, archive)
@@ -149,56 +73,12 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 # ----- peers ------------------------------------------------------------------------------
 
 
-@dataclass
-class Found:
-    answers: list[Dataset]
-    log: str  # findscu's verbose output
-
-
-def findscu(port: int, *keys: str, model: str = "-S", aet: str = "CT1") -> Found:
-    """dcmtk findscu with `keys` (``-k`` each); the answers as written by ``-X``, in order."""
-    tool = require_tool("findscu")
-    with tempfile.TemporaryDirectory() as out:
-        args = [tool, "-v", model, "-X", "-od", out, "-aet", aet, "-aec", "MUNIPACS"]
-        for key in keys:
-            args += ["-k", key]
-        r = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, timeout=60)
-        assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
-        answers = [dcmread(p) for p in sorted(Path(out).glob("rsp*.dcm"))]
-    return Found(answers, (r.stdout + r.stderr).decode("utf-8", "replace"))
-
-
 #: a study-level query that answers the Study Instance UID, which `labels` reads
 STUDY_UIDS = ("QueryRetrieveLevel=STUDY", "StudyInstanceUID")
 
 
 def labels(found: Found) -> set[str]:
     return {BY_UID[a.StudyInstanceUID] for a in found.answers}
-
-
-def pyfind(port: int, query: Dataset, model: str = STUDY_ROOT, aet: str = "CT1") -> list[tuple[int, Dataset | None]]:
-    """(status, identifier) of every response, with pynetdicom as the SCU; the last is the final one."""
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(model)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MUNIPACS")
-    assert assoc.is_established
-    try:
-        return [(int(status.Status), ds) for status, ds in assoc.send_c_find(query, model)]
-    finally:
-        assoc.release()
-
-
-def identifier(level: str | None, **keys: object) -> Dataset:
-    ds = Dataset()
-    if level is not None:
-        ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def last_status(responses: list[tuple[int, Dataset | None]]) -> int:
-    return responses[-1][0]
 
 
 # ----- study root -------------------------------------------------------------------------
@@ -265,7 +145,7 @@ def test_romanian_names_fold_case_and_diacritics(loaded: Loaded) -> None:
     ascii_only = findscu(loaded.port, "QueryRetrieveLevel=STUDY", "PatientID=P002", "PatientName").answers[0]
     assert "SpecificCharacterSet" not in ascii_only
     # the requester's character set decodes its values: Latin-2 (ISO_IR 101) from pynetdicom
-    query = identifier("STUDY", SpecificCharacterSet="ISO_IR 101", PatientName="Ştefănescu^Ioana", StudyDate="")
+    query = keys("STUDY", SpecificCharacterSet="ISO_IR 101", PatientName="Ştefănescu^Ioana", StudyDate="")
     responses = pyfind(loaded.port, query)
     assert last_status(responses) == 0x0000
     assert {r[1].StudyDate for r in responses[:-1] if r[1] is not None} == {"20260310", "20240101"}
@@ -406,9 +286,9 @@ def test_patient_root_study_series_and_image_levels(loaded: Loaded) -> None:
 
 
 def test_unsupported_matching_key_answers_pending_with_warning(loaded: Loaded) -> None:
-    responses = pyfind(loaded.port, identifier("STUDY", PatientID="P002", PatientWeight="80", StudyInstanceUID=""))
+    responses = pyfind(loaded.port, keys("STUDY", PatientID="P002", PatientWeight="80", StudyInstanceUID=""))
     assert [status for status, _ in responses] == [0xFF01, 0x0000]
-    supported = pyfind(loaded.port, identifier("STUDY", PatientID="P002", StudyInstanceUID=""))
+    supported = pyfind(loaded.port, keys("STUDY", PatientID="P002", StudyInstanceUID=""))
     assert [status for status, _ in supported] == [0xFF00, 0x0000]
 
 
@@ -419,7 +299,7 @@ def test_c_cancel_after_the_first_answer(loaded: Loaded, caplog: pytest.LogCaptu
     assoc = ae.associate("127.0.0.1", loaded.port, ae_title="MUNIPACS")
     assert assoc.is_established
     statuses = []
-    query = identifier("IMAGE", PatientName="masiv^pacient", SOPInstanceUID="")
+    query = keys("IMAGE", PatientName="masiv^pacient", SOPInstanceUID="")
     for status, _ds in assoc.send_c_find(query, STUDY_ROOT, msg_id=7):
         statuses.append(int(status.Status))
         if len(statuses) == 1:
@@ -432,16 +312,19 @@ def test_c_cancel_after_the_first_answer(loaded: Loaded, caplog: pytest.LogCaptu
 
 
 def test_unregistered_calling_ae_is_refused(loaded: Loaded, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pacs.find")
+    caplog.set_level(logging.INFO)
     found = findscu(loaded.port, "QueryRetrieveLevel=STUDY", "PatientName", aet="STRANGER")
     assert found.answers == [] and "0x124" in found.log.lower()
-    responses = pyfind(loaded.port, identifier("STUDY", PatientName=""), aet="STRANGER")
+    responses = pyfind(loaded.port, keys("STUDY", PatientName=""), aet="STRANGER")
     assert len(responses) == 1
     status, answer = responses[0]
     assert status == 0x0124 and answer is None
-    refused = [r for r in caplog.records if r.getMessage() == "dimse.find.refused"]
-    assert len(refused) == 2 and all(r.levelname == "WARNING" for r in refused)
-    assert getattr(refused[0], FIELDS)["calling_ae"] == "STRANGER"
+    # one access.refused line per refusal (storage.access.context), none of the handler's own
+    refused = [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "access.refused"]
+    assert [(f["actor"], f["channel"], f["action"]) for f in refused] == [("STRANGER", "dimse", "C-FIND")] * 2
+    assert all(r.levelname == "WARNING" for r in caplog.records if r.getMessage() == "access.refused")
+    finds = [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "dimse.find"]
+    assert [f["status"] for f in finds] == ["0x0124"] * 2
 
 
 def test_refusal_carries_an_error_comment(loaded: Loaded) -> None:
@@ -449,24 +332,24 @@ def test_refusal_carries_an_error_comment(loaded: Loaded) -> None:
     ae.add_requested_context(STUDY_ROOT)
     assoc = ae.associate("127.0.0.1", loaded.port, ae_title="MUNIPACS")
     try:
-        ((status, answer),) = list(assoc.send_c_find(identifier("STUDY", PatientName=""), STUDY_ROOT))
+        ((status, answer),) = list(assoc.send_c_find(keys("STUDY", PatientName=""), STUDY_ROOT))
     finally:
         assoc.release()
     assert status.Status == 0x0124 and answer is None
-    assert "not registered" in status.ErrorComment
+    assert status.ErrorComment == "calling AE STRANGER is not registered"
 
 
 @pytest.mark.parametrize(
     ("model", "query", "comment"),
     [
-        (STUDY_ROOT, identifier("STUDY", StudyDate="20260101-20250101"), "StudyDate"),
-        (STUDY_ROOT, identifier("STUDY", StudyDate="2026-01"), "StudyDate"),
-        (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="1.2.abc"), "not a valid UID"),
-        (STUDY_ROOT, identifier(None, PatientName="popescu*"), "QueryRetrieveLevel"),
-        (STUDY_ROOT, identifier("PATIENT", PatientName=""), "QueryRetrieveLevel"),
-        (PATIENT_ROOT, identifier("FRAME", PatientName=""), "QueryRetrieveLevel"),
-        (STUDY_ROOT, identifier("SERIES", StudyInstanceUID="1.2.3\\1.2.4"), "single UID"),
-        (STUDY_ROOT, identifier("STUDY", SpecificCharacterSet="ISO_IR 999", PatientName="x"), "Character Set"),
+        (STUDY_ROOT, keys("STUDY", StudyDate="20260101-20250101"), "StudyDate"),
+        (STUDY_ROOT, keys("STUDY", StudyDate="2026-01"), "StudyDate"),
+        (STUDY_ROOT, keys("STUDY", StudyInstanceUID="1.2.abc"), "not a valid UID"),
+        (STUDY_ROOT, keys(None, PatientName="popescu*"), "QueryRetrieveLevel"),
+        (STUDY_ROOT, keys("PATIENT", PatientName=""), "QueryRetrieveLevel"),
+        (PATIENT_ROOT, keys("FRAME", PatientName=""), "QueryRetrieveLevel"),
+        (STUDY_ROOT, keys("SERIES", StudyInstanceUID="1.2.3\\1.2.4"), "single UID"),
+        (STUDY_ROOT, keys("STUDY", SpecificCharacterSet="ISO_IR 999", PatientName="x"), "Character Set"),
     ],
 )
 def test_bad_identifiers_fail_with_a_reason(loaded: Loaded, model: str, query: Dataset, comment: str) -> None:

@@ -21,9 +21,12 @@ from pacs.server import start
 from storage.archive import Archive
 from storage.index.migrate import upgrade
 from storage.index.models import Instance
-from tests.conftest import BACKENDS, require_tool
-from tests.gateway.conftest import Gateway, serve_gateway
-from tests.pacs.test_find import ARCHIVE, NAMED, findscu, module_settings
+from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.dimse import findscu
+from tests.kit.studies import NAMED
+from tests.kit.studies import QUERY_ARCHIVE as ARCHIVE
+from tests.kit.tools import require_tool
 
 STUDIES = [ARCHIVE[label] for label in sorted(NAMED)]
 UID_OF_LEVEL = {"STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}

@@ -8,35 +8,25 @@ folder, which is compared with what the archive holds.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
-from pynetdicom import AE, build_role, evt
-from pynetdicom.association import Association
+from pynetdicom import evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    CTImageStorage,
-    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelGet,
 )
 
 from pacs.server import RunningScp
 from storage.archive import Archive
-from tests import dicom_factory as f
-from tests.conftest import require_tool
-from tests.pacs.test_move import (
-    ENV,
-    assert_same_objects,
-    dataset_bytes,
-    keys,
-    spooled,
-    store,
-    study,
-    undecodable,
-)
+from tests.kit import dicom_factory as f
+from tests.kit.dimse import ENV, assert_same_objects, dataset_bytes, get_association, keys, pynetdicom_get
+from tests.kit.inspect import spooled
+from tests.kit.seed import seed_files
+from tests.kit.studies import slices
+from tests.kit.tools import require_tool
 
 pytestmark = pytest.mark.dcmtk
 GET = StudyRootQueryRetrieveInformationModelGet
@@ -56,8 +46,8 @@ def k(*pairs: str) -> list[str]:
 
 
 def test_get_study_series_instance(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
-    datasets = study(6)
-    sent = store(archive, tmp_path / "in", datasets)
+    datasets = slices(6)
+    sent = seed_files(archive, tmp_path / "in", datasets)
     st, se, sop = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID, datasets[0].SOPInstanceUID
 
     out = getscu(scp, tmp_path / "study", "-S", *k("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={st}"))
@@ -74,10 +64,10 @@ def test_get_study_series_instance(scp: RunningScp, archive: Archive, tmp_path: 
 
 
 def test_get_patient_in_patient_root(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
-    mine = store(archive, tmp_path / "a", study(2, patient_id="PAT-G")) + store(
-        archive, tmp_path / "b", study(3, patient_id="PAT-G")
+    mine = seed_files(archive, tmp_path / "a", slices(2, patient_id="PAT-G")) + seed_files(
+        archive, tmp_path / "b", slices(3, patient_id="PAT-G")
     )
-    store(archive, tmp_path / "c", study(2, patient_id="PAT-H"))
+    seed_files(archive, tmp_path / "c", slices(2, patient_id="PAT-H"))
     getscu(scp, tmp_path / "out", "-P", *k("QueryRetrieveLevel=PATIENT", "PatientID=PAT-G"))
     assert_same_objects(mine, tmp_path / "out", as_stored=True)
 
@@ -86,8 +76,8 @@ def test_a_compressed_first_context_gets_every_instance(scp: RunningScp, archive
     """getscu `+xs` proposes one context per class, JPEG Lossless first, then the uncompressed
     syntaxes: the archive accepts explicit VR little endian there, so instances stored
     uncompressed arrive as stored instead of failing for want of a JPEG encoder."""
-    datasets = study(3)
-    sent = store(archive, tmp_path / "in", datasets)
+    datasets = slices(3)
+    sent = seed_files(archive, tmp_path / "in", datasets)
     st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
     out = getscu(scp, tmp_path / "out", "-S", "+xs", *k("QueryRetrieveLevel=STUDY", st))
     assert "Number of Completed Suboperations : 3" in out
@@ -101,8 +91,8 @@ def test_compressed_comes_as_stored_or_decoded(
     """Decoded where a requester's one context per class also offers an uncompressed syntax
     (getscu, with or without a compressed preference): that is the syntax every instance can be
     sent in. As stored where another context of the class is uncompressed (pynetdicom)."""
-    datasets = study(3)
-    sent = store(archive, tmp_path / "in", datasets, ts)
+    datasets = slices(3)
+    sent = seed_files(archive, tmp_path / "in", datasets, ts)
     st = f"StudyInstanceUID={datasets[0].StudyInstanceUID}"
     getscu(scp, tmp_path / "preferred", "-S", prefer, *k("QueryRetrieveLevel=STUDY", st))
     assert_same_objects(sent, tmp_path / "preferred", as_stored=False)
@@ -128,8 +118,8 @@ def test_compressed_comes_as_stored_or_decoded(
 
 
 def test_unknown_calling_ae_is_refused(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
-    datasets = study(2)
-    store(archive, tmp_path / "in", datasets)
+    datasets = slices(2)
+    seed_files(archive, tmp_path / "in", datasets)
     responses = pynetdicom_get(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), calling="STRANGER")
     status = responses[-1][0]
     assert status.Status == 0x0124
@@ -147,10 +137,10 @@ def test_invalid_identifier_is_refused(scp: RunningScp) -> None:
 
 
 def test_a_failed_suboperation_is_reported(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:
-    datasets = study(2)
-    sent = store(archive, tmp_path / "in", datasets)
-    video = undecodable(datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID)
-    store(archive, tmp_path / "in", [video], MPEG2MPML)
+    datasets = slices(2)
+    sent = seed_files(archive, tmp_path / "in", datasets)
+    video = f.undecodable(datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID)
+    seed_files(archive, tmp_path / "in", [video], MPEG2MPML)
     received: list[Dataset] = []
     responses = pynetdicom_get(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), received=received)
     status, identifier = responses[-1]
@@ -166,8 +156,8 @@ def test_cancel_stops_a_get_midway(scp: RunningScp, archive: Archive, tmp_path: 
     """pynetdicom as SCU sends C-CANCEL while it stores the 3rd instance: the SCP sends no 4th,
     and answers Cancel with the counts so far (PS3.4 C.4.3.3)."""
     total = 10
-    datasets = study(total, series=1)
-    store(archive, tmp_path / "in", datasets)
+    datasets = slices(total, series=1)
+    seed_files(archive, tmp_path / "in", datasets)
     received: list[Dataset] = []
 
     def cancel_after_third(event: evt.Event) -> None:
@@ -190,61 +180,3 @@ def raw_dataset(event: evt.Event) -> bytes:
     file when `STORE_RECV_CHUNKED_DATASET` is on, as the SCP in this process sets it)."""
     path = getattr(event, "dataset_path", None)
     return dataset_bytes(Path(path)) if path is not None else event.request.DataSet.getvalue()
-
-
-def pynetdicom_get(
-    scp: RunningScp,
-    identifier: Dataset,
-    *,
-    calling: str = "CT1",
-    model: str = "study",
-    received: list[Dataset] | None = None,
-    then=None,
-    max_pdu: int = 16382,
-) -> list[tuple[Dataset, Dataset | None]]:
-    """A C-GET by pynetdicom as SCU, storage SCP for CT in explicit VR little endian only."""
-    sop_class = {
-        "study": StudyRootQueryRetrieveInformationModelGet,
-        "patient": PatientRootQueryRetrieveInformationModelGet,
-    }
-    kept = [] if received is None else received
-
-    def on_store(event: evt.Event) -> int:
-        kept.append(event.dataset)
-        if then is not None:
-            then(event)
-        return 0x0000
-
-    assoc = get_association(scp, on_store, calling=calling, sop_class=sop_class[model], max_pdu=max_pdu)
-    try:
-        return list(assoc.send_c_get(identifier, sop_class[model], msg_id=1))
-    finally:
-        assoc.release()
-
-
-def get_association(
-    scp: RunningScp,
-    on_store: Callable[[evt.Event], int],
-    *,
-    calling: str = "CT1",
-    sop_class: str = StudyRootQueryRetrieveInformationModelGet,
-    max_pdu: int = 16382,
-    storage_syntaxes: Sequence[Sequence[str]] = ((ExplicitVRLittleEndian,),),
-) -> Association:
-    """An established association for C-GET by pynetdicom, storage SCP for CT (one context per
-    entry of `storage_syntaxes`: explicit VR little endian only by default), its C-STOREs
-    answered by `on_store`."""
-    ae = AE(ae_title=calling)
-    ae.maximum_pdu_size = max_pdu
-    ae.add_requested_context(sop_class)
-    for syntaxes in storage_syntaxes:
-        ae.add_requested_context(CTImageStorage, list(syntaxes))
-    assoc = ae.associate(
-        "127.0.0.1",
-        scp.port,
-        ae_title="MUNIPACS",
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
-    return assoc

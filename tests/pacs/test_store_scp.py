@@ -21,9 +21,9 @@ from storage.archive import Archive
 from storage.dicom.parse import Source, parse
 from storage.errors import RejectedInput
 from storage.index.models import Instance, Study
-from tests import dicom_factory as f
-from tests.conftest import require_tool
-from tests.helpers import blob_keys, row_counts
+from tests.kit import dicom_factory as f
+from tests.kit.inspect import blob_keys, row_counts
+from tests.kit.tools import require_tool
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

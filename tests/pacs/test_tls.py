@@ -36,9 +36,10 @@ from storage.archive import Archive
 from storage.index.migrate import upgrade
 from storage.index.models import Instance
 from storage.settings import Settings
-from tests import dicom_factory as f
-from tests.conftest import BACKENDS, make_settings, require_tool
-from tests.servers import ServerProcess, free_port, start_server
+from tests.kit import dicom_factory as f
+from tests.kit.backends import BACKENDS, make_settings
+from tests.kit.servers import ServerProcess, free_port, start_server
+from tests.kit.tools import require_tool
 
 # --- a throwaway PKI ---------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ import pytest
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage
 
-from tests import dicom_factory as f
-from tests.servers import ServerProcess, start_server
+from tests.kit import dicom_factory as f
+from tests.kit.servers import ServerProcess, start_server
 
 PER_ASSOCIATION = 5
 

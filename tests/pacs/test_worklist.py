@@ -22,12 +22,12 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 
 from pacs.server import RunningScp
 from storage.access.orgs import AeSpec, add_org
-from storage.access.principal import Principal
+from storage.access.context import Context
 from storage.archive import Archive
 from storage.workflow.worklist import NewStep, create_step, set_status
-from tests.conftest import require_tool
+from tests.kit.tools import require_tool
 
-ADMIN = Principal.system()
+ADMIN = Context.console()
 TODAY = date.today().strftime("%Y%m%d")
 TOMORROW = (date.today() + timedelta(days=1)).strftime("%Y%m%d")
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import Gateway
+from tests.kit.dicomweb import Gateway
 
 ADMIN = {"org": None, "roles": ("admin",)}
 RIS_A = {"org": "hosp-a", "roles": ("integrator",)}

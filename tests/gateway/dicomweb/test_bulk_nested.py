@@ -9,9 +9,8 @@ from __future__ import annotations
 import pydicom
 from pydicom.dataset import Dataset
 
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-from tests.gateway.dicomweb.test_wado import read, store, uids, url
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway, instance_url, store
 
 ICON = bytes(range(256)) * 16  # 64 x 64 x 8 bits, above the 1 KB bulk threshold
 
@@ -30,10 +29,10 @@ def _with_icon() -> bytes:
 def test_nested_bulk_data_uri_names_the_item_and_resolves(gateway: Gateway) -> None:
     data = store(gateway, _with_icon())
     client = gateway.client()
-    meta = client.retrieve_instance_metadata(*uids(data))
-    base = url(gateway, data)
+    meta = client.retrieve_instance_metadata(*f.uids_of(data))
+    base = instance_url(gateway, data)
     nested = meta["00880200"]["Value"][0]["7FE00010"]
     assert nested["BulkDataURI"] == f"{base}/bulk/00880200/1/7FE00010"
     assert meta["7FE00010"]["BulkDataURI"] == f"{base}/bulk/7FE00010"
     assert client.retrieve_bulkdata(nested["BulkDataURI"]) == [ICON]
-    assert client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"]) == [read(data).PixelData]
+    assert client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"]) == [f.read(data).PixelData]

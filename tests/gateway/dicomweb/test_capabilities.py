@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.gateway.conftest import Gateway
+from tests.kit.dicomweb import Gateway
 
 pytestmark = pytest.mark.parametrize("settings", ["sqlite-fs"], indirect=True)  # no storage involved
 

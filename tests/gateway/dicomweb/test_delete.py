@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from storage.index.models import Instance, PendingBlob, Study
 from storage.ingest.recovery import recover
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-from tests.helpers import blob_keys, row_counts
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway
+from tests.kit.inspect import blob_keys, row_counts
 
 ADMIN = {"org": None, "roles": ("admin",)}
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -30,86 +30,40 @@ from sqlalchemy import text
 from gateway.app import create_app
 from gateway.compression import GzipJsonMiddleware, accepts_gzip
 from pacs.server import start
-from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import INSTANCE_TAGS, Source
+from storage.dicom.parse import INSTANCE_TAGS
 from storage.index.migrate import upgrade
-from storage.ingest.pipeline import Origin, ingest
 from storage.query import search as queries
-from tests import dicom_factory as f
-from tests.conftest import BACKENDS, module_settings
-from tests.gateway.conftest import Gateway, serve_gateway
+from tests.kit import dicom_factory as f
+from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.seed import seed
+from tests.kit.studies import StudySpec, study
 
-MODALITY = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
+
+def _study(label: str, name: str, pid: str, date: str, *args: Any, **kw: Any) -> StudySpec:
+    """The kit's study, as QIDO-RS searches it: stored out of order, accession ACC-<pid>, age 46."""
+    kw.setdefault("accession", f"ACC-{pid}")
+    return study(label, name, pid, date, *args, age="046Y", out_of_order=True, **kw)
+
+
 XML_ACCEPT = 'multipart/related; type="application/dicom+xml"'
 NATIVE = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
-
-
-@dataclass
-class StudySpec:
-    label: str
-    uid: str = field(default_factory=f.uid)
-    series: list[str] = field(default_factory=list)
-    sops: list[str] = field(default_factory=list)
-    files: list[bytes] = field(default_factory=list)
-
-
-def _study(
-    label: str,
-    name: str,
-    pid: str,
-    date: str,
-    time: str = "101500",
-    series: tuple[tuple[str, int], ...] = (("CT", 1),),
-    charset: str | None = None,
-    sex: str = "M",
-    referring: str | None = None,
-    accession: str | None = None,
-) -> StudySpec:
-    spec = StudySpec(label)
-    for number, (modality, count) in enumerate(series, 1):
-        series_uid = f.uid()
-        spec.series.append(series_uid)
-        # sent out of order (3, 1, 2), so answers must be sorted by InstanceNumber, not by arrival
-        for number_in_series in [count, *range(1, count)]:
-            ds = f.ct_dataset(
-                study_uid=spec.uid,
-                series_uid=series_uid,
-                patient_id=pid,
-                patient_name=name,
-                charset=charset,
-                modality=modality,
-                instance_number=number_in_series,
-            )
-            ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.PatientSex = date, time, number, sex
-            ds.AccessionNumber = accession or f"ACC-{pid}"
-            ds.PatientAge = "046Y"
-            if referring:
-                ds.ReferringPhysicianName = referring
-            spec.sops.append(ds.SOPInstanceUID)
-            spec.files.append(f.to_bytes(ds))
-    return spec
 
 
 ARCHIVE = {
     s.label: s
     for s in [
-        _study("ion", "Popescu^Ion", "P001", "20260115", "083000", (("CT", 3),), referring="Ionescu^Radu"),
-        _study("maria", "Popescu^Maria", "P002", "20251201", "120000", (("MR", 2), ("CT", 1)), sex="F"),
-        _study("stef", "Ştefănescu^Ioana", "P003", "20260310", "091500", charset="ISO_IR 101", sex="F"),
-        _study("turcanu", "Țurcanu^Mihai", "P004", "20240620", "140000", (("US", 1),), charset="ISO_IR 192"),
-        _study("andrei", "Ionescu^Andrei", "P005", "20260115", "150000", (("CR", 1),)),
+        _study("ion", "Popescu^Ion", "P001", "20260115", (("CT", 3),), time="083000", referring="Ionescu^Radu"),
+        _study("maria", "Popescu^Maria", "P002", "20251201", (("MR", 2), ("CT", 1)), time="120000", sex="F"),
+        _study("stef", "Ştefănescu^Ioana", "P003", "20260310", time="091500", charset="ISO_IR 101", sex="F"),
+        _study("turcanu", "Țurcanu^Mihai", "P004", "20240620", (("US", 1),), time="140000", charset="ISO_IR 192"),
+        _study("andrei", "Ionescu^Andrei", "P005", "20260115", (("CR", 1),), time="150000"),
         _study(
-            "yamada",
-            "Yamada^Tarou=山田^太郎=やまだ^たろう",
-            "P006",
-            "20230303",
-            series=(("MR", 1),),
-            charset="ISO_IR 192",
+            "yamada", "Yamada^Tarou=山田^太郎=やまだ^たろう", "P006", "20230303", (("MR", 1),), charset="ISO_IR 192"
         ),
         _study("escapes", "Literal^Test", "AB%_1", "20220202", accession="X_Y%"),
-        _study("nodate", "Fara^Data", "P008", "", ""),
+        _study("nodate", "Fara^Data", "P008", "", time=""),
         _study("elena", "Vasilescu^Elena", "P009", "20230101", sex="F"),
         _study("dan", "Georgescu^Dan", "p001", "20220505"),
     ]
@@ -128,8 +82,7 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         upgrade(archive.db.engine)
         with contextmanager(serve_gateway)(settings, archive) as gw:
             for spec in ARCHIVE.values():
-                for data in spec.files:
-                    ingest(Source(data=data), ORIGIN, MODALITY, archive=archive)
+                seed(archive, *spec.files)
             yield gw
     finally:
         archive.close()

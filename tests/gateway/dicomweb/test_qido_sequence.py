@@ -14,14 +14,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from pacs.server import start
-from storage.access.principal import Principal
-from storage.dicom.parse import Source
-from storage.ingest.pipeline import Origin, ingest
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-
-CT1 = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway
+from tests.kit.seed import seed
 
 
 def _item(**values: str) -> Dataset:
@@ -37,7 +32,7 @@ def _store(gw: Gateway, rp: str, sps: str, code: str) -> tuple[str, str, str]:
         [_item(RequestedProcedureID=rp, ScheduledProcedureStepID=sps), _item(RequestedProcedureID=rp + "-B")]
     )
     ds.ProcedureCodeSequence = Sequence([_item(CodeValue=code, CodingSchemeDesignator="LN")])
-    ingest(Source(data=f.to_bytes(ds)), ORIGIN, CT1, archive=gw.archive)
+    seed(gw.archive, ds)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 

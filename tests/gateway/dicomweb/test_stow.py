@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from gateway.dicomweb.multipart_reader import MultipartError, parse_content_type, read_parts
 from storage.index.models import Instance, Series, Study
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-from tests.helpers import blob_keys, row_counts
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway
+from tests.kit.inspect import blob_keys, row_counts
 
 BOUNDARY = "pacs-test-boundary"
 CT = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'

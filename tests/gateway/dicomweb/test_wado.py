@@ -26,72 +26,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from requests import HTTPError
 
 from gateway.dicomweb import render
-from storage.access.principal import Principal
-from storage.dicom.parse import Source
-from storage.ingest.pipeline import Origin, ingest
+from storage.access.context import Context
 from storage.retrieve import retrieval as retrieve
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-
-CT1 = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
-BUNDLED = {p.name: p for p in f.bundled_pydicom_files()}
-
-
-# ----- helpers (also used by test_wado_uri.py) ------------------------------------------------
-
-
-def store(gw: Gateway, data: bytes) -> bytes:
-    ingest(Source(data=data), ORIGIN, CT1, archive=gw.archive)
-    return data
-
-
-def bundled(name: str, *, study: str, series: str) -> bytes:
-    """A bundled pydicom file under new UIDs (several of them share one SOP Instance UID)."""
-    ds = pydicom.dcmread(BUNDLED[name])
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, f.uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    return buf.getvalue()
-
-
-def read(data: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(data))
-
-
-def uids(data: bytes) -> tuple[str, str, str]:
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-
-
-def url(gw: Gateway, data: bytes, suffix: str = "") -> str:
-    st, se, sop = uids(data)
-    return f"{gw.dicomweb}/studies/{st}/series/{se}/instances/{sop}{suffix}"
-
-
-def get(gw: Gateway, path: str, accept: str | None = None, **headers: str) -> httpx.Response:
-    h = gw.headers() | headers
-    if accept is not None:
-        h["Accept"] = accept
-    return httpx.get(path if path.startswith("http") else gw.dicomweb + path, headers=h, timeout=30)
-
-
-def parts(r: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
-    """Split a multipart/related body into (headers, body) pairs."""
-    boundary = r.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
-    out = []
-    for chunk in r.content.split(f"--{boundary}".encode())[1:-1]:
-        head, _, body = chunk[2:].partition(b"\r\n\r\n")
-        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
-        out.append(({k.lower(): v for k, v in headers.items()}, body[:-2]))
-    return out
-
-
-def assert_problem(r: httpx.Response, status: int) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    assert r.json()["detail"]
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway, assert_problem, get, instance_url, parts, store
 
 
 def pixels_equal(a: Dataset, b: Dataset) -> bool:
@@ -107,13 +45,13 @@ def test_study_series_instance_retrieval_streams_what_was_stored(gateway: Gatewa
         store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=(se1, se2)[i % 2], instance_number=i + 1)))
         for i in range(4)
     ]
-    rle = store(gateway, bundled("MR_small_RLE.dcm", study=st, series=se2))
+    rle = store(gateway, f.bundled("MR_small_RLE.dcm", study=st, series=se2))
     client = gateway.client()
 
     got = {str(d.SOPInstanceUID): d for d in client.retrieve_study(st, media_types=(("application/dicom", "*"),))}
     assert len(got) == 5
     for data in [*cts, rle]:
-        original = read(data)
+        original = f.read(data)
         back = got[str(original.SOPInstanceUID)]
         assert back == original
         assert back.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
@@ -121,11 +59,11 @@ def test_study_series_instance_retrieval_streams_what_was_stored(gateway: Gatewa
     series = client.retrieve_series(st, se2)  # default: Explicit VR Little Endian
     assert len(series) == 3
     assert {d.file_meta.TransferSyntaxUID for d in series} == {ExplicitVRLittleEndian}
-    transcoded = next(d for d in series if d.SOPInstanceUID == read(rle).SOPInstanceUID)
-    assert pixels_equal(transcoded, read(rle))
+    transcoded = next(d for d in series if d.SOPInstanceUID == f.read(rle).SOPInstanceUID)
+    assert pixels_equal(transcoded, f.read(rle))
 
-    one = client.retrieve_instance(*uids(cts[0]))
-    assert one == read(cts[0])
+    one = client.retrieve_instance(*f.uids_of(cts[0]))
+    assert one == f.read(cts[0])
 
     with httpx.stream("GET", f"{gateway.dicomweb}/studies/{st}", headers=gateway.headers(), timeout=30) as r:
         assert r.status_code == 200
@@ -134,7 +72,7 @@ def test_study_series_instance_retrieval_streams_what_was_stored(gateway: Gatewa
         body = b"".join(r.iter_bytes())
     r2 = httpx.Response(200, headers={"content-type": r.headers["content-type"]}, content=body)
     locations = [h["content-location"] for h, _ in parts(r2)]
-    assert locations[0] == url(gateway, cts[0])  # PACS_PUBLIC_URL, with the port the server listens on
+    assert locations[0] == instance_url(gateway, cts[0])  # PACS_PUBLIC_URL, with the port the server listens on
     assert all(h["content-type"].startswith("application/dicom; transfer-syntax=") for h, _ in parts(r2))
 
 
@@ -152,36 +90,36 @@ TRANSCODED = [
 
 def test_compressed_and_legacy_syntaxes_transcode_to_explicit_little_endian(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
-    stored = {name: store(gateway, bundled(name, study=st, series=se)) for name in TRANSCODED}
+    stored = {name: store(gateway, f.bundled(name, study=st, series=se)) for name in TRANSCODED}
     client = gateway.client()
     for name, data in stored.items():
-        original = read(data)
-        back = client.retrieve_instance(*uids(data), media_types=("application/dicom",))  # no transfer-syntax
+        original = f.read(data)
+        back = client.retrieve_instance(*f.uids_of(data), media_types=("application/dicom",))  # no transfer-syntax
         assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
         assert back.SOPInstanceUID == original.SOPInstanceUID, name
         assert pixels_equal(back, original), name
-        as_stored = client.retrieve_instance(*uids(data))  # dicomweb-client asks for transfer-syntax=*
+        as_stored = client.retrieve_instance(*f.uids_of(data))  # dicomweb-client asks for transfer-syntax=*
         assert as_stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID, name
         assert as_stored == original, name
     # Implicit VR Little Endian on request (dicomweb-client does not offer it: raw Accept)
     accept = f'multipart/related; type="application/dicom"; transfer-syntax={ImplicitVRLittleEndian}'
-    r = get(gateway, url(gateway, stored["JPEG2000.dcm"]), accept)
+    r = get(gateway, instance_url(gateway, stored["JPEG2000.dcm"]), accept)
     [(headers, body)] = parts(r)
     assert headers["content-type"] == f"application/dicom; transfer-syntax={ImplicitVRLittleEndian}"
-    implicit = read(body)
+    implicit = f.read(body)
     assert implicit.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
-    assert pixels_equal(implicit, read(stored["JPEG2000.dcm"]))
+    assert pixels_equal(implicit, f.read(stored["JPEG2000.dcm"]))
 
 
 def test_unsatisfiable_accept_is_406(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
-    lossy12 = store(gateway, bundled("JPEG-lossy.dcm", study=st, series=se))  # no installed codec decodes it
+    lossy12 = store(gateway, f.bundled("JPEG-lossy.dcm", study=st, series=se))  # no installed codec decodes it
     native = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se)))
-    r = get(gateway, url(gateway, lossy12))  # default: Explicit VR LE, needs decoding
+    r = get(gateway, instance_url(gateway, lossy12))  # default: Explicit VR LE, needs decoding
     assert_problem(r, 406)
     assert "transfer-syntax=*" in r.json()["detail"]
     assert get(
-        gateway, url(gateway, lossy12), 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        gateway, instance_url(gateway, lossy12), 'multipart/related; type="application/dicom"; transfer-syntax=*'
     ).is_success
     # once a study is streaming, a decoder failure cannot become a 406: without a transfer-syntax
     # the instance goes as stored (and says so), with an explicit one the stream is cut short
@@ -191,21 +129,23 @@ def test_unsatisfiable_accept_is_406(gateway: Gateway) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         get(gateway, f"/studies/{st}", explicit)
     jpeg = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
-    assert_problem(get(gateway, url(gateway, native), jpeg), 406)  # nothing is re-compressed
+    assert_problem(get(gateway, instance_url(gateway, native), jpeg), 406)  # nothing is re-compressed
     assert_problem(get(gateway, f"/studies/{st}", "application/dicom"), 406)  # a study is multipart only
     assert_problem(get(gateway, f"/studies/{st}", "text/html"), 406)
     assert_problem(get(gateway, f"/studies/{st}/metadata", "application/dicom+xml"), 406)
-    assert_problem(get(gateway, url(gateway, native, "/rendered"), "image/jp2"), 406)
-    assert_problem(get(gateway, url(gateway, native, "/frames/1"), 'multipart/related; type="image/jpeg"'), 406)
+    assert_problem(get(gateway, instance_url(gateway, native, "/rendered"), "image/jp2"), 406)
+    assert_problem(
+        get(gateway, instance_url(gateway, native, "/frames/1"), 'multipart/related; type="image/jpeg"'), 406
+    )
     with pytest.raises(HTTPError) as exc:
-        gateway.client().retrieve_instance_frames(*uids(native), [1], media_types=("image/jpeg",))
+        gateway.client().retrieve_instance_frames(*f.uids_of(native), [1], media_types=("image/jpeg",))
     assert exc.value.response.status_code == 406
 
 
 def test_bad_and_unknown_resources(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
     data = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se, frames=2)))
-    _, _, sop = uids(data)
+    _, _, sop = f.uids_of(data)
     assert_problem(get(gateway, "/studies/1.2.abc"), 400)
     assert_problem(get(gateway, f"/studies/{st}/series/01.2/metadata"), 400)
     assert_problem(get(gateway, f"/studies/{f.uid()}"), 404)
@@ -213,13 +153,13 @@ def test_bad_and_unknown_resources(gateway: Gateway) -> None:
     assert_problem(get(gateway, f"/studies/{st}/series/{f.uid()}"), 404)
     assert_problem(get(gateway, f"/studies/{st}/series/{se}/instances/{f.uid()}/frames/1"), 404)
     for frames in ("0", "x", "1,,2", "3"):
-        assert_problem(get(gateway, url(gateway, data, f"/frames/{frames}")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/frames/1,2/rendered")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/rendered?window=1,0")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/rendered?quality=0")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/rendered?viewport=10")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/bulk/7FE0")), 400)
-    assert_problem(get(gateway, url(gateway, data, "/bulk/00091010")), 404)
+        assert_problem(get(gateway, instance_url(gateway, data, f"/frames/{frames}")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/frames/1,2/rendered")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/rendered?window=1,0")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/rendered?quality=0")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/rendered?viewport=10")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/bulk/7FE0")), 400)
+    assert_problem(get(gateway, instance_url(gateway, data, "/bulk/00091010")), 404)
     assert get(gateway, f"/studies/{st}/series/{se}/instances/{sop}").status_code == 200
 
 
@@ -228,7 +168,7 @@ def test_bad_and_unknown_resources(gateway: Gateway) -> None:
 
 def expected_json(data: bytes, base: str) -> dict[str, object]:
     """pydicom's DICOM JSON of the original, bulk elements (and all Pixel Data) as BulkDataURIs."""
-    ds = read(data)
+    ds = f.read(data)
 
     def uri(elem: pydicom.DataElement) -> str:
         return f"{base}/bulk/{elem.tag:08X}"
@@ -245,28 +185,28 @@ def test_metadata_is_the_stored_json_with_absolute_bulk_data_uris(gateway: Gatew
     ct.add_new(0x60003000, "OW", bytes(range(256)) * 8)  # Overlay Data, 2 KB: bulk data besides Pixel Data
     stored = [
         store(gateway, f.to_bytes(ct)),
-        store(gateway, bundled("CT_small.dcm", study=st, series=se)),
-        store(gateway, bundled("MR_small_RLE.dcm", study=st, series=f.uid())),
+        store(gateway, f.bundled("CT_small.dcm", study=st, series=se)),
+        store(gateway, f.bundled("MR_small_RLE.dcm", study=st, series=f.uid())),
     ]
     client = gateway.client()
     public = gateway.dicomweb  # PACS_PUBLIC_URL, with the port the server listens on
     metadata = {m["00080018"]["Value"][0]: m for m in client.retrieve_study_metadata(st)}
     assert len(metadata) == 3
     for data in stored:
-        _, _, sop = uids(data)
-        base = url(gateway, data).replace(gateway.dicomweb, public)
+        _, _, sop = f.uids_of(data)
+        base = instance_url(gateway, data).replace(gateway.dicomweb, public)
         assert metadata[sop] == expected_json(data, base)
-        assert client.retrieve_instance_metadata(*uids(data)) == expected_json(data, base)
+        assert client.retrieve_instance_metadata(*f.uids_of(data)) == expected_json(data, base)
     assert len(client.retrieve_series_metadata(st, se)) == 2
 
     # BulkDataURIs resolve through the same gateway
-    native, overlay = read(stored[0]), metadata[uids(stored[0])[2]]
+    native, overlay = f.read(stored[0]), metadata[f.uids_of(stored[0])[2]]
     local = overlay["7FE00010"]["BulkDataURI"].replace(public, gateway.dicomweb)
     assert client.retrieve_bulkdata(local) == [native.PixelData]
     local = overlay["60003000"]["BulkDataURI"].replace(public, gateway.dicomweb)
     assert client.retrieve_bulkdata(local, media_types=("application/octet-stream",)) == [native[0x60003000].value]
-    rle = read(stored[2])
-    rle_uri = metadata[uids(stored[2])[2]]["7FE00010"]["BulkDataURI"].replace(public, gateway.dicomweb)
+    rle = f.read(stored[2])
+    rle_uri = metadata[f.uids_of(stored[2])[2]]["7FE00010"]["BulkDataURI"].replace(public, gateway.dicomweb)
     assert client.retrieve_bulkdata(rle_uri) == list(generate_frames(rle.PixelData, number_of_frames=1))
     decoded = client.retrieve_bulkdata(rle_uri, media_types=("application/octet-stream",))
     assert decoded == [rle.pixel_array.astype("<u2").tobytes()]
@@ -278,52 +218,54 @@ def test_metadata_is_the_stored_json_with_absolute_bulk_data_uris(gateway: Gatew
 def test_frames_are_byte_equal_to_the_stored_pixel_data(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
     multi = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se, frames=3)))
-    rle2 = store(gateway, bundled("SC_rgb_rle_2frame.dcm", study=st, series=se))
-    j2k = store(gateway, bundled("JPEG2000.dcm", study=st, series=se))
-    big = store(gateway, bundled("MR_small_bigendian.dcm", study=st, series=se))
-    deflated = store(gateway, bundled("image_dfl.dcm", study=st, series=se))
-    implicit = store(gateway, bundled("rtdose.dcm", study=st, series=se))
+    rle2 = store(gateway, f.bundled("SC_rgb_rle_2frame.dcm", study=st, series=se))
+    j2k = store(gateway, f.bundled("JPEG2000.dcm", study=st, series=se))
+    big = store(gateway, f.bundled("MR_small_bigendian.dcm", study=st, series=se))
+    deflated = store(gateway, f.bundled("image_dfl.dcm", study=st, series=se))
+    implicit = store(gateway, f.bundled("rtdose.dcm", study=st, series=se))
     client = gateway.client()
 
-    ds = read(multi)
+    ds = f.read(multi)
     length = len(ds.PixelData) // 3
     expect = [ds.PixelData[0:length], ds.PixelData[2 * length : 3 * length]]
-    assert client.retrieve_instance_frames(*uids(multi), [1, 3], media_types=("application/octet-stream",)) == expect
-    assert client.retrieve_instance_frames(*uids(multi), [3, 1]) == expect[::-1]  # */*: as stored
+    assert (
+        client.retrieve_instance_frames(*f.uids_of(multi), [1, 3], media_types=("application/octet-stream",)) == expect
+    )
+    assert client.retrieve_instance_frames(*f.uids_of(multi), [3, 1]) == expect[::-1]  # */*: as stored
 
-    ds = read(rle2)
+    ds = f.read(rle2)
     frames = list(generate_frames(ds.PixelData, number_of_frames=2))
-    assert client.retrieve_instance_frames(*uids(rle2), [2], media_types=("image/dicom-rle",)) == [frames[1]]
-    assert client.retrieve_instance_frames(*uids(rle2), [1, 2]) == frames
-    octets = client.retrieve_instance_frames(*uids(rle2), [2], media_types=("application/octet-stream",))
+    assert client.retrieve_instance_frames(*f.uids_of(rle2), [2], media_types=("image/dicom-rle",)) == [frames[1]]
+    assert client.retrieve_instance_frames(*f.uids_of(rle2), [1, 2]) == frames
+    octets = client.retrieve_instance_frames(*f.uids_of(rle2), [2], media_types=("application/octet-stream",))
     assert octets == [pydicom.pixels.pixel_array(ds, index=1).tobytes()]
-    r = get(gateway, url(gateway, rle2, "/frames/1"), 'multipart/related; type="image/x-dicom-rle"')
+    r = get(gateway, instance_url(gateway, rle2, "/frames/1"), 'multipart/related; type="image/x-dicom-rle"')
     assert parts(r)[0][0]["content-type"] == "image/x-dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"
 
-    ds = read(j2k)
-    [j2k_frame] = client.retrieve_instance_frames(*uids(j2k), [1], media_types=("image/jp2",))
+    ds = f.read(j2k)
+    [j2k_frame] = client.retrieve_instance_frames(*f.uids_of(j2k), [1], media_types=("image/jp2",))
     assert j2k_frame == next(generate_frames(ds.PixelData, number_of_frames=1))
     assert j2k_frame[:2] == b"\xff\x4f"  # a J2K codestream (SOC marker)
 
     for data in (big, deflated, implicit):
-        ds = read(data)
+        ds = f.read(data)
         arr = ds.pixel_array[0] if ds.get("NumberOfFrames", 1) > 1 else ds.pixel_array
-        got = client.retrieve_instance_frames(*uids(data), [1], media_types=("application/octet-stream",))
+        got = client.retrieve_instance_frames(*f.uids_of(data), [1], media_types=("application/octet-stream",))
         assert got == [arr.astype(arr.dtype.newbyteorder("<")).tobytes()]
 
-    r = get(gateway, url(gateway, multi, "/frames/2"), "application/octet-stream")  # single part on request
+    r = get(gateway, instance_url(gateway, multi, "/frames/2"), "application/octet-stream")  # single part on request
     assert r.headers["content-type"] == f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}"
-    assert r.content == read(multi).PixelData[length : 2 * length]
+    assert r.content == f.read(multi).PixelData[length : 2 * length]
 
 
 def test_native_ybr_full_422_frames_are_two_samples_a_pixel(gateway: Gateway) -> None:
     """YBR_FULL_422 keeps 2 bytes a pixel, not 3 (PS3.3 C.7.6.3.1.2): frame 2 starts at 2*rows*columns."""
-    ds = pydicom.dcmread(BUNDLED["SC_ybr_full_422_uncompressed.dcm"])
+    ds = pydicom.dcmread(f.BUNDLED["SC_ybr_full_422_uncompressed.dcm"])
     first = ds.PixelData
     second = bytes(255 - b for b in first)
     ds.NumberOfFrames, ds.PixelData = 2, first + second
     data = store(gateway, _copy(ds, f.uid(), f.uid()))
-    got = gateway.client().retrieve_instance_frames(*uids(data), [2, 1], media_types=("application/octet-stream",))
+    got = gateway.client().retrieve_instance_frames(*f.uids_of(data), [2, 1], media_types=("application/octet-stream",))
     assert got == [second, first]
 
 
@@ -336,39 +278,45 @@ def image(data: bytes) -> Image.Image:
 
 def test_rendered_images_thumbnails_and_window(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
-    ct = store(gateway, bundled("CT_small.dcm", study=st, series=se))
-    color = store(gateway, bundled("SC_rgb_jpeg_dcmtk.dcm", study=st, series=f.uid()))
-    dose = store(gateway, bundled("rtdose.dcm", study=st, series=f.uid()))
+    ct = store(gateway, f.bundled("CT_small.dcm", study=st, series=se))
+    color = store(gateway, f.bundled("SC_rgb_jpeg_dcmtk.dcm", study=st, series=f.uid()))
+    dose = store(gateway, f.bundled("rtdose.dcm", study=st, series=f.uid()))
     client = gateway.client()
 
-    jpeg = client.retrieve_instance_rendered(*uids(ct))
+    jpeg = client.retrieve_instance_rendered(*f.uids_of(ct))
     im = image(jpeg)
     assert (im.format, im.size, im.mode) == ("JPEG", (128, 128), "L")
     assert np.asarray(im).std() > 10
-    png = image(client.retrieve_instance_rendered(*uids(ct), media_types=("image/png",), params={"viewport": "64,32"}))
+    png = image(
+        client.retrieve_instance_rendered(*f.uids_of(ct), media_types=("image/png",), params={"viewport": "64,32"})
+    )
     assert (png.format, png.size) == ("PNG", (32, 32))
 
-    narrow = np.asarray(image(client.retrieve_instance_rendered(*uids(ct), params={"window": "40,80,linear"})))
-    wide = np.asarray(image(client.retrieve_instance_rendered(*uids(ct), params={"window": "1000,4000,linear"})))
-    sigmoid = np.asarray(image(client.retrieve_instance_rendered(*uids(ct), params={"window": "40,80,sigmoid"})))
+    narrow = np.asarray(image(client.retrieve_instance_rendered(*f.uids_of(ct), params={"window": "40,80,linear"})))
+    wide = np.asarray(image(client.retrieve_instance_rendered(*f.uids_of(ct), params={"window": "1000,4000,linear"})))
+    sigmoid = np.asarray(image(client.retrieve_instance_rendered(*f.uids_of(ct), params={"window": "40,80,sigmoid"})))
     assert not np.array_equal(narrow, wide) and not np.array_equal(narrow, sigmoid)
     assert narrow.std() > wide.std()
-    small = client.retrieve_instance_rendered(*uids(ct), params={"quality": "5"})
+    small = client.retrieve_instance_rendered(*f.uids_of(ct), params={"quality": "5"})
     assert len(small) < len(jpeg)
 
-    rgb = image(client.retrieve_instance_rendered(*uids(color)))
+    rgb = image(client.retrieve_instance_rendered(*f.uids_of(color)))
     assert rgb.mode == "RGB" and np.asarray(rgb).std() > 10
 
-    frame = image(client.retrieve_instance_frames_rendered(*uids(dose), [2], media_types=("image/png",)))
-    ds = read(dose)
+    frame = image(client.retrieve_instance_frames_rendered(*f.uids_of(dose), [2], media_types=("image/png",)))
+    ds = f.read(dose)
     assert frame.size == (ds.Columns, ds.Rows)
     assert image(client.retrieve_series_rendered(st, se)).size == (128, 128)
 
-    for path in (f"/studies/{st}/thumbnail", f"/studies/{st}/series/{se}/thumbnail", url(gateway, color, "/thumbnail")):
+    for path in (
+        f"/studies/{st}/thumbnail",
+        f"/studies/{st}/series/{se}/thumbnail",
+        instance_url(gateway, color, "/thumbnail"),
+    ):
         r = get(gateway, path)
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert max(image(r.content).size) == 128
-    r = get(gateway, url(gateway, ct, "/rendered?accept=image/png"))
+    r = get(gateway, instance_url(gateway, ct, "/rendered?accept=image/png"))
     assert r.headers["content-type"] == "image/png"
 
 
@@ -379,8 +327,8 @@ def test_monochrome1_is_inverted(gateway: Gateway) -> None:
     mono1.PhotometricInterpretation = "MONOCHROME1"
     a, b = store(gateway, f.to_bytes(mono2)), store(gateway, f.to_bytes(mono1))
     client = gateway.client()
-    pa = np.asarray(image(client.retrieve_instance_rendered(*uids(a), media_types=("image/png",)))).astype(int)
-    pb = np.asarray(image(client.retrieve_instance_rendered(*uids(b), media_types=("image/png",)))).astype(int)
+    pa = np.asarray(image(client.retrieve_instance_rendered(*f.uids_of(a), media_types=("image/png",)))).astype(int)
+    pb = np.asarray(image(client.retrieve_instance_rendered(*f.uids_of(b), media_types=("image/png",)))).astype(int)
     assert pa.std() > 10
     assert np.array_equal(pa + pb, np.full_like(pa, 255))
 
@@ -388,7 +336,7 @@ def test_monochrome1_is_inverted(gateway: Gateway) -> None:
 # ----- rendering from a frame's own bytes ---------------------------------------------------
 
 RNG = np.random.default_rng(7)
-SYSTEM = Principal.system()
+SYSTEM = Context.console()
 
 
 def _pixels(ds: Dataset, low: int, high: int, dtype: str, frames: int = 1) -> None:
@@ -453,7 +401,7 @@ def _render_cases() -> dict[str, Dataset]:
         ds.PixelData = RNG.integers(0, 256, size=200 * 300 * 3).astype("u1").tobytes()
         cases[name] = ds
 
-    cases["palette colour"] = pydicom.dcmread(BUNDLED["examples_palette.dcm"])
+    cases["palette colour"] = pydicom.dcmread(f.BUNDLED["examples_palette.dcm"])
     return cases
 
 
@@ -467,7 +415,7 @@ def _copy(ds: Dataset, study: str, series: str, transfer_syntax: str = ExplicitV
 
 
 def _decodes_from_frame(gw: Gateway, data: bytes, frame: int) -> bool:
-    st, se, sop = uids(data)
+    st, se, sop = f.uids_of(data)
     return retrieve.native_frame(gw.archive, retrieve.instance(gw.archive, SYSTEM, st, se, sop), frame) is not None
 
 
@@ -489,24 +437,26 @@ def test_rendering_from_the_frame_bytes_equals_rendering_the_whole_object(gatewa
             assert not any(_decodes_from_frame(gateway, c, frame) for c in copies), name
             for query in queries:
                 suffix = f"/frames/{frame}/rendered{query}"
-                got = get(gateway, url(gateway, native, suffix), "image/png")
+                got = get(gateway, instance_url(gateway, native, suffix), "image/png")
                 assert got.status_code == 200, (name, suffix, got.text)
                 pixels = np.asarray(image(got.content))
                 for other in copies:
                     assert np.array_equal(
-                        np.asarray(image(get(gateway, url(gateway, other, suffix), "image/png").content)), pixels
+                        np.asarray(image(get(gateway, instance_url(gateway, other, suffix), "image/png").content)),
+                        pixels,
                     ), (name, suffix)
                 params = render.RenderParams(
                     media_type="image/png",
                     window=render.parse_window(query.removeprefix("?window=")) if "window" in query else None,
                     viewport=(77, 64) if "viewport" in query else None,
                 )
-                expected = np.asarray(image(render.render(read(native), frame=frame, params=params)))
+                expected = np.asarray(image(render.render(f.read(native), frame=frame, params=params)))
                 assert np.array_equal(pixels, expected), (name, suffix)
-            jpeg = get(gateway, url(gateway, native, f"/frames/{frame}/rendered"), "image/jpeg")
+            jpeg = get(gateway, instance_url(gateway, native, f"/frames/{frame}/rendered"), "image/jpeg")
             assert "content-encoding" not in jpeg.headers  # httpx asks for gzip: images go as they are
             assert (
-                jpeg.content == get(gateway, url(gateway, copies[0], f"/frames/{frame}/rendered"), "image/jpeg").content
+                jpeg.content
+                == get(gateway, instance_url(gateway, copies[0], f"/frames/{frame}/rendered"), "image/jpeg").content
             )
 
 
@@ -533,7 +483,7 @@ def test_the_lookup_table_gives_what_the_pipeline_gives_per_pixel() -> None:
         small_pixels = np.frombuffer(ds.PixelData, ds.pixel_array.dtype).reshape(ds.Rows, ds.Columns)
         big.Rows, big.Columns = ds.Rows * 5, ds.Columns * 5
         big.PixelData = np.tile(small_pixels, (5, 5)).tobytes()
-        small, tiled = read(f.to_bytes(ds)), read(f.to_bytes(big))
+        small, tiled = f.read(f.to_bytes(ds)), f.read(f.to_bytes(big))
         for window in (None, "40,400", "100,1,linear", "0,1000,linear-exact", "40,80,sigmoid"):
             params = render.RenderParams(media_type="image/png", window=render.parse_window(window) if window else None)
             want = np.tile(np.asarray(image(render.render(small, params=params))), (5, 5))
@@ -544,7 +494,7 @@ def test_a_remembered_token_still_expires_and_goes_with_its_key(gateway: Gateway
     """The gateway remembers verified local tokens (`Authenticator`): that must not outlive `exp`
     nor a change of the signing key."""
     data = store(gateway, f.to_bytes(f.ct_dataset(rows=8, columns=8)))
-    path = url(gateway, data, "/frames/1")
+    path = instance_url(gateway, data, "/frames/1")
     short, long = gateway.token(ttl=2), gateway.token(ttl=600)
     for token in (short, short, long, long):  # the second use of each comes from memory
         assert get(gateway, path, Authorization=f"Bearer {token}").status_code == 200
@@ -564,23 +514,23 @@ def test_a_remembered_token_still_expires_and_goes_with_its_key(gateway: Gateway
 def test_single_part_instance_with_byte_ranges(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
     data = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se, rows=64, columns=64)))
-    rle = store(gateway, bundled("MR_small_RLE.dcm", study=st, series=se))
-    whole = get(gateway, url(gateway, data), "application/dicom")
+    rle = store(gateway, f.bundled("MR_small_RLE.dcm", study=st, series=se))
+    whole = get(gateway, instance_url(gateway, data), "application/dicom")
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["accept-ranges"] == "bytes" and whole.headers["content-length"] == str(len(data))
     assert whole.headers["content-type"] == f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
-    r = get(gateway, url(gateway, data), "application/dicom", Range="bytes=128-131")
+    r = get(gateway, instance_url(gateway, data), "application/dicom", Range="bytes=128-131")
     assert r.status_code == 206 and r.content == b"DICM"
     assert r.headers["content-range"] == f"bytes 128-131/{len(data)}"
-    r = get(gateway, url(gateway, data), "application/dicom", Range="bytes=-100")
+    r = get(gateway, instance_url(gateway, data), "application/dicom", Range="bytes=-100")
     assert r.status_code == 206 and r.content == data[-100:]
-    r = get(gateway, url(gateway, data), "application/dicom", Range="bytes=5000-")
+    r = get(gateway, instance_url(gateway, data), "application/dicom", Range="bytes=5000-")
     assert r.status_code == 206 and r.content == data[5000:]
-    r = get(gateway, url(gateway, data), "application/dicom", Range=f"bytes={len(data)}-")
+    r = get(gateway, instance_url(gateway, data), "application/dicom", Range=f"bytes={len(data)}-")
     assert_problem(r, 416)
     assert r.headers["content-range"] == f"bytes */{len(data)}"
-    r = get(gateway, url(gateway, rle), "application/dicom", Range="bytes=0-9")  # transcoded: whole object
-    assert r.status_code == 200 and read(r.content).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    r = get(gateway, instance_url(gateway, rle), "application/dicom", Range="bytes=0-9")  # transcoded: whole object
+    assert r.status_code == 200 and f.read(r.content).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
 
 def test_instances_stored_through_the_scp_come_back_over_wado(gateway: Gateway, tmp_path: Path) -> None:
@@ -589,7 +539,7 @@ def test_instances_stored_through_the_scp_come_back_over_wado(gateway: Gateway, 
     from pacs.server import start
 
     st, se = f.uid(), f.uid()
-    sent = [read(bundled(n, study=st, series=se)) for n in ("JPEG2000.dcm", "MR_small_RLE.dcm", "CT_small.dcm")]
+    sent = [f.read(f.bundled(n, study=st, series=se)) for n in ("JPEG2000.dcm", "MR_small_RLE.dcm", "CT_small.dcm")]
     scp = start(gateway.settings, gateway.archive, port=0)
     try:
         ae = AE(ae_title="CT1")

@@ -9,9 +9,8 @@ import numpy as np
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests import dicom_factory as f
-from tests.gateway.conftest import Gateway
-from tests.gateway.dicomweb.test_wado import assert_problem, bundled, read, store, uids
+from tests.kit import dicom_factory as f
+from tests.kit.dicomweb import Gateway, assert_problem, store
 
 
 def wado(
@@ -19,7 +18,7 @@ def wado(
 ) -> httpx.Response:
     query: dict[str, str] = {"requestType": "WADO"}
     if data is not None:
-        study, series, sop = uids(data)
+        study, series, sop = f.uids_of(data)
         query |= {"studyUID": study, "seriesUID": series, "objectUID": sop}
     query |= params
     return httpx.get(f"{gw.url}/wado", params=query, headers=gw.headers() | (headers or {}), timeout=30)
@@ -28,18 +27,18 @@ def wado(
 def test_application_dicom_as_stored_transcoded_and_ranged(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
     native = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se, rows=32, columns=32)))
-    j2k = store(gateway, bundled("JPEG2000.dcm", study=st, series=se))
+    j2k = store(gateway, f.bundled("JPEG2000.dcm", study=st, series=se))
 
     r = wado(gateway, native, contentType="application/dicom")
     assert r.status_code == 200 and r.content == native
     assert r.headers["content-type"] == "application/dicom"  # no transfer-syntax parameter in URI answers
-    assert r.headers["content-disposition"] == f'attachment; filename="{uids(native)[2]}.dcm"'
+    assert r.headers["content-disposition"] == f'attachment; filename="{f.uids_of(native)[2]}.dcm"'
     r = wado(gateway, native, headers={"Range": "bytes=128-131"}, contentType="application/dicom")
     assert r.status_code == 206 and r.content == b"DICM"
 
     r = wado(gateway, j2k, contentType="application/dicom")  # default: Explicit VR Little Endian
-    assert read(r.content).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert np.array_equal(read(r.content).pixel_array, read(j2k).pixel_array)
+    assert f.read(r.content).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(f.read(r.content).pixel_array, f.read(j2k).pixel_array)
     r = wado(gateway, j2k, contentType="application/dicom", transferSyntax="1.2.840.10008.1.2.4.91")
     assert r.content == j2k
     assert_problem(wado(gateway, native, contentType="application/dicom", transferSyntax="1.2.840.10008.1.2.4.50"), 406)
@@ -49,8 +48,8 @@ def test_application_dicom_as_stored_transcoded_and_ranged(gateway: Gateway) -> 
 
 def test_rendered_jpeg_png_and_parameters(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
-    ct = store(gateway, bundled("CT_small.dcm", study=st, series=se))
-    dose = store(gateway, bundled("rtdose.dcm", study=st, series=se))
+    ct = store(gateway, f.bundled("CT_small.dcm", study=st, series=se))
+    dose = store(gateway, f.bundled("rtdose.dcm", study=st, series=se))
 
     r = wado(gateway, ct)  # single-frame image: image/jpeg by default
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
@@ -68,7 +67,7 @@ def test_rendered_jpeg_png_and_parameters(gateway: Gateway) -> None:
 
     assert wado(gateway, dose).headers["content-type"] == "application/dicom"  # multi-frame: the object
     frame = wado(gateway, dose, frameNumber="3")
-    ds = read(dose)
+    ds = f.read(dose)
     assert frame.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(frame.content)).size == (ds.Columns, ds.Rows)
     assert_problem(wado(gateway, dose, frameNumber="99"), 400)
@@ -77,7 +76,7 @@ def test_rendered_jpeg_png_and_parameters(gateway: Gateway) -> None:
 def test_missing_and_invalid_parameters(gateway: Gateway) -> None:
     st, se = f.uid(), f.uid()
     ct = store(gateway, f.to_bytes(f.ct_dataset(study_uid=st, series_uid=se)))
-    study, series, sop = uids(ct)
+    study, series, sop = f.uids_of(ct)
     assert_problem(wado(gateway, ct, requestType="WADO-RS"), 400)
     assert_problem(wado(gateway, None, studyUID=study, seriesUID=series), 400)
     assert_problem(wado(gateway, None, studyUID=study, seriesUID=series, objectUID="1.2.x"), 400)

@@ -35,18 +35,11 @@ from pacs.wire.direct_send import COMMAND, data_set_offset, file_fragments, frag
 from storage.archive import Archive
 from storage.logs import FIELDS
 from storage.settings import Settings
-from tests import dicom_factory as f
-from tests.conftest import make_settings
-from tests.pacs.test_get import get_association, pynetdicom_get
-from tests.pacs.test_move import (
-    dataset_bytes,
-    keys,
-    pynetdicom_move,
-    register,
-    store,
-    storescp,  # noqa: F401 - the dcmtk receiver fixture
-    study,
-)
+from tests.kit import dicom_factory as f
+from tests.kit.backends import make_settings
+from tests.kit.dimse import dataset_bytes, get_association, keys, pynetdicom_get, pynetdicom_move, register
+from tests.kit.seed import seed_files
+from tests.kit.studies import slices
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -124,8 +117,8 @@ def get_raw(scp: RunningScp, identifier: Dataset, max_pdu: int) -> dict[str, byt
 
 @pytest.mark.parametrize("max_pdu", [4096, 0])
 def test_get_at_small_and_unlimited_pdu_sizes(scp: RunningScp, archive: Archive, tmp_path: Path, max_pdu: int) -> None:
-    datasets = study(5, size=64)
-    sent = store(archive, tmp_path / "in", datasets)
+    datasets = slices(5, size=64)
+    sent = seed_files(archive, tmp_path / "in", datasets)
     got = get_raw(scp, keys("STUDY", StudyInstanceUID=datasets[0].StudyInstanceUID), max_pdu)
     expected = {str(ds.SOPInstanceUID): dataset_bytes(p) for ds, p in zip(datasets, sent, strict=True)}
     assert got == expected
@@ -139,8 +132,8 @@ def test_many_small_moves_back_to_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """300 sub-operations of a few KB each: each response reaches its sub-operation, none is lost."""
-    datasets = study(300, size=16)
-    store(archive, tmp_path / "in", datasets)
+    datasets = slices(300, size=16)
+    seed_files(archive, tmp_path / "in", datasets)
     dest = storescp()
     register(archive, "hosp-a", "DEST", dest.port)
     with caplog.at_level(logging.WARNING):
@@ -176,8 +169,8 @@ def test_warning_and_failure_responses_reach_pynetdicoms_status_handling(
     scp: RunningScp, archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only a plain success is read without pynetdicom; these go through its decoding and counts."""
-    datasets = study(4, size=16)
-    store(archive, tmp_path / "in", datasets)
+    datasets = slices(4, size=16)
+    seed_files(archive, tmp_path / "in", datasets)
     answers = {2: 0xB007, 3: 0xA700}  # Coercion of Data Elements; Out of Resources
     with caplog.at_level(logging.WARNING):
         responses, _ = get_answering(
@@ -199,8 +192,8 @@ def test_a_retrieval_longer_than_the_network_timeout_keeps_its_association(
 ) -> None:
     """Responses read by the sending thread restart pynetdicom's idle timer, as its own reader
     does; otherwise the SCP aborts the association once the C-GET is over."""
-    datasets = study(8, size=16)
-    store(archive, tmp_path / "in", datasets)
+    datasets = slices(8, size=16)
+    seed_files(archive, tmp_path / "in", datasets)
     ae = scp.server.ae
     before, ae.network_timeout = ae.network_timeout, 1
     try:

@@ -22,12 +22,12 @@ from pacs.wire import identifier
 from storage.archive import Archive
 from storage.dicom.fastjson import dataset_encodings, to_json_dict_fast
 from storage.dicom.parse import Source
-from storage.ingest.pipeline import Origin, ingest
+from storage.ingest.pipeline import ingest
 from storage.logs import FIELDS
-from tests import dicom_factory as f
-from tests.pacs.test_find import identifier as query_identifier
-from tests.pacs.test_find import pyfind
-from tests.pacs.test_move import CT1
+from tests.kit import dicom_factory as f
+from tests.kit.dimse import keys as query_identifier
+from tests.kit.dimse import pyfind
+from tests.kit.principals import CT_A, ctx
 
 WRITTEN = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT", "US",
            "SS", "UL", "SL", "FL", "FD", "AT"}  # fmt: skip
@@ -135,7 +135,7 @@ def test_a_find_answers_through_both_paths(scp: RunningScp, archive: Archive, ca
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "RPID3", "RADLEX", "CT chest"
     ds.ProcedureCodeSequence = [code]
-    ingest(Source(data=f.to_bytes(ds)), Origin.dimse("CT1", "MUNIPACS", "127.0.0.1"), CT1, archive=archive)
+    ingest(Source(data=f.to_bytes(ds)), ctx(CT_A), archive=archive)
 
     plain = pyfind(scp.port, query_identifier("STUDY", PatientID="SEQ-1", PatientName="", StudyInstanceUID=""))
     with_sequence = query_identifier("STUDY", PatientID="SEQ-1", StudyInstanceUID="")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from storage.blobs import from_settings
 from storage.blobs.fs import FileBlobStore
-from storage.blobs.protocol import BlobStore, from_settings, new_key, object_key
+from storage.blobs.protocol import BlobStore, new_key, object_key
 from storage.settings import Settings
-from tests.conftest import s3_storage_url
-from tests.helpers import blob_keys
+from tests.kit.backends import s3_storage_url
+from tests.kit.inspect import blob_keys
 
 
 @pytest.fixture(params=["fs", pytest.param("s3", marks=pytest.mark.s3)])

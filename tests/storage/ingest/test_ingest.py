@@ -11,29 +11,27 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
-from storage.access.principal import Principal
+from storage.access.context import Context
 from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.errors import BadCharset, InvalidUid, MissingUid, NotDicom, RejectedInput, Truncated
 from storage.index.models import Instance, PatientIdentity, Series, Study
-from storage.ingest.pipeline import Origin, Outcome, ingest
-from tests import dicom_factory as f
-from tests.helpers import blob_keys, row_counts
+from storage.ingest.pipeline import Outcome, ingest
+from tests.kit import dicom_factory as f
+from tests.kit.inspect import blob_keys, row_counts
+from tests.kit.principals import CT_A, HOSP_A, UNREGISTERED, ctx
+from tests.kit.seed import seed_orgs
 
-HOSPITAL = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-ORIGIN = Origin.dimse("CT1", "MUNIPACS", "127.0.0.1")
+HOSPITAL = ctx(CT_A)
 
 
-def store(archive: Archive, data: bytes, principal: Principal = HOSPITAL) -> Outcome:
-    return ingest(Source(data=data), ORIGIN, principal, archive=archive).outcome
+def store(archive: Archive, data: bytes, context: Context = HOSPITAL) -> Outcome:
+    return ingest(Source(data=data), context, archive=archive).outcome
 
 
 @pytest.fixture(autouse=True)
 def _hospital(archive: Archive) -> None:
-    from storage.access.orgs import AeSpec, add_org
-
-    with archive.db.write() as s:
-        add_org(s, "hosp-a", "Hospital A", [AeSpec("CT1")])
+    seed_orgs(archive, [HOSP_A])
 
 
 def test_stored_instance_is_indexed_and_readable(archive: Archive) -> None:
@@ -147,15 +145,9 @@ def test_series_uid_reused_in_another_study_is_refused(archive: Archive) -> None
 
 
 def test_identity_namespaces(archive: Archive) -> None:
-    unknown = Principal(sub="ROGUE", org=None, roles=frozenset({"modality"}), via="dimse")
     store(archive, f.to_bytes(f.ct_dataset(patient_id="123")))  # registered AE, no issuer
     store(archive, f.to_bytes(f.ct_dataset(patient_id="123", issuer="1.2.40.0.13.1")))
-    ingest(
-        Source(data=f.to_bytes(f.ct_dataset(patient_id="123"))),
-        Origin.dimse("ROGUE", "MUNIPACS", "10.0.0.9"),
-        unknown,
-        archive=archive,
-    )
+    store(archive, f.to_bytes(f.ct_dataset(patient_id="123")), ctx(UNREGISTERED, source="10.0.0.9"))
     store(archive, f.to_bytes(f.ct_dataset(patient_id="")))
     with archive.db.read() as s:
         kinds = sorted((i.issuer_kind, i.issuer) for i in s.scalars(select(PatientIdentity)) if i.patient_id == "123")
@@ -195,7 +187,7 @@ def test_pydicom_charset_files(archive: Archive) -> None:
         if "SOPClassUID" not in expected:
             continue  # two samples carry no SOP Class UID; refused as such elsewhere
         try:
-            ingest(Source(path=path), ORIGIN, HOSPITAL, archive=archive)
+            ingest(Source(path=path), HOSPITAL, archive=archive)
         except RejectedInput as exc:  # pragma: no cover - reported with its reason
             pytest.fail(f"{path}: {exc.reason}: {exc.detail}")
         with archive.db.read() as s:

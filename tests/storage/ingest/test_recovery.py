@@ -12,7 +12,7 @@ from storage.archive import Archive
 from storage.blobs.protocol import new_key
 from storage.index.models import PendingBlob
 from storage.ingest.recovery import recover
-from tests.helpers import blob_keys
+from tests.kit.inspect import blob_keys
 
 
 def _pending(archive: Archive, owner: str, *, age: timedelta = timedelta(0), write_blob: bool = True) -> str:
@@ -47,9 +47,9 @@ CRASHING_WRITER = """
 import os, signal, sys
 from pathlib import Path
 import storage.ingest.pipeline as ingest_mod
-from storage.access.principal import Principal
+from storage.access.context import Context
 from storage.archive import Archive
-from storage.ingest.pipeline import Origin, ingest
+from storage.ingest.pipeline import ingest
 from storage.dicom.parse import Source
 from storage.settings import Settings
 
@@ -63,7 +63,7 @@ if point == "after-blob":      # blob durable, index not committed
 elif point == "after-commit":  # index committed, success not yet sent
     real = ingest_mod._result
     ingest_mod._result = die
-ingest(Source(path=Path(sys.argv[7])), Origin.cli("crash"), Principal.system(), archive=archive)
+ingest(Source(path=Path(sys.argv[7])), Context.console(), archive=archive)
 """
 
 
@@ -71,7 +71,7 @@ def _crash_during_ingest(archive: Archive, tmp_path, point: str) -> str:
     import subprocess
     import sys
 
-    from tests import dicom_factory as f
+    from tests.kit import dicom_factory as f
 
     ds = f.ct_dataset()
     path = f.write(tmp_path / f"{point}.dcm", ds)
@@ -98,7 +98,7 @@ def _crash_during_ingest(archive: Archive, tmp_path, point: str) -> str:
 
 
 def test_killed_between_blob_and_commit_leaves_nothing_visible(archive: Archive, tmp_path) -> None:
-    from tests.helpers import row_counts
+    from tests.kit.inspect import row_counts
 
     _crash_during_ingest(archive, tmp_path, "after-blob")
     assert row_counts(archive)["pending_blobs"] == 1 and len(blob_keys(archive)) == 1
@@ -109,7 +109,7 @@ def test_killed_between_blob_and_commit_leaves_nothing_visible(archive: Archive,
 
 def test_killed_after_commit_leaves_a_complete_instance(archive: Archive, tmp_path) -> None:
     from storage.index.models import Instance
-    from tests.helpers import row_counts
+    from tests.kit.inspect import row_counts
 
     sop = _crash_during_ingest(archive, tmp_path, "after-commit")
     assert recover(archive).removed == 0

@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 from sqlalchemy import ColumnElement, Connection, event, insert, select
 
-from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import Source
 from storage.index.models import PatientIdentity, Study
-from storage.ingest.pipeline import Origin, ingest
 from storage.query import matching as m
 from storage.query.keys import IMAGE, STUDY, attribute_tag
 from storage.query.matching import InvalidQuery
 from storage.query.search import Query, search
-from tests import dicom_factory as f
+from tests.kit import dicom_factory as f
+from tests.kit.principals import ADMIN, ctx
+from tests.kit.seed import seed
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 # label, folded name, patient id, date, time, accession, modalities, series count
@@ -278,16 +277,16 @@ def test_attribute_names_resolve_to_tags() -> None:
 
 # ----- query plans ------------------------------------------------------------------------
 
-ADMIN = Principal.system()
+AS_ADMIN = ctx(ADMIN)
 
 
 def _load(archive: Archive) -> tuple[str, str]:
     """A few real studies, so every join has rows; returns one study's and one series' UID."""
     first = f.ct_dataset(patient_name="Popescu^Ion")
     for ds in (first, f.ct_dataset(study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID)):
-        ingest(Source(data=f.to_bytes(ds)), Origin.cli("t"), ADMIN, archive=archive)
+        seed(archive, ds, as_=AS_ADMIN)
     for name in ("Ionescu^Maria", "Ştefănescu^Ioana", "Vasilescu^Dan"):
-        ingest(Source(data=f.to_bytes(f.ct_dataset(patient_name=name))), Origin.cli("t"), ADMIN, archive=archive)
+        seed(archive, f.ct_dataset(patient_name=name), as_=AS_ADMIN)
     return str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
 
 
@@ -336,7 +335,7 @@ def _full_scan(plan: str, dialect: str, table: str) -> bool:
 def test_plan_of_the_newest_studies_page_needs_no_sort(archive: Archive) -> None:
     """The default study list (newest first) is read in the order of ix_studies_date_id."""
     _load(archive)
-    plan = _plan(archive, lambda s: search(Query(STUDY, {}), ADMIN, session=s, limit=10))
+    plan = _plan(archive, lambda s: search(Query(STUDY, {}), AS_ADMIN, session=s, limit=10))
     dialect = archive.db.engine.dialect.name
     if dialect == "sqlite":
         assert re.search(r"SCAN studies USING (COVERING )?INDEX ix_studies_date_id\b", plan), plan
@@ -349,7 +348,7 @@ def test_plan_of_the_newest_studies_page_needs_no_sort(archive: Archive) -> None
 def test_plan_of_studies_by_patient_name_wildcard(archive: Archive) -> None:
     _load(archive)
     query = Query(STUDY, {"00100010": "popescu*"})
-    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, AS_ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     # SQLite: GLOB on ix_studies_patient_name_folded; PostgreSQL: LIKE on the text_pattern_ops index
     assert _uses_index(plan, dialect, "studies", r"ix_studies_patient_name_\w+"), plan
@@ -359,7 +358,7 @@ def test_plan_of_studies_by_patient_name_wildcard(archive: Archive) -> None:
 def test_plan_of_studies_by_date_range(archive: Archive) -> None:
     _load(archive)
     query = Query(STUDY, {"00080020": "20260101-20261231"})
-    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, AS_ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     assert _uses_index(plan, dialect, "studies", "ix_studies_date_id"), plan
     assert not _full_scan(plan, dialect, "studies"), plan
@@ -368,7 +367,7 @@ def test_plan_of_studies_by_date_range(archive: Archive) -> None:
 def test_plan_of_instances_of_a_study(archive: Archive) -> None:
     study_uid, _ = _load(archive)
     query = Query(IMAGE, study_uid=study_uid)
-    plan = _plan(archive, lambda s: search(query, ADMIN, session=s))
+    plan = _plan(archive, lambda s: search(query, AS_ADMIN, session=s))
     dialect = archive.db.engine.dialect.name
     assert _uses_index(plan, dialect, "instances", "ix_instances_study_id"), plan
     for table in ("instances", "series", "studies"):

@@ -19,16 +19,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import BasicTextSRStorage, CTImageStorage
 from sqlalchemy import ColumnElement, Connection, Select, event, select
 
-from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import Source
 from storage.index.models import Instance, Series, Study
-from storage.ingest.pipeline import Origin, ingest
 from storage.query import sequences as m
 from storage.query.matching import InvalidQuery
-from tests import dicom_factory as f
+from tests.kit import dicom_factory as f
+from tests.kit.principals import ADMIN
+from tests.kit.seed import seed
 
-ADMIN = Principal.system()
 REF1, REF2 = f.uid(), f.uid()
 # requested procedure, scheduled step
 RAS = "RequestAttributesSequence"
@@ -117,7 +115,7 @@ def conn(archive: Archive) -> Iterator[Connection]:
     """Instances a, b and c ingested; study, series and SOP UIDs mapped back to those labels."""
     labels: dict[str, str] = {}
     for label, ds in (("a", _a()), ("b", _b()), ("c", _c())):
-        ingest(Source(data=f.to_bytes(ds)), Origin.cli("t"), ADMIN, archive=archive)
+        seed(archive, ds, as_=ADMIN)
         for uid in (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID):
             labels[str(uid)] = label
     with archive.db.engine.connect() as connection:

@@ -13,18 +13,18 @@ import orjson
 import pytest
 from pydicom.data import get_testdata_file
 
-from storage.access.principal import Principal
 from storage.archive import Archive
-from storage.dicom.parse import INSTANCE_TAGS, Source
-from storage.ingest.pipeline import Origin, ingest
+from storage.dicom.parse import INSTANCE_TAGS
 from storage.query import answers, splice
 from storage.query.keys import IMAGE
 from storage.query.search import Query, search
-from tests import dicom_factory as f
+from tests.kit import dicom_factory as f
+from tests.kit.principals import ADMIN, ctx
+from tests.kit.seed import seed
 
 Row = namedtuple("Row", "study_pk identity_id study_uid attrs_json modalities num_series num_instances")
 STORED = '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Ștefănescu^Ioana"}]}}'
-ADMIN = Principal(sub="admin", org=None, roles=frozenset({"admin"}))
+AS_ADMIN = ctx(ADMIN)
 
 
 @pytest.mark.parametrize("stored", [STORED, STORED.encode(), "{}", b"{}"])
@@ -54,16 +54,15 @@ def test_spliced_instances_equal_the_dict_built_ones(archive: Archive, scope: st
     study, series = f.uid(), f.uid()
     sources = [f.to_bytes(f.ct_dataset(study_uid=study, series_uid=series, frames=n)) for n in (1, 3)]
     sources.append(open(get_testdata_file("MR_small.dcm"), "rb").read())  # another study, other attributes
-    for data in sources:
-        ingest(Source(data=data), Origin.cli("test"), ADMIN, archive=archive)
+    seed(archive, *sources, as_=AS_ADMIN)
     scoped = {"all": {}, "study": {"study_uid": study}, "series": {"study_uid": study, "series_uid": series}}[scope]
     base = "http://host/dicomweb"
     with archive.db.read() as session:
-        fast = search(Query(IMAGE, **scoped), ADMIN, session=session, base_url=base)
+        fast = search(Query(IMAGE, **scoped), AS_ADMIN, session=session, base_url=base)
         # AvailableTransferSyntaxUID turns the splice off; asked with every instance tag, the main
         # path answers what the splice carries
         slow = search(
-            Query(IMAGE, include=INSTANCE_TAGS | {"00083002"}, **scoped), ADMIN, session=session, base_url=base
+            Query(IMAGE, include=INSTANCE_TAGS | {"00083002"}, **scoped), AS_ADMIN, session=session, base_url=base
         )
     assert all(isinstance(item, bytes) for item in fast.items)
     assert all(isinstance(item, dict) for item in slow.items)

@@ -13,13 +13,13 @@ import subprocess
 import threading
 from datetime import timedelta
 
-from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.workflow.commitment import Pending, Reference, Request, any_due, claim_due, keep, postpone, settle
-from tests import dicom_factory as f
+from tests.kit import dicom_factory as f
+from tests.kit.principals import CT_A, ctx
 
 LEASE = timedelta(minutes=2)
-MODALITY = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
+MODALITY = ctx(CT_A)
 
 
 def dead_owner() -> str:
@@ -46,7 +46,7 @@ def test_a_live_claim_is_kept_and_a_dead_one_taken_over(archive: Archive) -> Non
     gone = kept(archive, gone_owner)
     taken = claim(archive, "elsewhere:1")
     assert [(p.id, p.previous_owner) for p in taken] == [(gone, gone_owner)]
-    assert taken[0].principal == MODALITY and taken[0].attempts == 0
+    assert taken[0].principal == CT_A and taken[0].attempts == 0
     assert claim(archive, "elsewhere:2") == []  # now held by a live claim, as `live` is
     assert live not in [p.id for p in claim(archive, "elsewhere:3")]
 

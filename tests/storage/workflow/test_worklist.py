@@ -7,7 +7,6 @@ SQLite (GLOB) and PostgreSQL (LIKE).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,35 +16,31 @@ from pydicom.dataset import Dataset
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
+from storage.access.context import Channel, Context
 from storage.access.orgs import AeSpec, add_org
-from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.errors import NotAuthorized, NotFound
 from storage.index.migrate import alembic_config, current, upgrade
 from storage.query.matching import InvalidQuery
+from storage.workflow import mwl
 from storage.workflow import worklist as w
+from tests.kit import principals as who
 
-ADMIN = Principal(sub="admin", org=None, roles=frozenset({"admin"}))
-RIS_A = Principal(sub="ris@hosp-a", org="hosp-a", roles=frozenset({"integrator"}))
-RIS_B = Principal(sub="ris@clinic-b", org="clinic-b", roles=frozenset({"integrator"}))
-CLINICIAN_A = Principal(sub="dr@hosp-a", org="hosp-a", roles=frozenset({"clinician"}))
-CT1 = Principal(sub="CT1", org="hosp-a", roles=frozenset({"modality"}), via="dimse")
-UNREGISTERED = Principal(sub="NOBODY", org=None, roles=frozenset({"modality"}), via="dimse")
+ADMIN = who.ctx(who.ADMIN, Channel.API)
+RIS_A = who.ctx(who.INTEGRATOR_A, Channel.API)
+RIS_B = who.ctx(who.INTEGRATOR_B, Channel.API)
+CLINICIAN_A = who.ctx(who.CLINICIAN_A, Channel.API)
+CT1 = who.ctx(who.CT_A)
+UNREGISTERED = who.ctx(who.UNREGISTERED)
 TODAY = "20261123"
 
 
 @pytest.fixture()
-def session(archive: Archive) -> Iterator[Session]:
-    with archive.db.engine.connect() as conn:
-        outer = conn.begin()
-        s = Session(bind=conn, join_transaction_mode="create_savepoint")
-        add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT1"), AeSpec("CT2"), AeSpec("MR1")])
-        add_org(s, "clinic-b", "Clinica B", [AeSpec("US-B")])
-        try:
-            yield s
-        finally:
-            s.close()
-            outer.rollback()
+def session(session: Session) -> Session:
+    """The conftest's rolled-back session, with two organizations registered in it."""
+    add_org(session, "hosp-a", "Spitalul Județean A", [AeSpec("CT1"), AeSpec("CT2"), AeSpec("MR1")])
+    add_org(session, "clinic-b", "Clinica B", [AeSpec("US-B")])
+    return session
 
 
 def spec(**kw: Any) -> w.NewStep:
@@ -60,9 +55,9 @@ def spec(**kw: Any) -> w.NewStep:
     return w.NewStep.model_validate(fields | kw)
 
 
-def schedule(session: Session, principal: Principal = ADMIN, **kw: Any) -> w.Step:
-    kw.setdefault("org", principal.org or "hosp-a")
-    return w.create_step(spec(**kw), principal, session=session)
+def schedule(session: Session, ctx: Context = ADMIN, **kw: Any) -> w.Step:
+    kw.setdefault("org", ctx.principal.org or "hosp-a")
+    return w.create_step(spec(**kw), ctx, session=session)
 
 
 def test_a_new_step_gets_a_study_uid_its_ids_and_dicom_values(session: Session) -> None:
@@ -191,11 +186,11 @@ def query(top: dict[str, Any] | None = None, **item: Any) -> Dataset:
     return ds
 
 
-def found(session: Session, identifier: Dataset, principal: Principal = CT1) -> list[str]:
+def found(session: Session, identifier: Dataset, ctx: Context = CT1) -> list[str]:
     """The Patient IDs answered, in order (asked for as a return key when not a matching key)."""
     if "PatientID" not in identifier:
         identifier.PatientID = ""
-    return [str(a.PatientID) for a in w.find_worklist(identifier, principal, session=session)]
+    return [str(a.PatientID) for a in mwl.find_worklist(identifier, ctx, session=session)]
 
 
 @pytest.fixture()
@@ -273,7 +268,7 @@ def test_an_answer_holds_the_keys_asked_for(day: Session) -> None:
         ScheduledProcedureStepStartDate="",
         ScheduledProtocolCodeSequence=[],
     )
-    (answer,) = w.find_worklist(identifier, CT1, session=day)
+    (answer,) = mwl.find_worklist(identifier, CT1, session=day)
     assert answer.SpecificCharacterSet == "ISO_IR 192"
     assert str(answer.PatientName) == "Ştefănescu^Ioana"
     assert answer.StudyInstanceUID.startswith("1.2.826.0.1.3680043.8.498.")
@@ -283,7 +278,7 @@ def test_an_answer_holds_the_keys_asked_for(day: Session) -> None:
     assert len(item.ScheduledProtocolCodeSequence) == 0
     assert "Modality" not in item and "AccessionNumber" not in answer  # not asked for
 
-    (ascii_only,) = w.find_worklist(query({"PatientID": "P2", "PatientName": ""}), CT1, session=day)
+    (ascii_only,) = mwl.find_worklist(query({"PatientID": "P2", "PatientName": ""}), CT1, session=day)
     assert "SpecificCharacterSet" not in ascii_only
 
 
@@ -291,7 +286,7 @@ def test_an_empty_step_sequence_asks_for_the_whole_item(day: Session) -> None:
     identifier = Dataset()
     identifier.PatientID = "P1"
     identifier.ScheduledProcedureStepSequence = []
-    (answer,) = w.find_worklist(identifier, CT1, session=day)
+    (answer,) = mwl.find_worklist(identifier, CT1, session=day)
     (item,) = answer.ScheduledProcedureStepSequence
     assert item.Modality == "CT" and item.ScheduledProcedureStepStatus == "SCHEDULED"
     assert str(item.ScheduledPerformingPhysicianName) == "Ţăranu^Mihai"
@@ -309,7 +304,7 @@ def test_a_bad_identifier_is_an_invalid_query(day: Session) -> None:
     ]
     for identifier in bad:
         with pytest.raises(InvalidQuery):
-            w.find_worklist(identifier, CT1, session=day)
+            mwl.find_worklist(identifier, CT1, session=day)
 
 
 def test_the_migration_goes_down_and_up(archive: Archive) -> None:

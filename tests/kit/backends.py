@@ -1,0 +1,57 @@
+"""The two backend pairs every storage path is tested on: SQLite + a folder, PostgreSQL + S3."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from storage.settings import Settings
+from tests.kit.databases import new_database
+
+BACKENDS = ["sqlite-fs", pytest.param("postgres-s3", marks=[pytest.mark.postgres, pytest.mark.s3])]
+
+
+def s3_storage_url(s3: dict[str, str]) -> str:
+    """A fresh bucket on the session's S3 server (created by the archive on first use)."""
+    return f"s3://pacs-{uuid.uuid4().hex[:12]}?endpoint={s3['S3_ENDPOINT']}&region=us-east-1"
+
+
+def settings_for(
+    data_dir: Path, *, database_url: str = "", s3: dict[str, str] | None = None, **extra: object
+) -> Settings:
+    """Settings on ephemeral ports; PostgreSQL + S3 when both are given, else SQLite + folder."""
+    if s3 is None:
+        return Settings(data_dir=data_dir, dicom_port=0, http_port=0, **extra)  # type: ignore[arg-type]
+    return Settings(  # type: ignore[arg-type]
+        data_dir=data_dir,
+        dicom_port=0,
+        http_port=0,
+        database_url=database_url,
+        storage_url=s3_storage_url(s3),
+        s3_access_key=s3["S3_ACCESS_KEY"],
+        s3_secret_key=s3["S3_SECRET_KEY"],
+        **extra,
+    )
+
+
+def make_settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, **extra: object) -> Settings:
+    """Settings of one backend pair for one test (a fresh database and bucket for PostgreSQL + S3)."""
+    if backend == "sqlite-fs":
+        return settings_for(tmp_path / "var", **extra)
+    db = request.getfixturevalue("fresh_pg_url")
+    return settings_for(tmp_path / "var", database_url=db, s3=request.getfixturevalue("s3_settings"), **extra)
+
+
+def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings, Callable[[], None]]:
+    """Settings for one backend pair that live as long as a module, and how to clean up.
+
+    For test modules that only search: they share one database per backend instead of one per
+    test, so their archive is stored once (STYLE rule 20 allows a database per session).
+    """
+    if request.param == "sqlite-fs":
+        return settings_for(tmp / "var"), lambda: None
+    url, drop = new_database(request.getfixturevalue("postgres_url"))
+    return settings_for(tmp / "var", database_url=url, s3=request.getfixturevalue("s3_settings")), drop
