@@ -47,12 +47,18 @@ COMPUTED_TAGS = COMPUTED_PER_BATCH | frozenset(
 )
 #: what a PATIENT row answers by itself, from the identity's columns and the counts
 IDENTITY_TAGS = frozenset(PATIENT_KEYS) | PATIENT_COUNTS
-#: the keys that name one series or one instance: never part of a study's (or a series') answer,
-#: though its first instance, which answers the attributes kept below its level, holds them
+#: what a study (or a series) never answers from the first instance it answers lower attributes
+#: from: the keys that name one series or one instance
 LOWER_IDENTITY = {
     "STUDY": frozenset("0020000E 00200011 00080016 00080018 00200013".split()),
     "SERIES": frozenset("00080016 00080018 00200013".split()),
 }
+
+
+def is_per_image(tag: str) -> bool:
+    """Group 0028 (Image Pixel, Modality and VOI LUT): one image's, left out of `includefield=all`
+    at study and series level, where they would describe an arbitrary image as the whole."""
+    return tag.startswith("0028")
 
 
 def identity_attrs(row: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, func, literal, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.access.context import Context
 from storage.access.policy import visible_to
@@ -91,6 +91,26 @@ def computed(
         return attrs
 
     return of
+
+
+def first_instances(
+    session: Session, parent: InstrumentedAttribute[int], pks: set[int], drop: frozenset[str]
+) -> dict[int, dict[str, Any]]:
+    """The attributes of the first instance the archive received of each study or series.
+
+    `parent` is `Instance.study_id` or `Instance.series_id` and `pks` their keys. What a study or
+    series answers beyond what ingest kept at its level comes from there (an `includefield` of
+    InstitutionName at study level, `includefield=all`), without bulk data and without `drop`.
+    """
+    if not pks:
+        return {}
+    first = select(func.min(Instance.id)).where(parent.in_(pks)).group_by(parent)
+    rows = session.connection().execute(select(parent, Instance.dicom_json).where(Instance.id.in_(first)))
+    out: dict[int, dict[str, Any]] = {}
+    for pk, text in rows:
+        attrs = answers.without_bulk(orjson.loads(text))
+        out[pk] = {tag: element for tag, element in attrs.items() if tag not in drop}
+    return out
 
 
 class Parents:

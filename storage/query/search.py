@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Result, exists, func, select, true
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.access.context import Context
 from storage.access.policy import visible_to
@@ -287,7 +287,8 @@ def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Pl
     if query.study_uid is not None:
         stmt = stmt.where(Study.study_uid == query.study_uid)
     shape = _Shape.of(query, answers.STUDY_DEFAULTS)
-    if not (query.only_requested or query.include_all or shape.wanted & answers.COMPUTED_PER_BATCH):
+    lower = _Lower.of(query, STUDY, STUDY_TAGS)
+    if not (query.only_requested or query.include_all or shape.wanted & answers.COMPUTED_PER_BATCH or lower):
         spliced = splice.studies(base_url)
         return _Plan(
             stmt.execution_options(**{TEXT_AS_BYTES: True}), lambda _s, rows: spliced(rows), ignored, named=False
@@ -295,8 +296,9 @@ def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Pl
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
         computed = lookups.computed(session, ctx, rows, shape.wanted)
+        first = lower.read(session, Instance.study_id, {r.study_pk for r in rows})
         for row in rows:
-            attrs = orjson.loads(row.attrs_json)
+            attrs = first.get(row.study_pk, {}) | orjson.loads(row.attrs_json)
             attrs.update(answers.study_computed(row))
             attrs.update(computed(row))
             answers.set_value(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
@@ -309,6 +311,7 @@ def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Pla
     conditions, ignored = filters(query.keys, SERIES, fuzzy=query.fuzzy)
     stmt = (
         select(
+            Series.id.label("series_pk"),
             Series.series_uid,
             Series.attrs_json,
             Series.num_instances.label("series_instances"),
@@ -330,11 +333,13 @@ def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Pla
         order = [Study.study_date.desc(), Study.id.desc(), *order]
     defaults = answers.SERIES_DEFAULTS | (answers.STUDY_DEFAULTS if query.study_uid is None else frozenset())
     shape = _Shape.of(query, defaults)
+    lower = _Lower.of(query, SERIES, STUDY_TAGS | SERIES_TAGS)
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
         computed = lookups.computed(session, ctx, rows, shape.wanted)
+        first = lower.read(session, Instance.series_id, {r.series_pk for r in rows})
         for row in rows:
-            attrs = orjson.loads(row.study_json)
+            attrs = first.get(row.series_pk, {}) | orjson.loads(row.study_json)
             attrs.update(answers.study_computed(row))
             attrs.update(computed(row))
             attrs.update(orjson.loads(row.attrs_json))
@@ -345,6 +350,38 @@ def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Pla
             yield shape.select(attrs)
 
     return _Plan(stmt.order_by(*order), build, ignored)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lower:
+    """The attributes a study or series search answers from the first instance of each match:
+    those asked for that ingest does not keep at the level (`names`), or all (`includefield=all`)."""
+
+    names: frozenset[str]
+    everything: bool
+    drop: frozenset[str]
+
+    @classmethod
+    def of(cls, query: Query, level: str, kept: frozenset[str]) -> _Lower:
+        asked = {t for t in answers.requested(query.keys, query.include) if "." not in t}
+        drop = answers.LOWER_IDENTITY[level]
+        return cls(frozenset(asked - kept - answers.COMPUTED_TAGS - drop), query.include_all, drop)
+
+    def __bool__(self) -> bool:
+        return bool(self.names) or self.everything
+
+    def read(self, session: Session, parent: InstrumentedAttribute[int], pks: set[int]) -> dict[int, dict[str, Any]]:
+        """Per study or series key, the first instance's attributes this search answers."""
+        if not self:
+            return {}
+        found = lookups.first_instances(session, parent, pks, self.drop)
+        if self.everything:
+            wanted = self.names
+            return {
+                pk: {t: e for t, e in a.items() if t in wanted or not answers.is_per_image(t)}
+                for pk, a in found.items()
+            }
+        return {pk: {t: attrs[t] for t in self.names if t in attrs} for pk, attrs in found.items()}
 
 
 def _instance_defaults(query: Query) -> frozenset[str]:

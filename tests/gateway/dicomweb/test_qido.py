@@ -34,10 +34,13 @@ from storage.archive import Archive
 from storage.dicom.parse import INSTANCE_TAGS
 from storage.index.migrate import upgrade
 from storage.query import search as queries
+from storage.query.keys import STUDY
+from storage.query.search import Query, search
 from tests.kit import dicom_factory as f
 from tests.kit.backends import BACKENDS, module_settings
-from tests.kit.dicomweb import Gateway, serve_gateway
-from tests.kit.seed import seed
+from tests.kit.dicomweb import Gateway, serve_gateway, store
+from tests.kit.principals import CT_A, ctx
+from tests.kit.seed import seed, seed_orgs
 from tests.kit.studies import StudySpec, study
 
 
@@ -323,7 +326,7 @@ def test_includefield(loaded: Gateway) -> None:
     assert value(instance, "00100010") == {"Alphabetic": "Popescu^Ion"}
     assert "7FE00010" not in instance  # no bulk data in search answers
     (series,) = client.search_for_series(ion.uid, fields=["ImageType"])
-    assert "00080008" not in series  # an instance attribute has no value at series level
+    assert series["00080008"]["Value"] == ["ORIGINAL", "PRIMARY", "AXIAL"]  # from the series' first instance
 
 
 def test_limit_offset_and_the_warning(loaded: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -502,3 +505,58 @@ def test_accept_encoding_parsing() -> None:
     assert accepts_gzip("GZIP;Q=1") and accepts_gzip("x-gzip")
     assert not accepts_gzip("") and not accepts_gzip("identity") and not accepts_gzip("gzip;q=0")
     assert not accepts_gzip("gzip;q=0, *") and not accepts_gzip("br, *;q=0")
+
+
+def test_attributes_kept_below_the_level_are_answered_from_the_first_instance(gateway: Gateway) -> None:
+    """includefield of an attribute ingest keeps per series or per instance (InstitutionName,
+    SliceThickness) at study and series level: answered from the first instance received of the
+    study (of the series), never one that names a single series or instance."""
+    study, first_series, second_series = f.uid(), f.uid(), f.uid()
+    for series, institution, thickness in (
+        (first_series, "Spitalul Județean Iași", "1.25"),
+        (second_series, "Clinica B", "5"),
+        (first_series, "Later^Instance", "9"),
+    ):
+        ds = f.ct_dataset(study_uid=study, series_uid=series, charset="ISO_IR 192")
+        ds.InstitutionName, ds.SliceThickness = institution, thickness
+        store(gateway, f.to_bytes(ds))
+
+    def one(path: str, **params: str) -> dict[str, Any]:
+        r = httpx.get(
+            f"{gateway.dicomweb}{path}", params={"StudyInstanceUID": study, **params}, headers=gateway.headers()
+        )
+        assert r.status_code == 200, r.text
+        (answer,) = [a for a in r.json() if a["0020000D"]["Value"] == [study]][:1] or [None]
+        assert answer is not None
+        return dict(answer)
+
+    assert "00080080" not in one("/studies")  # the default answer is unchanged (and spliced)
+    named = one("/studies", includefield="InstitutionName,00180050")
+    assert named["00080080"]["Value"] == ["Spitalul Județean Iași"] and named["00180050"]["Value"] == [1.25]
+    everything = one("/studies", includefield="all")
+    assert everything["00080080"]["Value"] == ["Spitalul Județean Iași"]
+    assert not {"0020000E", "00080018", "00200013", "00280010"} & everything.keys()  # no one series' or image's
+    assert everything["00100010"] == named["00100010"] and everything["00201208"]["Value"] == [3]
+    by_series = {
+        s["0020000E"]["Value"][0]: s["00180050"]["Value"]
+        for s in httpx.get(
+            f"{gateway.dicomweb}/studies/{study}/series",
+            params={"includefield": "SliceThickness"},
+            headers=gateway.headers(),
+        ).json()
+    }
+    assert by_series == {first_series: [1.25], second_series: [5]}
+
+
+def test_c_find_shape_answers_a_lower_attribute_or_an_empty_one(archive: Archive) -> None:
+    """The same rule serves C-FIND (storage.query.search): a requested key kept below the level is
+    answered from the first instance, and one no instance has is an empty element."""
+    ds = f.ct_dataset(charset="ISO_IR 192")
+    ds.InstitutionName = "Spitalul Județean Iași"
+    seed_orgs(archive)
+    seed(archive, ds)
+    query = Query(STUDY, {"0020000D": ds.StudyInstanceUID, "00080080": "", "00081010": ""}, only_requested=True)
+    with archive.db.read() as session:
+        (answer,) = search(query, ctx(CT_A), session=session).matches
+    assert answer["00080080"] == {"vr": "LO", "Value": ["Spitalul Județean Iași"]}
+    assert answer["00081010"] == {"vr": "SH"}  # StationName: no instance has one
