@@ -84,6 +84,7 @@ class _Outcome:
     matches: int = 0
     by_pydicom: int = 0  # answers `pacs.wire.identifier` declined (sequences, a non-UTF-8 repertoire...)
     status: int = SUCCESS
+    detail: str | None = None  # why it failed, whole (the Error Comment may be cut to 64 characters)
 
 
 def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -124,7 +125,7 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
                     yield pending, Dataset.from_json(elements)
                 outcome.matches += 1
     except StorageError as exc:
-        outcome.status = exc.status
+        outcome.status, outcome.detail = exc.status, exc.detail
         yield failure(exc), None
     finally:
         _log(ctx, model, outcome, started)
@@ -276,5 +277,6 @@ def _log(ctx: Context, model: str, outcome: _Outcome, started: float) -> None:
         by_pydicom=outcome.by_pydicom,
         status=status if isinstance(status, str) else f"0x{status:04X}",
         cancelled=status == CANCEL,
+        detail=outcome.detail,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )

@@ -42,7 +42,7 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
     """
     started = time.perf_counter()
     ctx = context_for(event.assoc, archive)
-    matches, status = 0, SUCCESS
+    matches, status, detail = 0, SUCCESS, None
     try:
         require_read(ctx, "C-FIND")
         identifier = _identifier(event)
@@ -58,7 +58,7 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
                 return
             yield PENDING, answer
     except StorageError as exc:
-        status = exc.status
+        status, detail = exc.status, exc.detail  # whole: the Error Comment may be cut to 64 characters
         yield failure(exc), None
     finally:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -68,6 +68,7 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
             calling_ae=ctx.principal.sub,
             matches=matches,
             status=f"0x{status:04X}",
+            detail=detail,
             duration_ms=duration_ms,
         )
 

@@ -25,6 +25,8 @@ class EventFormatter(logging.Formatter):
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
         parts = [f"{ts}.{int(record.msecs):03d}", record.levelname, record.name, record.getMessage()]
         for key, value in getattr(record, FIELDS, {}).items():
+            if value is None:
+                continue  # a field that does not apply to this event (no detail on a success)
             text = (
                 value
                 if isinstance(value, str) and value and " " not in value and '"' not in value

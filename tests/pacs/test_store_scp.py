@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +19,14 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from pacs.server import RunningScp
+from pacs.status import error_comment
 from storage.archive import Archive
 from storage.dicom.parse import Source, parse
 from storage.errors import RejectedInput
 from storage.index.models import Instance, Study
+from storage.logs import FIELDS
 from tests.kit import dicom_factory as f
+from tests.kit.dimse import STUDY_ROOT, keys, pyfind
 from tests.kit.inspect import blob_keys, row_counts
 from tests.kit.tools import require_tool
 
@@ -59,9 +64,56 @@ def test_echo_pynetdicom_and_echoscu(scp: RunningScp) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_wrong_called_ae_is_rejected(scp: RunningScp) -> None:
+def test_wrong_called_ae_is_rejected_and_the_log_says_which_and_why(
+    scp: RunningScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pacs.server")
     assoc = associate(scp, [build_context(Verification)], called="NOT-US")
     assert assoc.is_rejected
+    deadline = time.monotonic() + 5
+    while not [r for r in caplog.records if r.getMessage() == "dimse.assoc.rejected"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (line,) = [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "dimse.assoc.rejected"]
+    assert line["called_ae"] == "NOT-US"  # what the modality called, not the archive's own title
+    assert line["reason"] == "called AE title not recognised: this archive is MUNIPACS"
+
+
+def test_error_comments_fit_their_64_characters_and_the_log_keeps_the_whole_reason(
+    scp: RunningScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reason longer than an LO (here a long UID quoted in it) is cut at a word with "...";
+    the request's log line keeps all of it."""
+    caplog.set_level(logging.INFO, logger="pacs.find")
+    uid = "1.2." + "3" * 60
+    responses = pyfind(scp.port, keys("STUDY", StudyInstanceUID=uid + ".x"))
+    status = responses[-1]
+    assert status[0] == 0xA900
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(STUDY_ROOT)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="MUNIPACS")
+    ((rsp, _),) = list(assoc.send_c_find(keys("STUDY", StudyInstanceUID=uid + ".x"), STUDY_ROOT))
+    assoc.release()
+    comment = str(rsp.ErrorComment)
+    assert len(comment) <= 64 and comment.endswith("...") and comment.startswith("StudyInstanceUID: '1.2.333")
+    (logged, _) = [getattr(r, FIELDS)["detail"] for r in caplog.records if r.getMessage() == "dimse.find"]
+    assert logged.startswith(comment[:-3]) and uid + ".x" in logged and len(logged) > 64
+
+
+@pytest.mark.parametrize(
+    ("text", "comment"),
+    [
+        ("short enough", "short enough"),
+        ("a" * 64, "a" * 64),
+        (
+            "calling AE STRANGER is not registered to an organization of this city",
+            "calling AE STRANGER is not registered to an organization of...",
+        ),
+        ("x" * 70, "x" * 61 + "..."),
+        ("a tab\t, a backslash \\ and \x01 are not LO", "a tab , a backslash and are not LO"),
+    ],
+)
+def test_error_comment_is_an_lo(text: str, comment: str) -> None:
+    assert error_comment(text) == comment and len(comment) <= 64
 
 
 def _pydicom_test_files() -> list[tuple[Path, UID, UID]]:
