@@ -30,6 +30,8 @@ from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.valuerep import TEXT_VR_DELIMS
 
+from storage.logs import event
+
 logger = logging.getLogger(__name__)
 
 #: struct format of each binary number VR (PS3.5 Table 6.2-1)
@@ -85,7 +87,8 @@ def to_json_dict_fast(
             try:
                 out[key] = ds[tag].to_json_dict(bulk_handler, bulk_threshold)
             except Exception as exc:
-                logger.warning("Error while processing tag %s: %s", key, exc)
+                # pydicom's message quotes the value, which may be a name: the tag and the error type only
+                event(logger, "dicomjson.element_dropped", level=logging.WARNING, tag=key, error=type(exc).__name__)
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from pacs.logconfig import drop_restated_pynetdicom_errors
+from pacs.logconfig import drop_restated_library_errors
 from pacs.server import RunningScp
 from pacs.suboperations import destination_contexts
 from storage.access.orgs import AeSpec, add_org
@@ -130,7 +130,7 @@ def test_nothing_matches_is_a_success_with_no_suboperations(scp: RunningScp, arc
 def test_unknown_destination_is_refused_and_nothing_sent(
     scp: RunningScp, archive: Archive, storescp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    drop_restated_pynetdicom_errors()  # as `pacs serve` does: the refusal is our WARNING, not an ERROR
+    drop_restated_library_errors()  # as `pacs serve` does: the refusal is our WARNING, not an ERROR
     datasets = slices(2)
     seed_files(archive, tmp_path / "in", datasets)
     dest = storescp()
