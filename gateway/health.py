@@ -7,7 +7,6 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 
 from gateway.deps import ArchiveDep, PrincipalDep
 
@@ -23,8 +22,7 @@ def healthz() -> dict[str, str]:
 def readyz(archive: ArchiveDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        with archive.db.read() as session:
-            session.execute(text("SELECT 1"))
+        archive.db.check()
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
         checks["database"] = f"error: {type(exc).__name__}"

@@ -1,23 +1,32 @@
 """The `pacs` command line: the composition root of every process.
 
 It is the one place that builds `Settings` (flags over `PACS_*` variables over defaults),
-configures logging, and wires the archive into the SCP and the gateway.
+configures logging, and wires the archive into the SCP and the gateway. Each command parses
+and answers; what it does lives in `pacs.serving`, `pacs.importer` and `storage`.
+
+Every command but `serve` works on an archive that exists: run from another folder, it would
+otherwise create a new empty index next to the operator's shell and report success. So a
+command whose index, objects or token key live in the data folder stops when that folder does
+not exist, and says how to name the right one.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from pacs.logconfig import configure_logging
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.archive import Archive
 
 app = typer.Typer(
     help="Municipal PACS: DICOM archive, DICOMweb/FHIR gateway and cross-institution patient index.",
@@ -43,6 +52,34 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             console.print(f"[red]configuration error[/red] {'.'.join(map(str, err['loc']))}: {err['msg']}")
         raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line; the exit for the caller to raise."""
+    console.print(f"[red]error[/red] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+INDEX, OBJECTS, KEY = "index", "objects", "token key"
+
+
+def existing_archive(settings: Settings, *needs: str) -> Settings:
+    """`settings`, if what the command `needs` (`INDEX`, `OBJECTS`, `KEY`) from the data folder is there.
+
+    Raises
+    ------
+    typer.Exit
+        The data folder holds the index, the objects or the key, and does not exist.
+    """
+    folder = settings.data_dir
+    local = [what for what, inside in settings.kept_in_data_dir().items() if inside and what in needs]
+    if local and not folder.is_dir():
+        raise fail(
+            f"no archive at {folder} (its {' and '.join(local)} would be made there): run this command where"
+            " `pacs serve` keeps its data, or name it with --data-dir or PACS_DATA_DIR"
+            " (to start a new archive, create the folder first)"
+        )
+    return settings
 
 
 @app.command()
@@ -91,86 +128,14 @@ def serve(
         dicom_tls_only=dicom_tls_only,
     )
     configure_logging(settings.log_level)
-    _prepare_metrics_dir(settings)
-    import uvicorn
-    from uvicorn.importer import import_from_string
+    from pacs.ports import Unavailable
+    from pacs.serving import serve as run
 
-    from pacs import server
-    from storage.archive import Archive
-    from storage.index.migrate import upgrade
-    from storage.ingest.recovery import recover
-
-    archive = Archive.open(settings)
-    upgrade(archive.db.engine)
-    report = recover(archive)
-    scp = None
-    workers = None
-    if settings.dicom_workers == 1:
-        scp = server.start(settings, archive)
-    else:
-        workers = server.start_workers(settings)  # spawned processes, in this process group
-
-    # The gateway is found by its import string, so pacs/ never imports gateway/ (DESIGN.md).
-    create_app = import_from_string("gateway.app:create_app")
-    web = create_app(settings, archive)
-    out.print(f"[bold]Municipal PACS[/bold]  data: {settings.data_dir}")
-    listens = [] if settings.dicom_tls_only else [f"{settings.dicom_host}:{settings.dicom_port}"]
-    if settings.dicom_tls:
-        mutual = ", client certificates required" if settings.dicom_tls_ca else ""
-        listens.append(f"{settings.dicom_host}:{settings.dicom_tls_port} (TLS{mutual})")
-    out.print(
-        f"  DICOM  {settings.ae_title} on {', '.join(listens)}"
-        f" ({settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''})"
-    )
-    out.print(f"  HTTP   {settings.public_url}  (DICOMweb {settings.public_url}/dicomweb, /healthz /readyz /metrics)")
-    out.print(f"  index  {_redact(settings.database_url)}   blobs  {settings.storage_url}")
-    out.print(f"  admin token (valid {ADMIN_TOKEN_TTL}, renewed at each start): {_write_admin_token(settings)}")
-    if report.removed:
-        out.print(f"  recovery removed {report.removed} unfinished write(s)")
-    sys.stdout.flush()
-    server.freeze_startup_heap()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        uvicorn.run(web, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
-    finally:
-        if workers is not None:
-            workers.stop()
-        if scp is not None:
-            scp.shutdown()
-        archive.close()
-
-
-ADMIN_TOKEN_TTL = "7d"
-
-
-def _write_admin_token(settings: Settings) -> Path:
-    """An admin token for the operator, in a file only its owner can read."""
-    from storage.access.tokens import issue, parse_ttl
-
-    path = settings.data_dir / "admin-token"
-    token = issue(settings, sub="admin", org=None, roles=["admin"], ttl_seconds=parse_ttl(ADMIN_TOKEN_TTL))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return path
-
-
-def _prepare_metrics_dir(settings: Settings) -> None:
-    """Worker processes count into files that /metrics adds up (prometheus_client multiprocess)."""
-    if settings.dicom_workers <= 1:
-        return
-    metrics_dir = settings.run_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    # prometheus_client reads this variable when it is first imported, in this process and in
-    # the spawned workers, which inherit the environment.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    settings.metrics_dir = metrics_dir
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+        run(settings, out)
+    except Unavailable as exc:
+        raise fail(str(exc), 1) from None
 
 
 @app.command("import")
@@ -180,11 +145,14 @@ def import_(
     org: Annotated[str | None, typer.Option(help="Attribute the studies to this organization")] = None,
 ) -> None:
     """Bulk-import DICOM files through the same ingest pipeline as C-STORE and STOW-RS."""
-    settings = load_settings(data_dir=data_dir)
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX, OBJECTS)
     configure_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
-    from pacs.importer import run_import
+    from pacs.importer import UnknownOrganization, run_import
 
-    code = run_import(settings, paths, org=org, console=out)
+    try:
+        code = run_import(settings, paths, org=org, console=out)
+    except UnknownOrganization as exc:
+        raise fail(str(exc)) from None
     raise typer.Exit(code)
 
 
@@ -198,29 +166,83 @@ def org_add(
     data_dir: DataDir = None,
 ) -> None:
     """Register an institution and its AE titles; run again with the same ID to add AEs."""
-    settings = load_settings(data_dir=data_dir)
-    from storage.access.orgs import AeSpec, add_org
-    from storage.archive import Archive
-    from storage.index.migrate import upgrade
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.orgs import AeSpec, add_org, check_org_id
 
     try:
+        check_org_id(org_id)
         specs = [AeSpec.parse(a) for a in ae or []]
     except ValueError as exc:
-        console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(2) from None
-    archive = Archive.open(settings)
-    try:
-        upgrade(archive.db.engine)
-        with archive.db.write() as session:
-            summary = add_org(session, org_id, name, specs)
-    except ValueError as exc:
-        console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        archive.close()
-    out.print(f"organization [bold]{summary.id}[/bold] ({summary.name})")
+        raise fail(str(exc)) from None
+    with _archive(settings) as archive:
+        try:
+            with archive.db.write() as session:
+                summary = add_org(session, org_id, name, specs)
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
+    out.print(f"organization [bold]{summary.id}[/bold] ({summary.name})", highlight=False)
     for a in summary.aes:
-        out.print(f"  AE {a.ae_title}" + (f" at {a.host}:{a.port}" if a.host else ""))
+        out.print(f"  AE {a.ae_title}" + (f" at {a.host}:{a.port}" if a.host else ""), highlight=False)
+
+
+@org_app.command("list")
+def org_list(data_dir: DataDir = None) -> None:
+    """The institutions, their AEs and studies, and the studies no institution has claimed."""
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.orgs import list_orgs, unassigned
+
+    with _archive(settings) as archive, archive.db.read() as session:
+        orgs, waiting = list_orgs(session), unassigned(session)
+    table = Table("ID", "name", "AEs", "studies", box=None, pad_edge=False)
+    for org in orgs:
+        table.add_row(org.id, org.name, " ".join(str(a) for a in org.aes) or "-", str(org.studies))
+    out.print(table)
+    for w in waiting:
+        out.print(
+            f"unassigned: {w.studies} stud{'y' if w.studies == 1 else 'ies'} from AE {w.ae_title or '(none)'}"
+            f" (pacs org claim ORG --ae {w.ae_title})",
+            highlight=False,
+            markup=False,
+        )
+
+
+@org_app.command("remove-ae")
+def org_remove_ae(
+    org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID")],
+    ae_title: Annotated[str, typer.Argument(metavar="AET", help="AE title to unregister")],
+    data_dir: DataDir = None,
+) -> None:
+    """Unregister an AE title of an institution; its next association is an unknown AE's."""
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.orgs import remove_ae
+
+    with _archive(settings) as archive:
+        try:
+            with archive.db.write() as session:
+                remove_ae(session, org_id, ae_title)
+        except KeyError:
+            raise fail(f"organization {org_id!r} has no AE {ae_title!r} (pacs org list shows them)", 1) from None
+    out.print(f"AE {ae_title.strip()} removed from {org_id}", highlight=False)
+
+
+@org_app.command("claim")
+def org_claim(
+    org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID")],
+    ae: Annotated[str, typer.Option("--ae", help="The AE title whose unassigned studies become the organization's")],
+    data_dir: DataDir = None,
+) -> None:
+    """Assign to an institution the studies its AE sent before it was registered."""
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.context import Context
+    from storage.access.principal import Principal
+    from storage.ingest.claim import claim
+
+    with _archive(settings) as archive:
+        try:
+            n = claim(ae, org_id, Context.console(Principal.system("pacs-org-claim")), archive=archive)
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
+    out.print(f"{n} unassigned stud{'y' if n == 1 else 'ies'} of AE {ae.strip()} now belong to {org_id}")
 
 
 @app.command()
@@ -232,46 +254,48 @@ def token(
     data_dir: DataDir = None,
 ) -> None:
     """Print a signed bearer token for a provider's user or system."""
-    settings = load_settings(data_dir=data_dir)
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX, KEY)
     from storage.access.orgs import get_org
     from storage.access.tokens import issue, parse_ttl
-    from storage.archive import Archive
-    from storage.index.migrate import upgrade
 
     try:
         seconds = parse_ttl(ttl)
-        archive = Archive.open(settings)
-        try:
-            upgrade(archive.db.engine)
-            with archive.db.read() as session:
-                get_org(session, org)
-        except KeyError:
-            raise ValueError(f"organization {org!r} is not registered: pacs org add {org} --name ...") from None
-        finally:
-            archive.close()
-        out.print(
-            issue(settings, sub=sub or f"{role[0]}@{org}", org=org, roles=role, ttl_seconds=seconds),
-            soft_wrap=True,
-            highlight=False,
-        )
+        with _archive(settings) as archive, archive.db.read() as session:
+            get_org(session, org)
+        signed = issue(settings, sub=sub or f"{role[0]}@{org}", org=org, roles=role, ttl_seconds=seconds)
+    except KeyError:
+        raise fail(f"organization {org!r} is not registered: pacs org add {org} --name ...") from None
     except ValueError as exc:
-        console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
+    out.print(signed, soft_wrap=True, highlight=False)
 
 
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Apply the schema migrations (SQLite or PostgreSQL)."""
-    settings = load_settings(data_dir=data_dir)
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
     configure_logging(settings.log_level)
-    from storage.index.db import make_engine
+    from storage.index.db import make_engine, redacted
     from storage.index.migrate import current, upgrade
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    out.print(f"database at revision {current(engine)}: {_redact(settings.database_url)}")
+    out.print(f"database at revision {current(engine)}: {redacted(settings.database_url)}", highlight=False)
     engine.dispose()
+
+
+@contextmanager
+def _archive(settings: Settings) -> Iterator[Archive]:
+    """The archive of a console command, migrated to the current schema, closed after."""
+    from storage.archive import Archive
+    from storage.index.migrate import upgrade
+
+    archive = Archive.open(settings)
+    try:
+        upgrade(archive.db.engine)
+        yield archive
+    finally:
+        archive.close()
 
 
 if __name__ == "__main__":

@@ -45,16 +45,6 @@ Handle = Callable[[socket.socket, Address, str], None]
 Listener = tuple[str, socket.socket]
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The public socket, bound now (a busy port fails `pacs serve` at once) but not yet listening."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    return sock
-
-
 @dataclass
 class _Worker:
     process: BaseProcess

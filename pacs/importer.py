@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage.access.context import Context
+from storage.access.orgs import get_org
 from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.dicom.parse import Source
@@ -25,6 +26,10 @@ from storage.ingest.pipeline import Outcome, ingest
 from storage.settings import Settings
 
 MAX_LISTED = 50
+
+
+class UnknownOrganization(ValueError):
+    """`--org` names no registered organization: nothing is imported."""
 
 
 def walk(paths: list[Path]) -> Iterator[Path]:
@@ -39,10 +44,25 @@ def walk(paths: list[Path]) -> Iterator[Path]:
 
 
 def run_import(settings: Settings, paths: list[Path], *, org: str | None, console: Console) -> int:
-    """Import everything under `paths`; exit code 0 if nothing was rejected, else 1."""
-    files = list(walk(paths))
+    """Import everything under `paths`; exit code 0 if nothing was rejected, else 1.
+
+    Raises
+    ------
+    UnknownOrganization
+        `org` is not registered (checked before any file is read: every one would be refused).
+    """
     archive = Archive.open(settings)
     upgrade(archive.db.engine)
+    if org is not None:
+        try:
+            with archive.db.read() as session:
+                get_org(session, org)
+        except KeyError:
+            archive.close()
+            raise UnknownOrganization(
+                f"organization {org!r} is not registered: pacs org add {org} --name ..."
+            ) from None
+    files = list(walk(paths))
     ctx = Context.console(Principal.system("pacs-import", org), audit=archive.audit)
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, StorageError]] = []
@@ -77,6 +97,11 @@ def _status(counts: Counter[str]) -> str:
 
 
 def _summary(console: Console, counts: Counter[str], rejected: list[tuple[Path, StorageError]]) -> None:
+    present = counts[Outcome.ALREADY_PRESENT.value]
+    if present and present == sum(counts.values()):
+        console.print(f"all {present} file{'s' if present > 1 else ''} already present: nothing new was stored")
+    elif not counts:
+        console.print("no files found")
     table = Table(title="import summary", show_header=False)
     table.add_row("stored", str(counts[Outcome.STORED.value]))
     table.add_row("already present", str(counts[Outcome.ALREADY_PRESENT.value]))

@@ -43,7 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs import association, commitment, dispatch, echo, find, get, move, store
+from pacs import association, commitment, dispatch, echo, find, get, move, ports, store
 from pacs.wire import negotiation
 from storage.archive import Archive
 from storage.logs import event
@@ -334,20 +334,26 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
     """Listen in background threads; return at once (tests bind port 0 and read `.port`, `.tls_port`)."""
     configure_pynetdicom()
     ae = build_ae(settings)  # one AE for both ports: one set of handlers, one association limit
-    ports: dict[str, tuple[int, ssl.SSLContext | None]] = {}
+    wanted: dict[str, tuple[ports.Port, ssl.SSLContext | None]] = {}
     if not settings.dicom_tls_only:
-        ports[PLAIN] = (settings.dicom_port if port is None else port, None)
+        wanted[PLAIN] = (ports.dicom(settings.dicom_host, settings.dicom_port if port is None else port), None)
     if settings.dicom_tls:
-        ports[TLS] = (settings.dicom_tls_port if tls_port is None else tls_port, _TlsServer.context(settings))
+        number = settings.dicom_tls_port if tls_port is None else tls_port
+        wanted[TLS] = (ports.dicom_tls(settings.dicom_host, number), _TlsServer.context(settings))
     servers: dict[str, ThreadedAssociationServer] = {}
     reporter = commitment.Reporter(archive)
-    for kind, (number, tls) in ports.items():
-        server = cast(
-            _ListeningServer,
-            ae.make_server(
-                (settings.dicom_host, number), evt_handlers=_handlers(archive, reporter), server_class=_ListeningServer
-            ),
-        )
+    for kind, (where, tls) in wanted.items():
+        try:
+            server = cast(
+                _ListeningServer,
+                ae.make_server(
+                    (where.host, where.number), evt_handlers=_handlers(archive, reporter), server_class=_ListeningServer
+                ),
+            )
+        except OSError as exc:
+            for running in servers.values():
+                running.shutdown()
+            raise ports.Unavailable(where, exc) from None
         server.tls = tls
         _share_contexts(server)
         ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
@@ -362,10 +368,10 @@ def start_workers(settings: Settings) -> dispatch.Dispatcher:
     """`--dicom-workers N`: N SCP processes behind a dispatcher that owns the DICOM port(s)."""
     listeners: list[dispatch.Listener] = []
     if not settings.dicom_tls_only:
-        listeners.append((PLAIN, dispatch.bind(settings.dicom_host, settings.dicom_port)))
+        listeners.append((PLAIN, ports.bind(ports.dicom(settings.dicom_host, settings.dicom_port))))
     if settings.dicom_tls:
         _TlsServer.context(settings)  # a bad certificate or key fails `pacs serve` here, not in every worker
-        listeners.append((TLS, dispatch.bind(settings.dicom_host, settings.dicom_tls_port)))
+        listeners.append((TLS, ports.bind(ports.dicom_tls(settings.dicom_host, settings.dicom_tls_port))))
     dispatcher = dispatch.Dispatcher(listeners, run_worker, (settings, os.getpid()), settings.dicom_workers)
     dispatcher.start()
     return dispatcher

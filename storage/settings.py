@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         """Whether the SCP also listens with TLS."""
         return self.dicom_tls_cert is not None
 
+    def kept_in_data_dir(self) -> dict[str, bool]:
+        """Which parts of the archive this configuration keeps in the data folder: the index
+        (SQLite), the objects (a folder) and the local token key (no PACS_JWT_SECRET)."""
+        folder = self.data_dir
+        index = self.database_url.partition(":///")[2].partition("?")[0]  # sqlite:///PATH (absolute: ////)
+        objects = urlparse(self.storage_url)
+        return {
+            "index": self.is_sqlite and Path(index).resolve().is_relative_to(folder),
+            "objects": objects.scheme == "file"
+            and Path(objects.netloc + objects.path).resolve().is_relative_to(folder),
+            "token key": not self.jwt_secret.get_secret_value(),
+        }
+
     @property
     def run_dir(self) -> Path:
         """Per-instance runtime state (metrics of worker processes, generated keys)."""

@@ -1,15 +1,24 @@
-"""Organizations and their DICOM nodes: who a calling AE title speaks for."""
+"""Organizations and their DICOM nodes: who a calling AE title speaks for.
+
+An organization ID is what tokens (`org`), URLs (/api/orgs/{id}) and FHIR identifiers
+(`urn:pacs:org:<id>`) carry, so it has the form of a FHIR `id` (FHIR R4 2.24.0.13): 1 to 64
+letters, digits, hyphens and dots. An AE title belongs to one organization at a time.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import UnknownDestination
-from storage.index.models import ApplicationEntity, Organization
+from storage.index.models import ApplicationEntity, Organization, Study
 from storage.settings import AE_TITLE_RE
+
+#: FHIR R4 `id`: [A-Za-z0-9\-\.]{1,64}
+ORG_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +42,42 @@ class AeSpec:
             raise ValueError(f"{text!r}: the address must be host:port")
         return cls(title, host, int(port))
 
+    def __str__(self) -> str:
+        return self.ae_title + (f"@{self.host}:{self.port}" if self.host else "")
+
 
 @dataclass(frozen=True, slots=True)
 class OrgSummary:
     id: str
     name: str
     aes: list[AeSpec]
+    studies: int = 0
 
 
 class AeTakenError(ValueError):
     pass
 
 
+def check_org_id(org_id: str) -> str:
+    """`org_id` if it can name an organization in tokens, URLs and FHIR identifiers, else ValueError."""
+    if not ORG_ID_RE.match(org_id):
+        raise ValueError(
+            f"{org_id[:80]!r} is not an organization ID: 1 to 64 letters, digits, hyphens and dots"
+            " (it goes into tokens, URLs and FHIR identifiers), e.g. spital-sf-spiridon"
+        )
+    return org_id
+
+
 def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) -> OrgSummary:
-    """Create the organization or add to it; an AE title belongs to one organization only."""
+    """Create the organization or add to it; an AE title belongs to one organization only.
+
+    Raises
+    ------
+    ValueError
+        An invalid organization ID, a new organization without a name, or (`AeTakenError`)
+        an AE title registered to another organization.
+    """
+    check_org_id(org_id)
     org = session.get(Organization, org_id)
     if org is None:
         if not name:
@@ -69,13 +100,54 @@ def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) 
 
 
 def get_org(session: Session, org_id: str) -> OrgSummary:
+    """One organization with its AEs and how many studies it holds; KeyError if unknown."""
     org = session.get(Organization, org_id)
     if org is None:
         raise KeyError(org_id)
     aes = session.scalars(
         select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title)
     )
-    return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes])
+    studies = session.scalar(select(func.count(Study.id)).where(Study.org_id == org_id)) or 0
+    return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes], int(studies))
+
+
+def list_orgs(session: Session) -> list[OrgSummary]:
+    """Every organization, by ID."""
+    ids = session.scalars(select(Organization.id).order_by(Organization.id)).all()
+    return [get_org(session, org_id) for org_id in ids]
+
+
+def remove_ae(session: Session, org_id: str, ae_title: str) -> None:
+    """Unregister an AE title of `org_id`: from its next association it is an unknown AE.
+
+    Its studies stay its organization's. KeyError if the organization has no such AE.
+    """
+    removed = session.execute(
+        delete(ApplicationEntity).where(
+            ApplicationEntity.org_id == org_id, ApplicationEntity.ae_title == ae_title.strip()
+        )
+    )
+    if removed.rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
+        raise KeyError(f"{ae_title}@{org_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Unassigned:
+    """Studies an AE sent while no organization had registered it (held for admins)."""
+
+    ae_title: str
+    studies: int
+
+
+def unassigned(session: Session) -> list[Unassigned]:
+    """The unassigned studies, by the AE title that sent them."""
+    rows = session.execute(
+        select(Study.source_ae, func.count(Study.id))
+        .where(Study.org_id.is_(None))
+        .group_by(Study.source_ae)
+        .order_by(Study.source_ae)
+    )
+    return [Unassigned(ae or "", int(n)) for ae, n in rows]
 
 
 def org_of_ae(session: Session, ae_title: str) -> str | None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.adapt import Buffer, Loader
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -147,6 +148,11 @@ class Database:
         with (self.statement_reader if per_statement else self.reader)() as session:
             yield session
 
+    def check(self) -> None:
+        """Raise if the database cannot be reached (readiness probe)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
     def dispose(self) -> None:
         self.engine.dispose()
         self.light_engine.dispose()
@@ -166,3 +172,8 @@ def insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], valu
     if new_id is not None:
         return int(new_id)
     return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one())
+
+
+def redacted(url: str) -> str:
+    """A database URL as it may be shown: without its password."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from storage.access.tokens import ISSUER, parse_ttl
-from tests.kit.dicomweb import Gateway
+from storage.archive import Archive
+from storage.settings import Settings
+from tests.kit.dicomweb import Gateway, serve_gateway
 from tests.kit.servers import pacs_executable
 
 PROTECTED = [
@@ -106,3 +115,65 @@ def test_pacs_token_cli_issues_a_token_the_gateway_accepts(gateway: Gateway, tmp
         timeout=60,
     )
     assert unknown.returncode == 2 and "not registered" in unknown.stderr
+
+
+@pytest.fixture()
+def identity_provider() -> Iterator[tuple[str, Any]]:
+    """An OpenID issuer's two documents over HTTP: its discovery document and its JWKS (RS256)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "use": "sig", "alg": "RS256"}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    issuer = f"http://127.0.0.1:{server.server_address[1]}/realms/city"
+    documents = {
+        "/realms/city/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}/certs"},
+        "/realms/city/certs": {"keys": [jwk]},
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            body = json.dumps(documents.get(self.path, {})).encode()
+            self.send_response(200 if self.path in documents else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield issuer, key
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("settings", ["sqlite-fs"], indirect=True)
+def test_tokens_of_an_external_identity_provider(
+    identity_provider: tuple[str, Any], settings: Settings, archive: Archive
+) -> None:
+    """PACS_OIDC_ISSUER: the keys are found through the issuer's discovery document (fetched by the
+    runtime install alone, no HTTP client of the dev extras) and its JWKS."""
+    issuer, key = identity_provider
+    configured = settings.model_copy(update={"oidc_issuer": issuer, "oidc_audience": "pacs"})
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": "pacs",
+        "sub": "dr.popescu",
+        "org": "hosp-a",
+        "roles": ["clinician"],
+        "exp": now + 60,
+    }
+    with contextmanager(serve_gateway)(configured, archive) as gw:
+        good = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+        assert httpx.get(f"{gw.dicomweb}/studies", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+        for name, token in {
+            "other audience": jwt.encode(claims | {"aud": "other"}, key, algorithm="RS256", headers={"kid": "k1"}),
+            "expired": jwt.encode(claims | {"exp": now - 5}, key, algorithm="RS256", headers={"kid": "k1"}),
+            "hmac from outside": jwt.encode(claims, "x" * 32, algorithm="HS256"),
+        }.items():
+            r = httpx.get(f"{gw.dicomweb}/studies", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401, name

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
+from pydicom.data import get_testdata_file
+from sqlalchemy import select
 
-from storage.index.migrate import alembic_config
+from storage.access.principal import Principal
+from storage.archive import Archive
+from storage.index.migrate import alembic_config, upgrade
+from storage.index.models import PatientIdentity, Study
 from tests.kit import dicom_factory as f
+from tests.kit.backends import settings_for
+from tests.kit.net import free_port
+from tests.kit.seed import seed
 from tests.kit.servers import pacs_executable
 
 
-def pacs(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def pacs(*args: str, data_dir: Path, create: bool = True) -> subprocess.CompletedProcess[str]:
+    """`pacs ARGS --data-dir DATA_DIR`, the folder made first unless `create` is off."""
+    if create:
+        data_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [pacs_executable(), *args, "--data-dir", str(data_dir)],
         capture_output=True,
@@ -42,6 +55,16 @@ def test_import_reports_stored_duplicates_and_rejections(tmp_path: Path) -> None
     again = pacs("import", str(src / "study"), data_dir=data)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already present │ 5" in " ".join(again.stdout.split())
+    assert "all 5 files already present: nothing new was stored" in again.stdout
+
+
+def test_import_to_an_unknown_organization_stops_before_reading_a_file(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    f.study_files(src, n=2)
+    r = pacs("import", "--org", "nosuch", str(src), data_dir=tmp_path / "var")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "organization 'nosuch' is not registered: pacs org add nosuch --name ..." in " ".join(r.stderr.split())
+    assert "FOREIGN KEY" not in r.stdout + r.stderr and "import summary" not in r.stdout
 
 
 def test_org_add_registers_and_extends(tmp_path: Path) -> None:
@@ -61,6 +84,88 @@ def test_org_add_registers_and_extends(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "host:port" in bad.stderr
     nameless = pacs("org", "add", "clinica-c", data_dir=data)
     assert nameless.returncode == 1 and "--name" in nameless.stderr
+
+
+@pytest.mark.parametrize("org_id", ["bad id with spaces", "ţară", "a/b", "x" * 65, "clinic_b", ""])
+def test_an_organization_id_has_the_form_of_a_fhir_id(tmp_path: Path, org_id: str) -> None:
+    r = pacs("org", "add", org_id, "--name", "Whatever", data_dir=tmp_path / "var")
+    assert r.returncode == 2 and "is not an organization ID" in r.stderr, r.stderr
+    assert "letters, digits, hyphens and dots" in " ".join(r.stderr.split())
+    assert pacs("org", "add", "Spital-4.Iasi", "--name", "Ok", data_dir=tmp_path / "var").returncode == 0
+
+
+def test_org_list_remove_ae_and_claim_what_an_ae_sent_before_it_was_registered(tmp_path: Path) -> None:
+    """The README's order: a modality stores first (unassigned, its IDs in its AE's namespace), the
+    operator registers it, then claims what it sent; the studies and patients become the hospital's."""
+    data = tmp_path / "var"
+    data.mkdir()
+    archive = Archive.open(settings_for(data))
+    upgrade(archive.db.engine)
+    seed(archive, f.ct_dataset(patient_id="P7"), f.ct_dataset(patient_id="P8"), as_=Principal.dicom_node("CT9", None))
+    archive.close()
+
+    listed = pacs("org", "list", data_dir=data)
+    assert listed.returncode == 0 and "unassigned: 2 studies from AE CT9 (pacs org claim ORG --ae CT9)" in listed.stdout
+    early = pacs("org", "claim", "spital-a", "--ae", "CT9", data_dir=data)
+    assert early.returncode == 1 and "not registered: pacs org add spital-a --ae CT9 first" in early.stderr
+    assert (
+        pacs("org", "add", "spital-a", "--name", "Spitalul A", "--ae", "CT9", "--ae", "WS1", data_dir=data).returncode
+        == 0
+    )
+    claimed = pacs("org", "claim", "spital-a", "--ae", "CT9", data_dir=data)
+    assert claimed.returncode == 0 and "2 unassigned studies of AE CT9 now belong to spital-a" in claimed.stdout
+    listed = " ".join(pacs("org", "list", data_dir=data).stdout.split())
+    assert "spital-a Spitalul A CT9 WS1 2" in listed and "unassigned" not in listed
+
+    archive = Archive.open(settings_for(data))
+    with archive.db.read() as s:
+        identities = {(i.issuer_kind, i.issuer, i.patient_id) for i in s.scalars(select(PatientIdentity))}
+        owners = set(s.scalars(select(Study.org_id)))
+    archive.close()
+    assert identities == {("org", "spital-a", "P7"), ("org", "spital-a", "P8")}  # moved, not duplicated
+    assert owners == {"spital-a"}
+
+    removed = pacs("org", "remove-ae", "spital-a", "WS1", data_dir=data)
+    assert removed.returncode == 0 and "AE WS1 removed from spital-a" in removed.stdout
+    again = pacs("org", "remove-ae", "spital-a", "WS1", data_dir=data)
+    assert again.returncode == 1 and "has no AE 'WS1'" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("import", "."),
+        ("org", "add", "x", "--name", "X"),
+        ("org", "list"),
+        ("org", "claim", "x", "--ae", "A"),
+        ("org", "remove-ae", "x", "A"),
+        ("token", "--org", "x", "--role", "clinician"),
+        ("db", "upgrade"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_every_command_but_serve_stops_where_there_is_no_archive(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Run from another folder, a command would have made a new empty archive there and said nothing."""
+    missing = tmp_path / "elsewhere" / "var"
+    r = pacs(*args, data_dir=missing, create=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"no archive at {missing}" in " ".join(r.stderr.split()) and "--data-dir" in r.stderr
+    assert not missing.exists()
+
+
+def test_a_shared_deployment_needs_no_data_folder(tmp_path: Path) -> None:
+    """With the index elsewhere (here an explicit SQLite file) the data folder holds nothing a
+    command needs, so its absence is no mistake."""
+    env = {"PACS_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [pacs_executable(), "db", "upgrade", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "shared.db").exists() and not (tmp_path / "none").exists()
 
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -87,3 +192,38 @@ def test_help_explains_the_commands() -> None:
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
     )
     assert "PACS_DICOM_PORT" in r.stdout and "--dicom-workers" in r.stdout
+
+
+@pytest.mark.parametrize("which", ["dicom", "http"])
+def test_a_busy_port_is_one_line_naming_it_and_its_setting(tmp_path: Path, which: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken, other = busy.getsockname()[1], free_port()
+        ports = {"dicom": taken, "http": other} if which == "dicom" else {"dicom": other, "http": taken}
+        r = subprocess.run(
+            [pacs_executable(), "serve", "--data-dir", str(tmp_path / "var")]
+            + ["--dicom-port", str(ports["dicom"]), "--http-port", str(ports["http"])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"COLUMNS": "300", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if "error" in ln]
+    name, flag, variable = (
+        ("DICOM", "--dicom-port", "PACS_DICOM_PORT") if which == "dicom" else ("HTTP", "--http-port", "PACS_HTTP_PORT")
+    )
+    assert f"cannot listen on the {name} port" in line and f":{taken}: it is in use by another program" in line
+    assert f"choose another with {flag} or {variable}" in line
+
+
+def test_an_accepted_object_logs_no_error(tmp_path: Path) -> None:
+    """pydicom's rtdose.dcm holds a UI value its own JSON writer refuses inside a sequence: the
+    object is stored, the element is left out of the index's JSON with a WARNING naming its tag
+    (not its value), and no ERROR is written."""
+    r = pacs("import", get_testdata_file("rtdose.dcm"), data_dir=tmp_path / "var")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stored │ 1" in " ".join(r.stdout.split())
+    assert " ERROR " not in r.stdout + r.stderr and "Error while processing" not in r.stdout + r.stderr
+    assert "dicomjson.element_dropped tag=300C0002" in r.stderr and "1.2.123.456" not in r.stderr

@@ -21,8 +21,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from pacs.server import RunningScp
-from storage.access.orgs import AeSpec, add_org
 from storage.access.context import Context
+from storage.access.orgs import AeSpec, add_org
 from storage.archive import Archive
 from storage.workflow.worklist import NewStep, create_step, set_status
 from tests.kit.tools import require_tool
