@@ -247,7 +247,8 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
     layout = pixel_layout(
         ds, fp, deflated=tsuid == DeflatedExplicitVRLittleEndian, frames=frames or 0, frame_length=frame_length
     )
-    fields = dict(  # noqa: C408 - keyword form mirrors ParsedInstance's fields
+    full = dicom_json_dict(ds)
+    return ParsedInstance(
         sop_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         study_uid=uids["StudyInstanceUID"],
@@ -274,15 +275,11 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
         rows=rows,
         columns=columns,
         number_of_frames=frames,
-        layout=layout,
-    )
-    full = dicom_json_dict(ds)
-    return ParsedInstance(
         dicom_json=json.dumps(full, separators=(",", ":"), ensure_ascii=False),
         study_attrs_json=_subset(full, STUDY_TAGS),
         series_attrs_json=_subset(full, SERIES_TAGS),
         instance_attrs_json=_subset(full, INSTANCE_TAGS),
-        **fields,  # type: ignore[arg-type]
+        layout=layout,
     )
 
 
