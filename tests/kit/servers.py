@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.kit.net import free_port
+
 
 def pacs_executable() -> str:
     candidate = Path(sys.executable).parent / "pacs"
     return str(candidate) if candidate.exists() else "pacs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -34,7 +34,8 @@ from storage.archive import Archive
 from storage.index.models import CommitmentRequest
 from storage.settings import Settings
 from tests.kit import dicom_factory as f
-from tests.kit.servers import free_port, start_server
+from tests.kit.net import free_port
+from tests.kit.servers import start_server
 
 REPORT_WAIT = 15.0
 CT = str(CTImageStorage)

@@ -33,8 +33,8 @@ from tests.kit.dimse import (
     register,
 )
 from tests.kit.inspect import spooled
+from tests.kit.net import free_port
 from tests.kit.seed import seed_files
-from tests.kit.servers import free_port
 from tests.kit.studies import slices
 
 pytestmark = pytest.mark.dcmtk

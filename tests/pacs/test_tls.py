@@ -38,7 +38,8 @@ from storage.index.models import Instance
 from storage.settings import Settings
 from tests.kit import dicom_factory as f
 from tests.kit.backends import BACKENDS, make_settings
-from tests.kit.servers import ServerProcess, free_port, start_server
+from tests.kit.net import free_port
+from tests.kit.servers import ServerProcess, start_server
 from tests.kit.tools import require_tool
 
 # --- a throwaway PKI ---------------------------------------------------------------------------
