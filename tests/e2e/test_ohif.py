@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from PIL import Image
 
 from tests.kit import dicom_factory as f
 from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.net import http_server
 from tests.kit.seed import seed
 from tests.kit.tools import missing
 
@@ -107,15 +107,8 @@ class _OhifHandler(http.server.SimpleHTTPRequestHandler):
 def ohif() -> Iterator[tuple[str, http.server.ThreadingHTTPServer]]:
     """OHIF served on its own origin, and a gateway that allows that origin (CORS)."""
     dist = ohif_dist()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_OhifHandler, directory=str(dist)))
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield origin, server
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(functools.partial(_OhifHandler, directory=str(dist))) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server
 
 
 def _ingest_study(gateway: Gateway) -> str:

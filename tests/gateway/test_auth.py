@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from storage.access.tokens import ISSUER, parse_ttl
 from storage.archive import Archive
 from storage.settings import Settings
 from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.net import http_server
 from tests.kit.servers import pacs_executable
 
 PROTECTED = [
@@ -122,12 +122,7 @@ def identity_provider() -> Iterator[tuple[str, Any]]:
     """An OpenID issuer's two documents over HTTP: its discovery document and its JWKS (RS256)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "use": "sig", "alg": "RS256"}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    issuer = f"http://127.0.0.1:{server.server_address[1]}/realms/city"
-    documents = {
-        "/realms/city/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}/certs"},
-        "/realms/city/certs": {"keys": [jwk]},
-    }
+    documents: dict[str, object] = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook
@@ -140,14 +135,11 @@ def identity_provider() -> Iterator[tuple[str, Any]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as server:
+        issuer = f"http://127.0.0.1:{server.server_address[1]}/realms/city"
+        documents["/realms/city/.well-known/openid-configuration"] = {"issuer": issuer, "jwks_uri": f"{issuer}/certs"}
+        documents["/realms/city/certs"] = {"keys": [jwk]}
         yield issuer, key
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("settings", ["sqlite-fs"], indirect=True)

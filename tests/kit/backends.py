@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from storage.archive import Archive
+from storage.index.migrate import upgrade
 from storage.settings import Settings
 from tests.kit.databases import new_database
 
@@ -55,3 +58,16 @@ def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings
         return settings_for(tmp / "var"), lambda: None
     url, drop = new_database(request.getfixturevalue("postgres_url"))
     return settings_for(tmp / "var", database_url=url, s3=request.getfixturevalue("s3_settings")), drop
+
+
+@contextmanager
+def module_archive(request: pytest.FixtureRequest, tmp: Path) -> Iterator[tuple[Settings, Archive]]:
+    """A migrated archive of one backend pair for a module's tests, closed and dropped after."""
+    settings, drop = module_settings(request, tmp)
+    archive = Archive.open(settings)
+    try:
+        upgrade(archive.db.engine)
+        yield settings, archive
+    finally:
+        archive.close()
+        drop()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -25,3 +29,17 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+@contextmanager
+def http_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """A plain HTTP server on 127.0.0.1 (an ephemeral port) in a thread: an identity provider's
+    documents, a viewer's files."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -27,11 +27,10 @@ from sqlalchemy import event
 
 from pacs.server import start
 from storage.archive import Archive
-from storage.index.migrate import upgrade
 from storage.logs import FIELDS
 from storage.query.keys import PATIENT, STUDY
 from storage.query.search import Query, search, search_all
-from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.backends import BACKENDS, module_archive
 from tests.kit.dimse import STUDY_ROOT, Found, findscu, keys, last_status, pyfind
 from tests.kit.principals import CT_A, ctx
 from tests.kit.seed import seed, seed_orgs
@@ -53,10 +52,7 @@ class Loaded:
 @pytest.fixture(scope="module", params=BACKENDS)
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     """The SCP over the archive above, per backend; CT1 is an AE of hosp-a."""
-    settings, drop = module_settings(request, tmp_path_factory.mktemp("find"))
-    archive = Archive.open(settings)
-    try:
-        upgrade(archive.db.engine)
+    with module_archive(request, tmp_path_factory.mktemp("find")) as (settings, archive):
         seed_orgs(archive)
         for spec in ARCHIVE.values():
             seed(archive, *spec.files)
@@ -65,9 +61,6 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             yield Loaded(scp.port, archive)
         finally:
             scp.shutdown()
-    finally:
-        archive.close()
-        drop()
 
 
 # ----- peers ------------------------------------------------------------------------------

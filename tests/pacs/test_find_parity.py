@@ -19,9 +19,8 @@ from sqlalchemy import func, select
 
 from pacs.server import start
 from storage.archive import Archive
-from storage.index.migrate import upgrade
 from storage.index.models import Instance
-from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.backends import BACKENDS, module_archive
 from tests.kit.dicomweb import Gateway, serve_gateway
 from tests.kit.dimse import findscu
 from tests.kit.studies import NAMED
@@ -98,20 +97,16 @@ class Both:
 def both(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Both]:
     """One archive served by the gateway and the SCP, filled through the SCP with storescu."""
     tmp = tmp_path_factory.mktemp("parity")
-    settings, drop = module_settings(request, tmp)
-    archive = Archive.open(settings)
-    try:
-        upgrade(archive.db.engine)
-        with contextmanager(serve_gateway)(settings, archive) as gw:  # registers CT1 for hosp-a
-            scp = start(settings, archive, port=0)
-            try:
-                _store(scp.port, tmp, archive)
-                yield Both(gw, scp.port)
-            finally:
-                scp.shutdown()
-    finally:
-        archive.close()
-        drop()
+    with (
+        module_archive(request, tmp) as (settings, archive),
+        contextmanager(serve_gateway)(settings, archive) as gw,  # registers CT1 for hosp-a
+    ):
+        scp = start(settings, archive, port=0)
+        try:
+            _store(scp.port, tmp, archive)
+            yield Both(gw, scp.port)
+        finally:
+            scp.shutdown()
 
 
 def _store(port: int, tmp: Path, archive: Archive) -> None:

@@ -32,12 +32,11 @@ from gateway.compression import GzipJsonMiddleware, accepts_gzip
 from pacs.server import start
 from storage.archive import Archive
 from storage.dicom.parse import INSTANCE_TAGS
-from storage.index.migrate import upgrade
 from storage.query import search as queries
 from storage.query.keys import STUDY
 from storage.query.search import Query, search
 from tests.kit import dicom_factory as f
-from tests.kit.backends import BACKENDS, module_settings
+from tests.kit.backends import BACKENDS, module_archive
 from tests.kit.dicomweb import Gateway, serve_gateway, store
 from tests.kit.principals import CT_A, ctx
 from tests.kit.seed import seed, seed_orgs
@@ -79,17 +78,13 @@ ORDER = ["stef", "andrei", "ion", "maria", "turcanu", "yamada", "elena", "dan", 
 @pytest.fixture(scope="module", params=BACKENDS)
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway over the ten studies, per backend, shared by the tests that only search."""
-    settings, drop = module_settings(request, tmp_path_factory.mktemp("qido"))
-    archive = Archive.open(settings)
-    try:
-        upgrade(archive.db.engine)
-        with contextmanager(serve_gateway)(settings, archive) as gw:
-            for spec in ARCHIVE.values():
-                seed(archive, *spec.files)
-            yield gw
-    finally:
-        archive.close()
-        drop()
+    with (
+        module_archive(request, tmp_path_factory.mktemp("qido")) as (settings, archive),
+        contextmanager(serve_gateway)(settings, archive) as gw,
+    ):
+        for spec in ARCHIVE.values():
+            seed(archive, *spec.files)
+        yield gw
 
 
 def value(result: dict, tag: str) -> object:
