@@ -242,6 +242,7 @@ phase_load() {
   # ours: the same files through `pacs import` (the ingest pipeline of C-STORE and STOW-RS)
   pacs_stop
   rm -rf "$PACS_DIR"
+  mkdir -p "$PACS_DIR"   # a new archive: `pacs import` works only on a data folder that exists
   t0=$(now)
   "$PACS_BIN" import --data-dir "$PACS_DIR" "${SETS[@]}" > "$LOGS/load-pacs-import.log" 2>&1 \
     || die "pacs import failed (see $LOGS/load-pacs-import.log)"
