@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from storage.index.models import Instance, PendingBlob, Study
 from storage.ingest.recovery import recover
+from storage.logs import FIELDS
 from tests.kit import dicom_factory as f
 from tests.kit.dicomweb import Gateway
 from tests.kit.inspect import blob_keys, row_counts
@@ -100,7 +101,8 @@ def test_deleting_a_series_updates_the_study(gateway: Gateway) -> None:
     assert counts["patient_identities"] == 1
 
 
-def test_only_admins_delete_and_unknown_is_404(gateway: Gateway) -> None:
+def test_only_admins_delete_and_unknown_is_404(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="storage.access.context")
     study, (series,) = store_study(gateway)
     other, _ = store_study(gateway)
     before, keys = row_counts(gateway.archive), blob_keys(gateway.archive)
@@ -111,6 +113,13 @@ def test_only_admins_delete_and_unknown_is_404(gateway: Gateway) -> None:
             assert r.headers["content-type"].startswith("application/problem+json")
             assert "admin" in r.json()["detail"]
         assert httpx.delete(gateway.dicomweb + path).status_code == 401
+    # each refusal is one access.refused line, from storage's policy, with the request's context
+    refused = [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "access.refused"]
+    assert [(f["channel"], f["actor"], f["source"]) for f in refused][:2] == [
+        ("dicomweb", "clinician@hosp-a", "127.0.0.1"),
+        ("dicomweb", "integrator@hosp-a", "127.0.0.1"),
+    ]
+    assert len(refused) == 4 and {f["action"] for f in refused} == {"deleting a study", "deleting a series"}
     for path in (f"/studies/{f.uid()}", f"/studies/{study}/series/{f.uid()}", f"/studies/{other}/series/{series}"):
         r = httpx.delete(gateway.dicomweb + path, headers=gateway.headers(**ADMIN))
         assert r.status_code == 404, path
