@@ -54,6 +54,27 @@ class BadCharset(RejectedInput):
     reason = "bad_charset"
 
 
+class TooDeep(RejectedInput):
+    """Sequences nested deeper than the archive reads (storage.dicom.parse.MAX_DEPTH)."""
+
+    status = 0xA900
+    reason = "nested_too_deep"
+
+
+class PixelDataMismatch(RejectedInput):
+    """Native Pixel Data whose length is not what Rows, Columns, samples, bits and frames make."""
+
+    status = 0xA900
+    reason = "pixel_data_length"
+
+
+class TooLarge(RejectedInput):
+    """An object over the size the channel takes (PACS_DICOM_MAX_OBJECT_SIZE, PACS_HTTP_MAX_OBJECT_SIZE)."""
+
+    status = 0xA700  # Refused: Out of Resources
+    reason = "too_large"
+
+
 class StudyMismatch(RejectedInput):
     """STOW-RS to /studies/{study} with an instance of another study (PS3.18 10.5.1)."""
 

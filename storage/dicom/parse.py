@@ -4,7 +4,12 @@ Reading is lazy where it can be: values over a few KB (Pixel Data above all) are
 so a 500 KB CT slice costs a header parse, not a copy of its pixels. pydicom is lenient with
 damaged input (a truncated file often parses as a shorter dataset), so the checks here are
 explicit: the last element must end where the file ends, UIDs must be UIDs (PS3.5 9.1), text
-must decode in its declared character set.
+must decode in its declared character set, sequences nest at most `MAX_DEPTH` deep, and native
+Pixel Data holds the bytes its Rows, Columns, samples, bits and frames say (PS3.5 8.1.1).
+
+The bytes are a peer's: anything pydicom raises while reading them (an unknown VR byte, a
+length that overflows, a recursion through thousands of nested items) is a refusal with a
+reason (`RejectedInput`), never a crash, and no message names a server path.
 """
 
 from __future__ import annotations
@@ -33,9 +38,14 @@ from storage.dicom.dicomjson import (
     walk_items,
 )
 from storage.dicom.uids import check_uid
-from storage.errors import BadCharset, MissingUid, NotDicom, Truncated
+from storage.errors import BadCharset, MissingUid, NotDicom, PixelDataMismatch, RejectedInput, TooDeep, Truncated
 
 DEFER_SIZE = 4096
+#: sequences inside sequences a stored object may have: SR content trees, the deepest in practice,
+#: stay well below it; a thousand levels is an attack on the parser's recursion
+MAX_DEPTH = 32
+#: bytes native Pixel Data may hold beyond what its attributes make (padding some devices write)
+PIXEL_SLACK = 65536
 
 STUDY_TAGS = frozenset(
     "00080005 00080020 00080030 00080050 00080051 00080090 00081030 00081032 00081060 "
@@ -132,12 +142,35 @@ class ParsedInstance:
 
 
 def parse(source: Source) -> ParsedInstance:
-    """Read and validate `source`; raise a `RejectedInput` subclass saying what is wrong."""
+    """Read and validate `source`; raise a `RejectedInput` subclass saying what is wrong.
+
+    Raises
+    ------
+    RejectedInput
+        The object cannot be stored: not DICOM, truncated, nested too deep, a bad UID, text or
+        pixel data length. Whatever else reading it raises is a `NotDicom` naming the error.
+    OSError
+        The source itself could not be read (the server's problem, not the object's).
+    """
     size = source.size
     with source.open() as fp:
-        ds = _read(fp, source)
-        _check_complete(ds, fp, size)
-        return _validated(ds, fp)
+        try:
+            ds = _read(fp)
+            _check_complete(ds, fp, size)
+            _check_depth(ds)
+            return _validated(ds, fp)
+        except (RejectedInput, OSError, MemoryError):
+            raise
+        except RecursionError:
+            raise TooDeep(f"sequences are nested deeper than {MAX_DEPTH} levels") from None
+        except Exception as exc:  # noqa: BLE001 - a peer's bytes: whatever pydicom raises on them is a refusal
+            raise NotDicom(f"the data set cannot be read: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a refusal's reason: its type and the first line of its message, short."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}"[:160]
 
 
 def _validated(ds: Dataset, fp: BinaryIO) -> ParsedInstance:
@@ -150,15 +183,32 @@ def _validated(ds: Dataset, fp: BinaryIO) -> ParsedInstance:
     return _extract(ds, fp, uids, tsuid)
 
 
-def _read(fp: BinaryIO, source: Source) -> Dataset:
+def _read(fp: BinaryIO) -> Dataset:
     try:
         return dcmread(fp, defer_size=DEFER_SIZE)
     except InvalidDicomError:
         raise NotDicom("not a DICOM Part-10 file: no 'DICM' prefix or File Meta Information") from None
     except (EOFError, zlib.error) as exc:
         raise Truncated(f"object ends before its data set does ({exc})") from None
-    except (ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
-        raise NotDicom(f"cannot parse {source.describe()} as DICOM: {exc}") from None
+
+
+def _check_depth(ds: Dataset) -> None:
+    """Refuse sequences nested deeper than MAX_DEPTH, walking them without recursion.
+
+    Only sequence elements are read here (pydicom parses a sequence's items when it is first
+    read, which everything after this needs anyway); a nesting deep enough to exhaust pydicom's
+    own recursion is caught by `parse` as the same refusal.
+    """
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for tag in list(node.keys()):
+            raw = node.get_item(tag, keep_deferred=True)
+            if raw is None or element_vr(raw) != "SQ":
+                continue
+            if depth + 1 > MAX_DEPTH:
+                raise TooDeep(f"sequences are nested deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in node[tag].value)
 
 
 def _check_complete(ds: Dataset, fp: BinaryIO, size: int) -> None:
@@ -247,6 +297,8 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
     layout = pixel_layout(
         ds, fp, deflated=tsuid == DeflatedExplicitVRLittleEndian, frames=frames or 0, frame_length=frame_length
     )
+    if layout is not None and layout.kind == "native":
+        _check_native_length(ds, layout.length, rows, columns, frames)
     full = dicom_json_dict(ds)
     return ParsedInstance(
         sop_uid=uids["SOPInstanceUID"],
@@ -285,6 +337,30 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
 
 def _subset(full: dict[str, Any], tags: frozenset[str]) -> str:
     return json.dumps({k: v for k, v in full.items() if k in tags}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_native_length(ds: Dataset, length: int, rows: int | None, columns: int | None, frames: int | None) -> None:
+    """Refuse native Pixel Data that is not the size its image attributes say (PS3.5 8.1.1).
+
+    Rows x Columns x Samples per Pixel x Bits Allocated x Number of Frames, in bytes rounded up;
+    subsampled YBR_FULL_422 keeps two samples a pixel, not three. A value shorter than that
+    cannot be displayed. Some devices pad the value (pydicom ships such an MR), so a longer one
+    is taken up to `PIXEL_SLACK` bytes or a sixteenth more; beyond (2 GiB behind a 64x64 image)
+    it is a way to fill the archive, not an image.
+    """
+    bits, spp = _int(ds, "BitsAllocated") or 0, _int(ds, "SamplesPerPixel") or 1
+    if not rows or not columns or not bits:
+        raise PixelDataMismatch("Pixel Data without Rows, Columns and Bits Allocated to read it by")
+    if _text(ds, "PhotometricInterpretation") == "YBR_FULL_422" and spp == 3:
+        samples = rows * columns * 2 * (frames or 1)
+    else:
+        samples = rows * columns * spp * (frames or 1)
+    expected = (samples * bits + 7) // 8
+    if not expected <= length <= expected + max(PIXEL_SLACK, expected // 16):
+        raise PixelDataMismatch(
+            f"Pixel Data holds {length} bytes where {rows}x{columns}, {spp} samples of {bits} bits, "
+            f"{frames or 1} frame(s) make {expected}"
+        )
 
 
 def _frame_length(ds: Dataset, rows: int | None, columns: int | None) -> int:
