@@ -6,6 +6,7 @@ so the bytes are ingested exactly as the modality encoded them, never decoded an
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -16,8 +17,11 @@ from pacs.policy import context_for
 from pacs.status import SUCCESS, failure
 from storage.archive import Archive
 from storage.dicom.parse import Source
-from storage.errors import StorageError
+from storage.errors import OutOfResources, StorageError
 from storage.ingest.pipeline import Outcome, ingest
+from storage.logs import event as log_event
+
+log = logging.getLogger(__name__)
 
 
 def handle(event: Event, archive: Archive) -> int | Dataset:
@@ -28,6 +32,12 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
     except StorageError as exc:
         stats.rejected += 1
         return failure(exc)
+    except Exception as exc:  # noqa: BLE001 - this edge's last-resort guard (STYLE 17), see below
+        # pynetdicom's own guard would answer 0xC211 without a comment and keep its temporary
+        # file of the data set: it deletes that file only when the handler returns.
+        stats.rejected += 1
+        log_event(log, "dimse.store.failed", level=logging.ERROR, calling_ae=ctx.principal.sub, error=repr(exc))
+        return failure(OutOfResources(f"could not store the instance: {type(exc).__name__}"))
     if result.outcome is Outcome.STORED:
         stats.stored += 1
         stats.bytes += result.size

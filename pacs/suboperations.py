@@ -154,9 +154,9 @@ def prepare(archive: Archive, inst: StoredInstance, delivery: Delivery | None, w
             path = archive.blobs.local_path(inst.object_key)
             if path is not None:
                 return Prepared(inst, path, inst.size, transfer_syntax=delivery.transfer_syntax)
-            return _spooled(inst, archive.blobs.iter_chunks(inst.object_key), delivery.transfer_syntax)
+            return _spooled(archive, inst, archive.blobs.iter_chunks(inst.object_key), delivery.transfer_syntax)
         data = transcode(read_object(archive, inst), delivery.transfer_syntax)
-        return _spooled(inst, iter((data,)), delivery.transfer_syntax)
+        return _spooled(archive, inst, iter((data,)), delivery.transfer_syntax)
     except CannotTranscode as exc:
         return Prepared(inst, failure=exc)
     except Exception as exc:  # this object is unreadable (blob gone, store down): fail its sub-operation only
@@ -164,8 +164,8 @@ def prepare(archive: Archive, inst: StoredInstance, delivery: Delivery | None, w
         return Prepared(inst, failure=OutOfResources(f"cannot read the stored object: {type(exc).__name__} {first}"))
 
 
-def _spooled(inst: StoredInstance, chunks: Iterator[bytes], transfer_syntax: str) -> Prepared:
-    fd, name = tempfile.mkstemp(prefix="pacs-retrieve-", suffix=".dcm")
+def _spooled(archive: Archive, inst: StoredInstance, chunks: Iterator[bytes], transfer_syntax: str) -> Prepared:
+    fd, name = tempfile.mkstemp(prefix="pacs-retrieve-", suffix=".dcm", dir=archive.temp_dir)
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from storage.access.context import NO_AUDIT, AuditRecorder
 from storage.blobs import from_settings
@@ -51,6 +52,15 @@ class Archive:
             db=Database.connect(settings.database_url, pool_size=pool_size),
             blobs=from_settings(settings),
         )
+
+    @property
+    def temp_dir(self) -> Path:
+        """This process's folder for temporary files (received data sets, spooled STOW-RS parts,
+        retrieval copies): under the data folder, so that what a killed process leaves is found
+        and removed by the next start (`storage.ingest.recovery`), never in the system's /tmp."""
+        folder = self.settings.run_dir / "tmp" / self.owner
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def close(self) -> None:
         self.db.dispose()

@@ -13,6 +13,7 @@ surely gone: a dead pid on this host, or older than the grace period wherever it
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class RecoveryReport:
     removed: int
     kept: int
+    temp_files: int = 0
 
 
 def _writer_is_gone(owner: str, created_at: datetime, *, grace: timedelta, now: datetime) -> bool:
@@ -53,6 +55,27 @@ def recover(archive: Archive) -> RecoveryReport:
             session.execute(delete(PendingBlob).where(PendingBlob.id == row_id))
         removed += 1
         event(log, "recovery.removed", object_key=key, owner=owner)
-    report = RecoveryReport(removed=removed, kept=len(rows) - removed)
-    event(log, "recovery.done", removed=report.removed, kept=report.kept)
+    report = RecoveryReport(removed=removed, kept=len(rows) - removed, temp_files=clean_temp(archive))
+    event(log, "recovery.done", removed=report.removed, kept=report.kept, temp_files=report.temp_files)
     return report
+
+
+def clean_temp(archive: Archive) -> int:
+    """Remove the temporary folders of processes that are gone, and this process's leftovers
+    (a previous process of the same pid); the number of files removed.
+
+    A folder is named after its process (`Archive.temp_dir`); another host's is left to it.
+    """
+    root = archive.settings.run_dir / "tmp"
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for folder in root.iterdir():
+        if folder.name != archive.owner and not owner_is_gone(folder.name):
+            continue
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        removed += len(files)
+        shutil.rmtree(folder, ignore_errors=True)
+        if files:
+            event(log, "recovery.temp_removed", owner=folder.name, files=len(files))
+    return removed

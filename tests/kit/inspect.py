@@ -30,8 +30,13 @@ def blob_keys(archive: Archive) -> set[str]:
     return {o.object_name[len(prefix) :] for o in client.list_objects(bucket, prefix=prefix, recursive=True)}
 
 
-def spooled() -> list[Path]:
+def spooled(archive: Archive) -> list[Path]:
     """Temporary files of C-MOVE/C-GET sub-operations (`pacs.suboperations`) left behind."""
-    import tempfile
+    return list(archive.temp_dir.glob("pacs-retrieve-*"))
 
-    return list(Path(tempfile.gettempdir()).glob("pacs-retrieve-*"))
+
+def temporary_files(archive: Archive) -> list[Path]:
+    """Every temporary file in the archive's folders for them (received data sets, STOW-RS
+    parts, retrieval copies), of every process: what a request left behind."""
+    root = archive.settings.run_dir / "tmp"
+    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []

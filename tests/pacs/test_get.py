@@ -114,7 +114,7 @@ def test_compressed_comes_as_stored_or_decoded(
     assert statuses[-1] == 0x0000
     stored = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in sent}
     assert arrived == {uid: (ts, dataset_bytes(path)) for uid, path in stored.items()}
-    assert spooled() == []
+    assert spooled(archive) == []
 
 
 def test_unknown_calling_ae_is_refused(scp: RunningScp, archive: Archive, tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_compressed_goes_as_stored_or_decoded(
     assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in uncompressed.folder.iterdir()} == {
         ExplicitVRLittleEndian
     }
-    assert spooled() == []  # the decoded copies (and S3 downloads) are gone once sent
+    assert spooled(archive) == []  # the decoded copies (and S3 downloads) are gone once sent
 
 
 def test_nothing_matches_is_a_success_with_no_suboperations(scp: RunningScp, archive: Archive, storescp) -> None:
