@@ -57,9 +57,15 @@ class Dispatcher:
     """Owns the listening sockets and the worker processes `target(channel, *args)`."""
 
     def __init__(
-        self, listeners: list[Listener], target: Callable[..., None], args: tuple[Any, ...], workers: int
+        self,
+        listeners: list[Listener],
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        workers: int,
+        backlog: int = 128,
     ) -> None:
         self._listeners = listeners
+        self.backlog = backlog  # connections the kernel queues for this loop to accept
         self._target, self._args = target, args
         self._context = multiprocessing.get_context("spawn")
         self._selector = selectors.DefaultSelector()
@@ -118,7 +124,7 @@ class Dispatcher:
             return
         if any(w.ready and w.process.is_alive() for w in self._workers):
             for tag, listener in self._listeners:
-                listener.listen(128)
+                listener.listen(self.backlog)
                 listener.setblocking(False)
                 self._selector.register(listener, selectors.EVENT_READ, tag)
             self._listening = True

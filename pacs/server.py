@@ -44,7 +44,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs import association, commitment, dispatch, echo, find, get, move, ports, store
-from pacs.wire import negotiation
+from pacs.admission import Admission
+from pacs.wire import guard, negotiation, spool
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -104,6 +105,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.PASS_CONTEXTVARS = True
     negotiation.install()  # C-GET storage contexts: a syntax every instance can be sent in
+    spool.install()  # received C-STORE data sets land in the archive's folder (pacs.wire.guard sets it)
 
 
 PLAIN, TLS = "plain", "tls"  # the two kinds of DICOM port, and the dispatcher's tags for them
@@ -114,9 +116,28 @@ class _TlsServer(ThreadedAssociationServer):
 
     pynetdicom's own `ssl_context` handshakes inside `get_request`, on the one thread that
     accepts, where a client that never completes its handshake would stop every other client.
+    Every connection is also admitted (`pacs.admission`: at most so many per host) and has its
+    PDUs read through a guard (`pacs.wire.guard`), and its request thread lives as long as its
+    association (`_GuardedHandler`), which is what the per-host count counts.
     """
 
     tls: ssl.SSLContext | None = None
+    limits: guard.Limits
+    admission: Admission
+    daemon_threads = True  # a stopping server aborts its associations instead of waiting for them
+    block_on_close = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address, port = _address_of(client_address)
+        if not self.admission.enter(address):
+            self.admission.refused(address, port)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.admission.leave(address)
+            raise
 
     @staticmethod
     def context(settings: Settings) -> ssl.SSLContext:
@@ -137,9 +158,12 @@ class _TlsServer(ThreadedAssociationServer):
         return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
-            return
-        super().process_request_thread(request, client_address)
+        try:
+            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+                return
+            super().process_request_thread(request, client_address)
+        finally:
+            self.admission.leave(_address_of(client_address)[0])
 
     def _handshake(self, sock: ssl.SSLSocket, address: tuple[str, int]) -> bool:
         sock.settimeout(self.ae.acse_timeout)  # the time a peer has to ask for its association
@@ -164,13 +188,23 @@ class _ListeningServer(_TlsServer):
         return self.wrap(sock), address
 
 
-class _WholeAssociationHandler(RequestHandler):
-    """Keeps its request thread until the association ends, so that the end can be reported."""
+def _address_of(client_address: Any) -> tuple[str, int]:
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        return str(client_address[0]), int(client_address[1])
+    return str(client_address), 0
+
+
+class _GuardedHandler(RequestHandler):
+    """An association whose PDUs are read through `pacs.wire.guard` from its very first (the
+    association request), and whose request thread lasts until it ends, so that its end can
+    be reported and its connection counted until then."""
 
     assoc: Association
+    server: _TlsServer
 
     def _create_association(self) -> Association:
         self.assoc = super()._create_association()
+        guard.install(self.assoc, self.server.limits)
         return self.assoc
 
     def handle(self) -> None:
@@ -184,8 +218,6 @@ class _HandedOffServer(_TlsServer):
     socketserver needs a bound socket, so it binds 127.0.0.1:0 but never listens on it.
     """
 
-    daemon_threads = True  # a stopping worker aborts its associations instead of waiting for them
-    block_on_close = False
     on_done: Callable[[], None] = staticmethod(lambda: None)
 
     def server_activate(self) -> None:
@@ -256,9 +288,9 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.require_called_aet = True
-    ae.network_timeout = 300
-    ae.acse_timeout = 60
-    ae.dimse_timeout = 300
+    ae.network_timeout = settings.dicom_idle_timeout  # an association silent this long is ended
+    ae.acse_timeout = settings.dicom_acse_timeout  # to ask for an association, to release it
+    ae.dimse_timeout = settings.dicom_idle_timeout  # a peer this slow to answer a request
     ae.add_supported_context(Verification)
     for sop_class in SERVICE_CLASSES:
         ae.add_supported_context(sop_class, UNCOMPRESSED)
@@ -270,8 +302,9 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def _handlers(archive: Archive, reporter: commitment.Reporter) -> list[Any]:
+def _handlers(archive: Archive, reporter: commitment.Reporter, admission: Admission) -> list[Any]:
     return [
+        (evt.EVT_REQUESTED, admission.on_requested),
         (evt.EVT_C_ECHO, echo.handle),
         (evt.EVT_C_STORE, store.handle, [archive]),
         (evt.EVT_C_FIND, find.handle, [archive]),
@@ -316,6 +349,7 @@ def _on_rejected(e: evt.Event) -> None:
 
 
 def _on_closed(e: evt.Event, how: str) -> None:
+    spool.discard_partial(e.assoc)
     s = association.end(e.assoc)
     event(
         log,
@@ -341,20 +375,24 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
         number = settings.dicom_tls_port if tls_port is None else tls_port
         wanted[TLS] = (ports.dicom_tls(settings.dicom_host, number), _TlsServer.context(settings))
     servers: dict[str, ThreadedAssociationServer] = {}
-    reporter = commitment.Reporter(archive)
+    reporter, admission = commitment.Reporter(archive), _admission(settings)
     for kind, (where, tls) in wanted.items():
         try:
             server = cast(
                 _ListeningServer,
                 ae.make_server(
-                    (where.host, where.number), evt_handlers=_handlers(archive, reporter), server_class=_ListeningServer
+                    (where.host, where.number),
+                    evt_handlers=_handlers(archive, reporter, admission),
+                    server_class=_ListeningServer,
+                    request_handler=_GuardedHandler,
                 ),
             )
         except OSError as exc:
             for running in servers.values():
                 running.shutdown()
             raise ports.Unavailable(where, exc) from None
-        server.tls = tls
+        cast(socket.socket, server.socket).listen(settings.dicom_backlog)  # socketserver's backlog is 5
+        server.tls, server.limits, server.admission = tls, _limits(settings, archive), admission
         _share_contexts(server)
         ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
         name = f"scp:{server.server_address[1]}"
@@ -372,7 +410,9 @@ def start_workers(settings: Settings) -> dispatch.Dispatcher:
     if settings.dicom_tls:
         _TlsServer.context(settings)  # a bad certificate or key fails `pacs serve` here, not in every worker
         listeners.append((TLS, ports.bind(ports.dicom_tls(settings.dicom_host, settings.dicom_tls_port))))
-    dispatcher = dispatch.Dispatcher(listeners, run_worker, (settings, os.getpid()), settings.dicom_workers)
+    dispatcher = dispatch.Dispatcher(
+        listeners, run_worker, (settings, os.getpid()), settings.dicom_workers, settings.dicom_backlog
+    )
     dispatcher.start()
     return dispatcher
 
@@ -389,19 +429,29 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def _admission(settings: Settings) -> Admission:
+    return Admission(settings.dicom_max_per_address, settings.dicom_max_per_ae)
+
+
+def _limits(settings: Settings, archive: Archive) -> guard.Limits:
+    return guard.Limits(settings.max_pdu, int(settings.dicom_max_object_size), archive.temp_dir)
+
+
 def _handed_off_server(
     settings: Settings, archive: Archive, reporter: commitment.Reporter, channel: socket.socket
 ) -> _HandedOffServer:
     configure_pynetdicom()
+    admission = _admission(settings)
     server = cast(
         _HandedOffServer,
         build_ae(settings).make_server(
             ("127.0.0.1", 0),
-            evt_handlers=_handlers(archive, reporter),
+            evt_handlers=_handlers(archive, reporter, admission),
             server_class=_HandedOffServer,
-            request_handler=_WholeAssociationHandler,
+            request_handler=_GuardedHandler,
         ),
     )
+    server.limits, server.admission = _limits(settings, archive), admission
     server.server_address = (settings.dicom_host, settings.dicom_port)  # what the acceptor reports
     server.on_done = lambda: dispatch.done(channel)
     _share_contexts(server)

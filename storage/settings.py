@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
@@ -33,8 +33,23 @@ class Settings(BaseSettings):
     dicom_host: str = "0.0.0.0"
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     dicom_workers: int = Field(default=1, ge=1, le=64)
-    max_pdu: int = Field(default=1_048_576, ge=0)
+    #: the largest PDU the SCP receives (PS3.8 D.1); announced, and enforced on every PDU read
+    max_pdu: int = Field(default=1_048_576, ge=4096, le=128 * 1024 * 1024)
     max_associations: int = Field(default=64, ge=1)
+    #: what one host (peer address), one calling AE title may hold at once, so that one
+    #: misbehaving node cannot take every association slot from the modalities
+    dicom_max_per_address: int = Field(default=32, ge=1)
+    dicom_max_per_ae: int = Field(default=16, ge=1)
+    #: TCP connections waiting to be accepted (the listen backlog)
+    dicom_backlog: int = Field(default=128, ge=1, le=65535)
+    #: seconds a connection has to ask for its association (and a TLS client its handshake)
+    dicom_acse_timeout: float = Field(default=10.0, gt=0, le=600)
+    #: seconds an association may stay silent (and a peer take to answer a request)
+    dicom_idle_timeout: float = Field(default=60.0, gt=0, le=86400)
+    #: the largest object a C-STORE may send (its transfer is aborted beyond) and a STOW-RS part
+    #: (413 beyond); `pacs import` reads files an operator chose and has no limit
+    dicom_max_object_size: ByteSize = Field(default=ByteSize(4 * 1024**3), ge=1024)
+    http_max_object_size: ByteSize = Field(default=ByteSize(2 * 1024**3), ge=1024)
     #: DICOM TLS (PS3.15 B.1, BCP 195): on when a certificate and its key are given; 2762 is
     #: DICOM's registered port for it. A CA file makes client certificates required (mutual TLS).
     dicom_tls_port: int = Field(default=2762, ge=0, le=65535)

@@ -26,7 +26,7 @@ from storage.archive import Archive
 from storage.blobs.protocol import BlobInfo, new_key
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
-from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError, StudyMismatch
+from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError, StudyMismatch, TooLarge
 from storage.index.db import insert_or_get
 from storage.index.models import Instance, PendingBlob, Series, Study, utcnow
 from storage.logs import event
@@ -66,8 +66,9 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
         The blob store or the database failed; nothing of it was kept.
     """
     started = time.perf_counter()
-    source = with_preamble(source)
     try:
+        _check_size(source, ctx, archive)
+        source = with_preamble(source)
         parsed = parse(source)
         if expect_study is not None and parsed.study_uid != expect_study:
             raise StudyMismatch(f"StudyInstanceUID {parsed.study_uid} is not the study {expect_study} of the request")
@@ -122,6 +123,19 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
         duration_ms=round(elapsed * 1000, 2),
     )
     return _result(Outcome.STORED, parsed, blob.size)
+
+
+def _check_size(source: Source, ctx: Context, archive: Archive) -> None:
+    """Refuse an object over the size its channel takes (DIMSE and STOW-RS; an import has none).
+
+    The edges stop a larger one while it arrives (`pacs.wire.guard`, the STOW-RS reader); this
+    is the pipeline's own word on it, whoever calls.
+    """
+    settings = archive.settings
+    limits = {Channel.DIMSE: settings.dicom_max_object_size, Channel.DICOMWEB: settings.http_max_object_size}
+    limit = limits.get(ctx.channel)
+    if limit is not None and source.size > limit:
+        raise TooLarge(f"the object is {source.size} bytes, over the {int(limit)} this archive takes")
 
 
 def _result(outcome: Outcome, parsed: ParsedInstance, size: int) -> IngestResult:
