@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     authenticated = [Depends(get_principal)]
     app.include_router(health.router)
     for module in (capabilities, qido, wado, stow, delete):
-        app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated)
-    app.include_router(wado_uri.router, dependencies=authenticated)
-    app.include_router(worklist.router, dependencies=authenticated)
+        app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated, responses=problems.COMMON)
+    app.include_router(wado_uri.router, dependencies=authenticated, responses=problems.COMMON)
+    app.include_router(worklist.router, dependencies=authenticated, responses=problems.COMMON)
     _add_api_docs(app, authenticated)
     return app
 

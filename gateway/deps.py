@@ -8,15 +8,16 @@ and the recorder of its accesses. Storage decides what that context may see and 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from gateway.auth import get_principal
 from storage.access.context import Channel, Context
 from storage.access.principal import Principal
 from storage.archive import Archive
+from storage.dicom.uids import MAX_LENGTH, UID_RE
 from storage.settings import Settings
 
 # The dependencies are coroutines though they never wait: FastAPI runs a plain function
@@ -67,3 +68,15 @@ def _context_of(channel: Channel) -> Callable[[Request, Principal], Awaitable[Co
 DicomwebContext = Annotated[Context, Depends(_context_of(Channel.DICOMWEB))]
 WadoUriContext = Annotated[Context, Depends(_context_of(Channel.WADO_URI))]
 ApiContext = Annotated[Context, Depends(_context_of(Channel.API))]
+
+
+def _uid_path(title: str) -> Any:
+    """A UID in the URL path, described in the OpenAPI document as what the server enforces."""
+    return Path(title=title, pattern=UID_RE.pattern, max_length=MAX_LENGTH, examples=["1.2.840.113619.2.55.3.1"])
+
+
+StudyUid = Annotated[str, _uid_path("Study Instance UID")]
+SeriesUid = Annotated[str, _uid_path("Series Instance UID")]
+InstanceUid = Annotated[str, _uid_path("SOP Instance UID")]
+#: a row's key in a URL (/api/worklist/{id}): what the index's BIGINT keys can hold
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -6,12 +6,27 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from storage.errors import CannotTranscode, NotAuthorized, NotFound, OutOfResources, RejectedInput, StorageError
 
 PROBLEM = "application/problem+json"
+_PROBLEM_BODY = {PROBLEM: {"schema": {"type": "object"}}}
+#: what every authenticated route may answer besides its own codes, all as problem details
+COMMON: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A parameter, header or body is malformed; the detail names it", "content": _PROBLEM_BODY},
+    401: {
+        "description": "No bearer token, or one that is malformed, wrongly signed or expired",
+        "content": _PROBLEM_BODY,
+    },
+    403: {"description": "The caller lacks the role the operation needs", "content": _PROBLEM_BODY},
+    404: {"description": "No such resource, or not one the caller may see", "content": _PROBLEM_BODY},
+    405: {"description": "The path takes other methods (see Allow)", "content": _PROBLEM_BODY},
+    406: {"description": "None of the accepted media types can be served", "content": _PROBLEM_BODY},
+    503: {"description": "The index database or the blob store cannot be reached", "content": _PROBLEM_BODY},
+}
 
 
 def problem(
@@ -44,15 +59,45 @@ def install(app: FastAPI) -> None:
         return problem(http_status(exc), exc.reason.replace("_", " "), exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = getattr(exc, "headers", None)
-        return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=headers)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # RFC 9110 15.5.6: every method the path takes, not one route's
+            headers["Allow"] = allowed_methods(request)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
+        return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", [])), "msg": _message(e)} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return problem(400, "Bad Request", detail, errors=errors)
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, in DICOM's words where the rule is DICOM's (a UID in the path)."""
+    loc = tuple(error.get("loc", ()))
+    title = _UIDS.get(str(loc[-1])) if loc[:1] == ("path",) and loc else None
+    if title and error.get("type") in ("string_pattern_mismatch", "string_too_long"):
+        return f"{str(error.get('input', ''))[:80]!r} is not a valid {title} (PS3.5 9.1)"
+    return str(error.get("msg", ""))
+
+
+_UIDS = {"study": "Study Instance UID", "series": "Series Instance UID", "sop": "SOP Instance UID"}
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app takes on the request's path, and OPTIONS.
+
+    Asked of the routes themselves (a full match with that method), so routers included with a
+    prefix answer for their routes too.
+    """
+    methods = {"OPTIONS"}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            methods.add(method)
+    return ", ".join(sorted(methods))
 
 
 def _title(status: int) -> str:

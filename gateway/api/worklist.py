@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
-from gateway.deps import ApiContext, ArchiveDep
+from gateway.deps import ApiContext, ArchiveDep, RowId
 from storage.logs import event
 from storage.workflow import worklist
 from storage.workflow.worklist import NewStep, Status, Step
@@ -69,13 +69,13 @@ def list_steps(
 
 
 @router.get("/{step_id}", summary="One scheduled procedure step", responses=_ONE)
-def get(step_id: int, archive: ArchiveDep, ctx: ApiContext) -> Step:
+def get(step_id: RowId, archive: ArchiveDep, ctx: ApiContext) -> Step:
     with archive.db.read() as session:
         return worklist.get_step(step_id, ctx, session=session)
 
 
 @router.patch("/{step_id}", summary="Change a step's status", responses=_ONE)
-def patch(step_id: int, change: StatusChange, archive: ArchiveDep, ctx: ApiContext) -> Step:
+def patch(step_id: RowId, change: StatusChange, archive: ArchiveDep, ctx: ApiContext) -> Step:
     with archive.db.write() as session:
         step = worklist.set_status(step_id, change.status, ctx, session=session)
     event(log, "worklist.status", id=step_id, status=step.status, actor=ctx.principal.sub)
@@ -83,7 +83,7 @@ def patch(step_id: int, change: StatusChange, archive: ArchiveDep, ctx: ApiConte
 
 
 @router.delete("/{step_id}", status_code=204, summary="Remove a step from the worklist", responses=_ONE)
-def delete(step_id: int, archive: ArchiveDep, ctx: ApiContext) -> Response:
+def delete(step_id: RowId, archive: ArchiveDep, ctx: ApiContext) -> Response:
     with archive.db.write() as session:
         worklist.delete_step(step_id, ctx, session=session)
     event(log, "worklist.deleted", id=step_id, actor=ctx.principal.sub)

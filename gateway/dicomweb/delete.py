@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from gateway.deps import ArchiveDep, DicomwebContext
+from gateway.deps import ArchiveDep, DicomwebContext, SeriesUid, StudyUid
 from storage.ingest import delete as deleting
 
 router = APIRouter(tags=["DELETE (admin)"])
@@ -37,14 +37,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.delete("/studies/{study}", summary="Delete a study, its series and instances (admin)", responses=_RESPONSES)
-def delete_study(study: str, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
+def delete_study(study: StudyUid, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
     return _report(deleting.delete_study(study, ctx, archive=archive), study)
 
 
 @router.delete(
     "/studies/{study}/series/{series}", summary="Delete a series and its instances (admin)", responses=_RESPONSES
 )
-def delete_series(study: str, series: str, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
+def delete_series(study: StudyUid, series: SeriesUid, archive: ArchiveDep, ctx: DicomwebContext) -> Deleted:
     return _report(deleting.delete_series(study, series, ctx, archive=archive), study, series)
 
 

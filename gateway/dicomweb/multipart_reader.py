@@ -81,12 +81,17 @@ class Part:
         return parse_content_type(value).media_type if value else ""
 
 
-class _Spool:
-    """Bytes in memory up to a limit, then in a temporary file."""
+class PartTooLarge(MultipartError):
+    """A part longer than the reader takes (`max_part_size`); nothing of it is kept."""
 
-    def __init__(self, memory_limit: int, spool_dir: Path | None) -> None:
+
+class _Spool:
+    """Bytes in memory up to a limit, then in a temporary file; refused past `max_size`."""
+
+    def __init__(self, memory_limit: int, spool_dir: Path | None, max_size: int | None = None) -> None:
         self.memory_limit = memory_limit
         self.spool_dir = spool_dir
+        self.max_size = max_size
         self.mem = bytearray()
         self.file: IO[bytes] | None = None
         self.size = 0
@@ -95,6 +100,8 @@ class _Spool:
         if not data:
             return
         self.size += len(data)
+        if self.max_size is not None and self.size > self.max_size:
+            raise PartTooLarge(f"a part is over the {self.max_size} bytes this server takes")
         if self.file is None and len(self.mem) + len(data) > self.memory_limit:
             self.file = tempfile.NamedTemporaryFile(prefix="stow-", suffix=".part", dir=self.spool_dir, delete=False)
             self.file.write(self.mem)
@@ -238,16 +245,19 @@ def read_parts(
     memory_limit: int = MEMORY_LIMIT,
     spool_dir: Path | None = None,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    max_part_size: int | None = None,
 ) -> Iterator[Part]:
     """Yield the parts of a multipart body read from `chunks`, one at a time.
 
-    A part's temporary file is deleted when the next part is requested or the iterator is
-    closed, so consume (store) each part before moving on.
+    A part's temporary file (in `spool_dir`) is deleted when the next part is requested or the
+    iterator is closed, so consume (store) each part before moving on.
 
     Raises
     ------
     MultipartError
         No delimiter at all, or part headers that cannot be read.
+    PartTooLarge
+        A part is longer than `max_part_size`; it is not read further, nor kept.
     """
     if not boundary or len(boundary) > 200:
         raise MultipartError("the boundary parameter is empty or too long")
@@ -264,7 +274,7 @@ def read_parts(
         if not complete:
             yield Part(headers, b"", None, 0, complete=False)
             return
-        spool = _Spool(memory_limit, spool_dir)
+        spool = _Spool(memory_limit, spool_dir, max_part_size)
         try:
             kind, found = _next_delimiter(src, needle, spool)
             yield spool.finish(headers, complete=found)

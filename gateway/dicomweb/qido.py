@@ -17,9 +17,8 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, dicomweb_root
+from gateway.deps import ArchiveDep, DicomwebContext, SeriesUid, SettingsDep, StudyUid, dicomweb_root
 from gateway.dicomweb import multipart as mp
-from storage.dicom.uids import is_uid
 from storage.query.keys import IMAGE, SERIES, STUDY, attribute_tag, keyword
 from storage.query.matching import InvalidQuery
 from storage.query.search import Query, SearchResult, search
@@ -45,7 +44,7 @@ def search_all_series(request: Request, archive: ArchiveDep, ctx: DicomwebContex
 
 @router.get("/studies/{study}/series", summary="Search for series of a study")
 def search_series(
-    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
     return _search(request, archive, ctx, settings, SERIES, study)
 
@@ -59,7 +58,7 @@ def search_all_instances(
 
 @router.get("/studies/{study}/instances", summary="Search for instances of a study")
 def search_study_instances(
-    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
     return _search(request, archive, ctx, settings, IMAGE, study)
 
@@ -68,7 +67,12 @@ def search_study_instances(
     "/studies/{study}/series/{series}/instances", summary="Search for instances of a series (application/dicom+json)"
 )
 def search_series_instances(
-    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid,
+    series: SeriesUid,
+    request: Request,
+    archive: ArchiveDep,
+    ctx: DicomwebContext,
+    settings: SettingsDep,
 ) -> Response:
     return _search(request, archive, ctx, settings, IMAGE, study, series)
 
@@ -84,9 +88,6 @@ def _search(
 ) -> Response:
     params = request.query_params.multi_items()
     xml = _wants_xml(dict(params).get("accept") or request.headers.get("accept"))
-    for uid in (u for u in (study, series) if u is not None):
-        if not is_uid(uid):
-            raise InvalidQuery(f"{uid[:80]!r} in the path is not a valid UID (PS3.5 9.1)")
     query, limit, offset, warnings = parse_params(params, level, study, series)
     base = dicomweb_root(request, settings)
     with archive.db.read(per_statement=True) as session:

@@ -22,8 +22,15 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
-from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, dicomweb_root
-from gateway.dicomweb.multipart_reader import MultipartError, Part, parse_content_type, read_parts, request_chunks
+from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, StudyUid, dicomweb_root
+from gateway.dicomweb.multipart_reader import (
+    MultipartError,
+    Part,
+    PartTooLarge,
+    parse_content_type,
+    read_parts,
+    request_chunks,
+)
 from storage import metrics
 from storage.access.context import Context
 from storage.archive import Archive
@@ -57,6 +64,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Not a readable multipart body, or a malformed study UID in the path"},
     406: {"description": "The Accept header excludes application/dicom+json (XML is not implemented)"},
     409: {"description": "No instance could be stored (see FailedSOPSequence)", "content": _STUDY_CONTENT},
+    413: {"description": "A part is over PACS_HTTP_MAX_OBJECT_SIZE; the parts before it were stored"},
     415: {"description": 'Not multipart/related; type="application/dicom"'},
 }
 _OPENAPI = {
@@ -75,11 +83,9 @@ def store_instances(request: Request, archive: ArchiveDep, ctx: DicomwebContext,
 
 @router.post("/studies/{study}", summary="Store instances of one study (STOW-RS)", **_ROUTE)
 def store_study_instances(
-    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Any:
-    if not is_uid(study):
-        raise HTTPException(400, f"{study[:80]!r} is not a valid Study Instance UID")
-    return _store(request, study, archive, ctx, settings)
+    return _store(request, study, archive, ctx, settings)  # `StudyUid`: the UID was checked as the path was read
 
 
 def _store(request: Request, study: str | None, archive: Archive, ctx: Context, settings: Settings) -> Any:
@@ -87,12 +93,22 @@ def _store(request: Request, study: str | None, archive: Archive, ctx: Context, 
     _check_accept(request.headers.get("accept", ""))
     boundary = _boundary(request.headers.get("content-type", ""))
     response = StoreResponse(dicomweb_root(request, settings), study)
+    limit = int(settings.http_max_object_size)
+    parts = read_parts(request_chunks(request), boundary, spool_dir=archive.temp_dir, max_part_size=limit)
     try:
-        for part in read_parts(request_chunks(request), boundary):
+        for part in parts:
             try:
                 response.stored(_store_part(part, study, ctx, archive))
             except StorageError as exc:
                 response.failed(exc, _identify(_source(part)))
+    except PartTooLarge:
+        stored = len(response.referenced)
+        event(log, "stow.too_large", sub=ctx.principal.sub, part=response.parts + 1, limit=limit, stored=stored)
+        raise HTTPException(
+            413,
+            f"part {response.parts + 1} is over the {limit} bytes this archive takes (PACS_HTTP_MAX_OBJECT_SIZE); "
+            f"the {stored} instance(s) before it were stored",
+        ) from None
     except MultipartError as exc:
         if not response.parts:
             raise HTTPException(400, str(exc)) from None

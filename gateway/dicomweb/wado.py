@@ -10,14 +10,16 @@ opens a blob. Frames are ranged reads located by the pixel layout kept at ingest
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, public_root
+from gateway.deps import ArchiveDep, DicomwebContext, InstanceUid, SeriesUid, SettingsDep, StudyUid, public_root
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from storage.access.context import Context
@@ -57,23 +59,28 @@ def resolve(
 
 @router.get(STUDY, summary="Retrieve a study (multipart/related; type=application/dicom)")
 def retrieve_study(
-    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
     return _retrieve(request, archive, ctx, settings.public_url, study)
 
 
 @router.get(SERIES, summary="Retrieve a series")
 def retrieve_series(
-    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid,
+    series: SeriesUid,
+    request: Request,
+    archive: ArchiveDep,
+    ctx: DicomwebContext,
+    settings: SettingsDep,
 ) -> Response:
     return _retrieve(request, archive, ctx, settings.public_url, study, series)
 
 
 @router.get(INSTANCE, summary="Retrieve an instance (multipart, or application/dicom with Range support)")
 def retrieve_instance(
-    study: str,
-    series: str,
-    sop: str,
+    study: StudyUid,
+    series: SeriesUid,
+    sop: InstanceUid,
     request: Request,
     archive: ArchiveDep,
     ctx: DicomwebContext,
@@ -175,23 +182,28 @@ def dicom_file(archive: Archive, d: Delivery, range_header: str | None, *, uri_s
 
 @router.get(STUDY + "/metadata", summary="Study metadata (application/dicom+json)")
 def study_metadata(
-    study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
 ) -> Response:
     return _metadata(request, archive, ctx, settings.public_url, study)
 
 
 @router.get(SERIES + "/metadata", summary="Series metadata")
 def series_metadata(
-    study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext, settings: SettingsDep
+    study: StudyUid,
+    series: SeriesUid,
+    request: Request,
+    archive: ArchiveDep,
+    ctx: DicomwebContext,
+    settings: SettingsDep,
 ) -> Response:
     return _metadata(request, archive, ctx, settings.public_url, study, series)
 
 
 @router.get(INSTANCE + "/metadata", summary="Instance metadata")
 def instance_metadata(
-    study: str,
-    series: str,
-    sop: str,
+    study: StudyUid,
+    series: SeriesUid,
+    sop: InstanceUid,
     request: Request,
     archive: ArchiveDep,
     ctx: DicomwebContext,
@@ -227,7 +239,13 @@ def _metadata(
 
 @router.get(INSTANCE + "/bulk/{path:path}", summary="Bulk data of an element (multipart octet-stream)")
 def bulk_data(
-    study: str, series: str, sop: str, path: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
+    study: StudyUid,
+    series: SeriesUid,
+    sop: InstanceUid,
+    path: str,
+    request: Request,
+    archive: ArchiveDep,
+    ctx: DicomwebContext,
 ) -> Response:
     try:
         tags = pixels.parse_bulk_path(path)
@@ -242,8 +260,8 @@ def bulk_data(
         raise mp.not_acceptable(f"this bulk data is served as {mp.OCTET}")
     value = None
     if tags == [0x7FE00010] and layout is not None and layout.kind == "native":
-        frames = retrieve.frames_as_stored(archive, inst, range(1, inst.frame_count + 1))
-        value = b"".join(frames) if frames is not None else None
+        whole = retrieve.frames_as_stored(archive, inst, range(1, inst.frame_count + 1))
+        value = b"".join(whole) if whole is not None else None
     if value is None:
         value = pixels.element_bytes(retrieve.read_object(archive, inst), tags)
     if value is None:
@@ -253,7 +271,13 @@ def bulk_data(
 
 @router.get(INSTANCE + "/frames/{frames}", summary="Frames (octet-stream, or compressed as stored)")
 def retrieve_frames(
-    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
+    study: StudyUid,
+    series: SeriesUid,
+    sop: InstanceUid,
+    frames: str,
+    request: Request,
+    archive: ArchiveDep,
+    ctx: DicomwebContext,
 ) -> Response:
     numbers = _frame_numbers(frames)
     inst = retrieve.instance(archive, ctx, study, series, sop)
@@ -261,13 +285,26 @@ def retrieve_frames(
     return _pixels(archive, inst, numbers, mp.negotiate_bulk(request.headers.get("accept")))
 
 
+#: frames one request may name (a 3,000-frame cine fits); each at most once
+MAX_FRAMES = 10_000
+_FRAME_NUMBER = re.compile(r"^[0-9]{1,9}$")
+
+
 def _frame_numbers(text: str) -> list[int]:
-    try:
-        numbers = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise HTTPException(400, detail=f"frame list {text!r} must be positive integers separated by commas") from None
-    if not numbers or min(numbers) < 1:
+    """The frame list of PS3.18 10.4.1.1.3: positive integers separated by commas, each at most
+    once, at most `MAX_FRAMES` of them; asking for one frame many times would make one request
+    answer the object many times over."""
+    items = text.split(",", MAX_FRAMES)
+    if len(items) > MAX_FRAMES:
+        raise HTTPException(400, detail=f"at most {MAX_FRAMES} frames in one request")
+    if not all(_FRAME_NUMBER.match(p) for p in items):
+        raise HTTPException(400, detail=f"frame list {text[:80]!r} must be positive integers separated by commas")
+    numbers = [int(p) for p in items]
+    if min(numbers) < 1:
         raise HTTPException(400, detail="frame numbers start at 1")
+    if len(set(numbers)) != len(numbers):
+        twice = next(n for i, n in enumerate(numbers) if n in numbers[:i])
+        raise HTTPException(400, detail=f"frame {twice} is asked for more than once")
     return numbers
 
 
@@ -286,7 +323,7 @@ def _pixels(archive: Archive, inst: StoredInstance, numbers: list[int], choice: 
         offer = mp.COMPRESSED_MEDIA_TYPES.get(ts, "") if encapsulated else ""
         raise mp.not_acceptable(f"frames of this instance are served as {mp.OCTET}" + (f" or {offer}" if offer else ""))
     media_type, decode = selected
-    frames = None if decode else retrieve.frames_as_stored(archive, inst, numbers)
+    frames: Iterable[bytes] | None = None if decode else retrieve.frames_as_stored(archive, inst, numbers)
     if frames is None:
         data = retrieve.read_object(archive, inst)
         try:
@@ -300,12 +337,18 @@ def _pixels(archive: Archive, inst: StoredInstance, numbers: list[int], choice: 
     return _parts(frames, f"{media_type}; transfer-syntax={out_ts}", media_type, choice.multipart)
 
 
-def _parts(bodies: list[bytes], part_type: str, inner: str, multipart: bool) -> Response:
-    if not multipart and len(bodies) == 1:
-        return Response(bodies[0], media_type=part_type)
+def _parts(bodies: Iterable[bytes], part_type: str, inner: str, multipart: bool) -> Response:
+    """One body as it is, or the bodies as multipart/related, streamed: each is read (a ranged
+    read of one frame) only when the answer reaches it, so a long frame list is never held whole."""
+    parts = iter(bodies)
+    first = next(parts)  # read now: a failure is still an error answer, not a cut stream
+    second = next(parts, None)
+    if not multipart and second is None:
+        return Response(first, media_type=part_type)
+    parts = itertools.chain([first], [] if second is None else [second], parts)
     boundary = mp.new_boundary()
-    payload = b"".join(mp.stream((mp.Part(part_type, [b]) for b in bodies), boundary))
-    return Response(payload, media_type=mp.content_type(inner, boundary))
+    stream = mp.stream((mp.Part(part_type, [b]) for b in parts), boundary)
+    return StreamingResponse(stream, media_type=mp.content_type(inner, boundary))
 
 
 # ----- rendered and thumbnails --------------------------------------------------------------
@@ -377,24 +420,31 @@ def rendered_image(archive: Archive, inst: StoredInstance, frame: int, params: r
 
 def _add_rendered_routes(suffix: str, *, thumbnail: bool) -> None:
     @router.get(STUDY + suffix, summary=f"Study {suffix[1:]}")
-    def study_image(study: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext) -> Response:
+    def study_image(study: StudyUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext) -> Response:
         return _rendered(request, archive, ctx, study, thumbnail=thumbnail)
 
     @router.get(SERIES + suffix, summary=f"Series {suffix[1:]}")
-    def series_image(study: str, series: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext) -> Response:
+    def series_image(
+        study: StudyUid, series: SeriesUid, request: Request, archive: ArchiveDep, ctx: DicomwebContext
+    ) -> Response:
         return _rendered(request, archive, ctx, study, series, thumbnail=thumbnail)
 
     @router.get(INSTANCE + suffix, summary=f"Instance {suffix[1:]}")
     def instance_image(
-        study: str, series: str, sop: str, request: Request, archive: ArchiveDep, ctx: DicomwebContext
+        study: StudyUid,
+        series: SeriesUid,
+        sop: InstanceUid,
+        request: Request,
+        archive: ArchiveDep,
+        ctx: DicomwebContext,
     ) -> Response:
         return _rendered(request, archive, ctx, study, series, sop, thumbnail=thumbnail)
 
     @router.get(INSTANCE + "/frames/{frames}" + suffix, summary=f"Frame {suffix[1:]}")
     def frame_image(
-        study: str,
-        series: str,
-        sop: str,
+        study: StudyUid,
+        series: SeriesUid,
+        sop: InstanceUid,
         frames: str,
         request: Request,
         archive: ArchiveDep,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVarTuple
 
@@ -343,52 +343,59 @@ def native_frame(archive: Archive, inst: StoredInstance, number: int) -> pixels.
     display = pixels.frame_display(doc, number, inst.transfer_syntax_uid)
     if display is None:
         return None
-    frames = _native_frames(archive, inst, layout, [number], doc)
-    if frames is None:
+    read = _native_frame_reader(archive, inst, layout, doc)
+    if read is None:
         return None
-    decoded = pixels.decode_native(frames[0], inst.transfer_syntax_uid, display[1])
+    decoded = pixels.decode_native(read(number), inst.transfer_syntax_uid, display[1])
     return None if decoded is None else pixels.DecodedFrame(decoded, display[0])
 
 
-def frames_as_stored(archive: Archive, inst: StoredInstance, numbers: Sequence[int]) -> list[bytes] | None:
-    """Frames by ranged reads, in the stored encoding; None where the layout cannot say.
+def frames_as_stored(archive: Archive, inst: StoredInstance, numbers: Sequence[int]) -> Iterator[bytes] | None:
+    """Frames by ranged reads, in the stored encoding, read one at a time as the caller iterates;
+    None where the layout cannot say.
 
     Native frames come back little endian (big endian 16/32-bit words are swapped), encapsulated
     frames as their fragments' bytes concatenated without item headers (PS3.18 8.7.3.3.2).
     None for deflated objects, unknown fragment-to-frame mappings, or bit-packed frames that
     do not start on a byte boundary: the caller then decodes the whole object. `inst` must be
     resolved `with_json=True` (the native path needs BitsAllocated and the Pixel Data VR).
+    Only one frame is in memory at a time, however many are asked for.
     """
     layout = inst.layout
     if layout is None or inst.dicom_json is None:
         return None
     if layout.kind == "native":
-        return _native_frames(archive, inst, layout, numbers)
+        read = _native_frame_reader(archive, inst, layout)
+        return None if read is None else map(read, numbers)
     if len(layout.frames) < max(numbers, default=0):
         return None
-    out = []
-    for n in numbers:
-        first, count = layout.frames[n - 1]
-        frags = layout.fragments[first : first + count]
-        start, end = frags[0][0], frags[-1][0] + frags[-1][1]
-        span = archive.blobs.read_range(inst.object_key, start, end - start)
-        out.append(b"".join(span[off - start : off - start + length] for off, length in frags))
-    return out
+    return (_encapsulated_frame(archive, inst, layout, n) for n in numbers)
 
 
-def _native_frames(
-    archive: Archive,
-    inst: StoredInstance,
-    layout: PixelLayout,
-    numbers: Sequence[int],
-    attrs: dict[str, Any] | None = None,
-) -> list[bytes] | None:
-    """`attrs` is the instance's DICOM JSON when the caller has parsed it already."""
+def _encapsulated_frame(archive: Archive, inst: StoredInstance, layout: PixelLayout, number: int) -> bytes:
+    first, count = layout.frames[number - 1]
+    frags = layout.fragments[first : first + count]
+    start, end = frags[0][0], frags[-1][0] + frags[-1][1]
+    span = archive.blobs.read_range(inst.object_key, start, end - start)
+    return b"".join(span[off - start : off - start + length] for off, length in frags)
+
+
+def _native_frame_reader(
+    archive: Archive, inst: StoredInstance, layout: PixelLayout, attrs: dict[str, Any] | None = None
+) -> Callable[[int], bytes] | None:
+    """A function reading native frame n (1-based), or None where frames are not byte ranges.
+
+    `attrs` is the instance's DICOM JSON when the caller has parsed it already.
+    """
     attrs = inst.attributes() if attrs is None else attrs
     samples = (inst.rows or 0) * (inst.columns or 0) * int(pixels.first_value(attrs, "00280002", 1))
     length = pixels.native_frame_length(attrs, layout.frame_length, samples, inst.frame_count)
     width = pixels.big_endian_word(attrs, inst.transfer_syntax_uid)
     if length is None or length % width:
         return None
-    frames = [archive.blobs.read_range(inst.object_key, layout.offset + (n - 1) * length, length) for n in numbers]
-    return [pixels.swap_bytes(f, width) for f in frames] if width > 1 else frames
+
+    def read(number: int) -> bytes:
+        frame = archive.blobs.read_range(inst.object_key, layout.offset + (number - 1) * length, length)
+        return pixels.swap_bytes(frame, width) if width > 1 else frame
+
+    return read

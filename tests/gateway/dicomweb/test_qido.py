@@ -366,7 +366,7 @@ BAD_INPUT = [
     ("/studies", {"fuzzymatching": "maybe"}, "fuzzymatching must be true or false"),
     ("/series", {"SeriesNumber": "one"}, "SeriesNumber: 'one' is not an integer"),
     ("/instances", {"SOPInstanceUID": "1.2.03"}, "SOPInstanceUID"),
-    ("/studies/1.2.x/series", {}, "'1.2.x' in the path is not a valid UID"),
+    ("/studies/1.2.x/series", {}, "'1.2.x' is not a valid Study Instance UID"),
 ]
 
 
