@@ -227,3 +227,31 @@ def uids_of(data: bytes) -> tuple[str, str, str]:
     """(Study, Series, SOP Instance UID) of Part-10 bytes."""
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def nested(depth: int) -> bytes:
+    """A valid CT slice carrying a Content Sequence nested `depth` levels deep (undefined
+    lengths, explicit VR little endian), written by hand: pydicom cannot encode 1,000 levels."""
+    data = to_bytes(ct_dataset())
+    sequence, item = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff", b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    item_end, sequence_end = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    nest = (sequence + item) * depth + (item_end + sequence_end) * depth
+    pixel_data = data.index(b"\xe0\x7f\x10\x00OW")  # (0040,A730) sorts before (7FE0,0010)
+    return data[:pixel_data] + nest + data[pixel_data:]
+
+
+def flipped_vr(keyword: str, vr: bytes = b"ZZ") -> bytes:
+    """A valid CT slice whose `keyword` element has its VR bytes replaced by an unknown `vr`."""
+    ds = ct_dataset()
+    elem = ds[keyword]
+    tag = elem.tag.group.to_bytes(2, "little") + elem.tag.element.to_bytes(2, "little")
+    data = to_bytes(ds)
+    at = data.index(tag + elem.VR.encode(), 132)
+    return data[: at + 4] + vr + data[at + 6 :]
+
+
+def pixel_data_of_length(length: int, *, rows: int = 64, columns: int = 64) -> bytes:
+    """A 16-bit CT slice of `rows` x `columns` whose native Pixel Data is `length` bytes."""
+    ds = ct_dataset(rows=rows, columns=columns)
+    ds.PixelData = bytes(length + length % 2)
+    return to_bytes(ds)

@@ -27,7 +27,7 @@ from storage.index.models import Instance, Study
 from storage.logs import FIELDS
 from tests.kit import dicom_factory as f
 from tests.kit.dimse import STUDY_ROOT, keys, pyfind
-from tests.kit.inspect import blob_keys, row_counts
+from tests.kit.inspect import blob_keys, row_counts, temporary_files
 from tests.kit.tools import require_tool
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -226,23 +226,37 @@ BAD_OVER_DIMSE = [
     ("truncated", lambda: f.truncated(64), 0xC000),
     ("unknown-charset", lambda: f.with_charset("ISO_IR 999", b"Popescu^Ion"), 0xA900),
     ("wrong-charset-bytes", lambda: f.with_charset("ISO_IR 192", b"Popescu^\xff\xfe"), 0xA900),
+    ("nested-40-levels", lambda: f.nested(40), 0xA900),
+    ("nested-1000-levels", lambda: f.nested(1000), 0xA900),
+    ("unknown-vr-study-date", lambda: f.flipped_vr("StudyDate"), 0xC000),
+    ("unknown-vr-study-time", lambda: f.flipped_vr("StudyTime"), 0xC000),
+    ("unknown-vr-modality", lambda: f.flipped_vr("Modality"), 0xC000),
+    ("unknown-vr-patient-id", lambda: f.flipped_vr("PatientID", b"\x00\x01"), 0xC000),
+    ("pixel-data-too-long", lambda: f.pixel_data_of_length(64 * 64 * 2 + 1024 * 1024), 0xA900),
+    ("pixel-data-too-short", lambda: f.pixel_data_of_length(100), 0xA900),
 ]
 
 
 @pytest.mark.usefixtures("send_raw")
 @pytest.mark.parametrize(("case", "make", "status"), BAD_OVER_DIMSE, ids=[c[0] for c in BAD_OVER_DIMSE])
 def test_bad_input_gets_a_precise_status(
-    scp: RunningScp, archive: Archive, tmp_path: Path, case: str, make, status: int
+    scp: RunningScp, archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, make, status: int
 ) -> None:
+    """Each refusal: its status and an Error Comment (never a server path), one
+    `ingest.rejected` line, nothing stored, no temporary file of the received data set left."""
     path = tmp_path / "bad.dcm"
     path.write_bytes(make())
     before = row_counts(archive), blob_keys(archive)
     assoc = associate(scp, [build_context(CTImageStorage)])
-    rsp = assoc.send_c_store(path)
-    assoc.release()
+    with caplog.at_level(logging.INFO):
+        rsp = assoc.send_c_store(path)
+        assoc.release()
     assert rsp.Status == status, rsp
     assert rsp.ErrorComment  # says why, in the response the modality logs
+    assert "/" not in rsp.ErrorComment, rsp.ErrorComment  # no server path (nor any path)
+    assert [getattr(r, FIELDS)["status"] for r in caplog.records if r.getMessage() == "ingest.rejected"] == [f"0x{status:04X}"]
     assert (row_counts(archive), blob_keys(archive)) == before
+    assert temporary_files(archive) == []
 
 
 def test_unknown_ae_is_held_unassigned(scp: RunningScp, archive: Archive) -> None:
