@@ -302,9 +302,11 @@ def _frame_numbers(text: str) -> list[int]:
     numbers = [int(p) for p in items]
     if min(numbers) < 1:
         raise HTTPException(400, detail="frame numbers start at 1")
-    if len(set(numbers)) != len(numbers):
-        twice = next(n for i, n in enumerate(numbers) if n in numbers[:i])
-        raise HTTPException(400, detail=f"frame {twice} is asked for more than once")
+    seen: set[int] = set()
+    for n in numbers:
+        if n in seen:
+            raise HTTPException(400, detail=f"frame {n} is asked for more than once")
+        seen.add(n)
     return numbers
 
 

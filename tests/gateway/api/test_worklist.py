@@ -131,3 +131,13 @@ def test_the_routes_are_described(gateway: Gateway) -> None:
     spec = httpx.get(f"{gateway.url}/openapi.json", headers=gateway.headers(**ADMIN)).json()
     assert {"get", "post"} <= set(spec["paths"]["/api/worklist"])
     assert {"get", "patch", "delete"} <= set(spec["paths"]["/api/worklist/{step_id}"])
+
+
+@pytest.mark.parametrize("step_id", ["9223372036854775808", "0", "-1", "1e3"])
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+def test_an_id_out_of_range_is_400_not_500(gateway: Gateway, method: str, step_id: str) -> None:
+    """Before: 2**63 reached SQLite and answered 500 (OverflowError); ids are 1 to 2**63-1, as
+    the OpenAPI says."""
+    kw = {"json": {"status": "STARTED"}} if method == "PATCH" else {}
+    detail = problem(api(gateway, method, f"/{step_id}", **kw), 400)
+    assert "step_id" in detail
