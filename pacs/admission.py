@@ -86,6 +86,7 @@ class Admission:
         if held < self.per_ae:
             return
         assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+        assoc.kill()  # as pynetdicom after its own rejections: the A-ASSOCIATE-RJ leaves before the close
         ASSOCIATIONS.labels("rejected").inc()
         event(
             log,

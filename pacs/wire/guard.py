@@ -134,13 +134,13 @@ class PduGuard:
             if control & 0x01:  # a command fragment
                 self.command += fragment
                 over = self.command > COMMAND_LIMIT
-                what, limit = "command set", COMMAND_LIMIT
+                what = f"command set over {COMMAND_LIMIT} bytes"
             else:
                 self.data_set += fragment
                 over = self.data_set > self.limits.data_set
-                what, limit = "data set", self.limits.data_set
+                what = f"data set over {self.limits.data_set} bytes (PACS_DICOM_MAX_OBJECT_SIZE)"
             if over:
-                self._refuse(f"{what} over {limit} bytes (PACS_DICOM_MAX_OBJECT_SIZE)", P_DATA_TF)
+                self._refuse(what, P_DATA_TF)
                 return False
             if control & 0x02:  # the last fragment of its command or data set
                 if control & 0x01:

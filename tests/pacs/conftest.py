@@ -9,7 +9,9 @@ import pytest
 
 from pacs.server import RunningScp, start
 from storage.archive import Archive
+from storage.index.migrate import upgrade
 from storage.settings import Settings
+from tests.kit.backends import BACKENDS, make_settings
 from tests.kit.dimse import Receivers
 from tests.kit.seed import seed_orgs
 
@@ -33,3 +35,30 @@ def storescp(tmp_path: Path) -> Iterator[Receivers]:
         yield receivers
     finally:
         receivers.stop()
+
+
+#: the bounds `limited_scp` runs with: small enough to reach in a test
+LIMITS = {
+    "max_associations": 6,
+    "dicom_max_per_address": 3,
+    "dicom_max_per_ae": 2,
+    "dicom_acse_timeout": 1.0,
+    "dicom_idle_timeout": 2.0,
+    "dicom_max_object_size": 64 * 1024,
+    "max_pdu": 16 * 1024,
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def limited_scp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningScp]:
+    """The SCP with `LIMITS`, over each backend pair, with the kit's organizations."""
+    settings = make_settings(request, tmp_path, request.param, **LIMITS)
+    archive = Archive.open(settings)
+    upgrade(archive.db.engine)
+    seed_orgs(archive)
+    running = start(settings, archive, port=0)
+    try:
+        yield running
+    finally:
+        running.shutdown()
+        archive.close()

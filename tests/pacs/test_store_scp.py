@@ -254,7 +254,8 @@ def test_bad_input_gets_a_precise_status(
     assert rsp.Status == status, rsp
     assert rsp.ErrorComment  # says why, in the response the modality logs
     assert "/" not in rsp.ErrorComment, rsp.ErrorComment  # no server path (nor any path)
-    assert [getattr(r, FIELDS)["status"] for r in caplog.records if r.getMessage() == "ingest.rejected"] == [f"0x{status:04X}"]
+    rejected = [getattr(r, FIELDS)["status"] for r in caplog.records if r.getMessage() == "ingest.rejected"]
+    assert rejected == [f"0x{status:04X}"]
     assert (row_counts(archive), blob_keys(archive)) == before
     assert temporary_files(archive) == []
 
