@@ -84,6 +84,8 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -
     try:
         log = server.log_text()
         assert "recovery.done" in log
+        # the data set storescu was sending when the kill landed is not left behind
+        assert [p for p in (data_dir / "run" / "tmp").rglob("*") if p.is_file()] == []
         archive = Archive.open(Settings(data_dir=data_dir))
         try:
             with archive.db.read() as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from storage.archive import Archive
 from storage.blobs.protocol import new_key
 from storage.index.models import PendingBlob
 from storage.ingest.recovery import recover
+from storage.logs import FIELDS
 from tests.kit.inspect import blob_keys
 
 
@@ -41,6 +43,25 @@ def test_recovery_removes_what_dead_writers_left(archive: Archive) -> None:
     keys = blob_keys(archive)
     assert dead not in keys and stale_elsewhere not in keys and never_written not in keys
     assert {live_here, live_elsewhere} <= keys
+
+
+def test_recovery_removes_the_temporary_files_of_dead_processes(archive: Archive, caplog) -> None:
+    """What a killed process was receiving (pynetdicom's data set file, a STOW-RS part) stays
+    in its folder under the data folder; the next start removes it, not another node's."""
+    root = archive.settings.run_dir / "tmp"
+    host = socket.gethostname()
+    for owner, name in [(f"{host}:999999", "dataset.dcm"), (f"{host}:999999", "part-1"), ("other-node:42", "x.dcm")]:
+        (root / owner).mkdir(parents=True, exist_ok=True)
+        (root / owner / name).write_bytes(b"half a data set")
+    (archive.temp_dir / "left-by-an-earlier-process-of-this-pid").write_bytes(b"x")
+
+    with caplog.at_level(logging.INFO):
+        report = recover(archive)
+
+    assert report.temp_files == 3
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == ["other-node:42/x.dcm"]
+    removed = [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "recovery.temp_removed"]
+    assert sorted((r["owner"], r["files"]) for r in removed) == sorted([(f"{host}:999999", 2), (archive.owner, 1)])
 
 
 CRASHING_WRITER = """
