@@ -7,6 +7,7 @@ so the bytes are ingested exactly as the modality encoded them, never decoded an
 from __future__ import annotations
 
 import logging
+import traceback
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -36,7 +37,17 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
         # pynetdicom's own guard would answer 0xC211 without a comment and keep its temporary
         # file of the data set: it deletes that file only when the handler returns.
         stats.rejected += 1
-        log_event(log, "dimse.store.failed", level=logging.ERROR, calling_ae=ctx.principal.sub, error=repr(exc))
+        # the type and where it was raised: its message may quote a value of the data set
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f"{Path(where.filename).name}:{where.lineno}" if where else None
+        log_event(
+            log,
+            "dimse.store.failed",
+            level=logging.ERROR,
+            calling_ae=ctx.principal.sub,
+            error=type(exc).__name__,
+            at=at,
+        )
         return failure(OutOfResources(f"could not store the instance: {type(exc).__name__}"))
     if result.outcome is Outcome.STORED:
         stats.stored += 1
