@@ -4,8 +4,9 @@ Reading is lazy where it can be: values over a few KB (Pixel Data above all) are
 so a 500 KB CT slice costs a header parse, not a copy of its pixels. pydicom is lenient with
 damaged input (a truncated file often parses as a shorter dataset), so the checks here are
 explicit: the last element must end where the file ends, UIDs must be UIDs (PS3.5 9.1), text
-must decode in its declared character set, sequences nest at most `MAX_DEPTH` deep, and native
-Pixel Data holds the bytes its Rows, Columns, samples, bits and frames say (PS3.5 8.1.1).
+must decode in its declared character set (and hold no NUL byte), sequences nest at most
+`MAX_DEPTH` deep, and native Pixel Data holds the bytes its Rows, Columns, samples, bits and
+frames say (PS3.5 8.1.1).
 
 The bytes are a peer's: anything pydicom raises while reading them (an unknown VR byte, a
 length that overflows, a recursion through thousands of nested items) is a refusal with a
@@ -150,7 +151,9 @@ def parse(source: Source) -> ParsedInstance:
         The object cannot be stored: not DICOM, truncated, nested too deep, a bad UID, text or
         pixel data length. Whatever else reading it raises is a `NotDicom` naming the error.
     OSError
-        The source itself could not be read (the server's problem, not the object's).
+        The source itself could not be read (the server's problem, not the object's): an
+        error of the system, with an errno. pydicom's own OSError, which has none, is about
+        the bytes (an item header missing where a sequence is cut short): a `Truncated`.
     """
     size = source.size
     with source.open() as fp:
@@ -159,8 +162,12 @@ def parse(source: Source) -> ParsedInstance:
             _check_complete(ds, fp, size)
             _check_depth(ds)
             return _validated(ds, fp)
-        except (RejectedInput, OSError, MemoryError):
+        except (RejectedInput, MemoryError):
             raise
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise Truncated(f"a sequence item is cut short: {_reason(exc)}") from None
         except RecursionError:
             raise TooDeep(f"sequences are nested deeper than {MAX_DEPTH} levels") from None
         except Exception as exc:  # noqa: BLE001 - a peer's bytes: whatever pydicom raises on them is a refusal
@@ -248,8 +255,14 @@ def _required_uid(ds: Dataset, keyword: str) -> str:
     return text
 
 
+#: VRs whose values are characters: a NUL byte inside one is no character of any repertoire
+#: (PS3.5 6.2; trailing NULs are padding), and PostgreSQL's text columns refuse it
+STRING_VRS = TEXT_VRS | frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UR"})
+
+
 def _check_text(ds: Dataset) -> None:
-    """Check (0008,0005) is known and every top-level text value decodes strictly in it."""
+    """Check (0008,0005) is known, every top-level text value decodes strictly in it, and no
+    top-level string value (what the index columns hold) has a NUL byte inside it."""
     raw_cs = ds.get_item(0x00080005, keep_deferred=True)
     terms: list[str] = []
     if raw_cs is not None:
@@ -265,6 +278,8 @@ def _check_text(ds: Dataset) -> None:
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.value:
             vr = raw.VR or element_vr(raw)
+            if vr in STRING_VRS and b"\x00" in raw.value.rstrip(b"\x00 "):
+                raise BadCharset(f"({tag.group:04X},{tag.elem:04X}): a NUL byte inside the {vr} value (PS3.5 6.2)")
             if vr in TEXT_VRS:
                 check_decodes(raw.value, encodings, f"({tag.group:04X},{tag.elem:04X})")
 

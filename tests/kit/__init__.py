@@ -4,6 +4,7 @@
   organizations, an admin, an unregistered AE) and `ctx`, their request contexts;
 - `seed`: the organizations of that table and `seed(archive, *datasets, as_=...)`;
 - `studies`: the study builder of the search tests; `dicom_factory`: single objects, good and bad;
+  `mutations`: 100 valid files, each broken by one named mutation from a fixed seed;
 - `net`, `databases`, `backends`, `tools`: free ports, throwaway PostgreSQL databases, the two
   backend pairs, and system tools that skip (or fail under PACS_TEST_REQUIRE_ALL=1);
 - `dimse`, `dicomweb`, `servers`: dcmtk and pynetdicom peers, the gateway in a thread with

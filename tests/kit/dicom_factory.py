@@ -183,6 +183,19 @@ def truncated(cut: int = 100) -> bytes:
     return to_bytes(ct_dataset())[:-cut]
 
 
+def cut_in_sequence() -> bytes:
+    """A CT slice that ends inside its undefined-length Procedure Code Sequence, after an item's
+    header (pydicom raises OSError there, "No tag to read", where a cut element raises EOFError)."""
+    ds = ct_dataset()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "ZDA2", "99MUNI", "CT torace nativ"
+    ds.ProcedureCodeSequence = [code]
+    ds["ProcedureCodeSequence"].is_undefined_length = True
+    data = to_bytes(ds)
+    at = data.index(b"\x08\x00\x32\x10SQ", 132)  # (0008,1032) SQ: a 12-byte header, then the item's 8
+    return data[: at + 12 + 8]
+
+
 def with_charset(charset: str, name_bytes: bytes) -> bytes:
     """An object whose PatientName holds raw `name_bytes` under (0008,0005) = `charset`."""
     ds = ct_dataset(charset=charset, patient_name="PLACEHOLDER^NAME")

@@ -117,9 +117,11 @@ BAD_INPUT = [
     ("series-uid-too-long", lambda: f.with_uid("SeriesInstanceUID", "1." + "2" * 70), InvalidUid),
     ("truncated-pixels", lambda: f.truncated(100), Truncated),
     ("truncated-header", lambda: f.to_bytes(f.ct_dataset())[:300], Truncated),
+    ("truncated-in-a-sequence", f.cut_in_sequence, Truncated),
     ("unknown-charset", lambda: f.with_charset("ISO_IR 999", b"Popescu^Ion"), BadCharset),
     ("invalid-utf8", lambda: f.with_charset("ISO_IR 192", b"Popescu^\xc3\x28on"), BadCharset),
     ("undeclared-escape", lambda: f.with_charset("ISO_IR 100", b"\x1b$B;3ED\x1b(B^Taro"), BadCharset),
+    ("nul-inside-a-name", lambda: f.with_charset("ISO_IR 100", b"Popescu\x00Ion"), BadCharset),
 ]
 
 
