@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from storage.archive import Archive
-from storage.index.migrate import upgrade
 from storage.settings import Settings
-from tests.kit.backends import BACKENDS, make_settings
+from tests.kit.backends import BACKENDS, make_settings, migrated_archive
 from tests.kit.databases import new_database
 from tests.kit.net import free_port_pair
 from tests.kit.tools import shared_tool, stop_shared
@@ -72,12 +71,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 @pytest.fixture()
 def archive(settings: Settings) -> Iterator[Archive]:
     """The storage services over a migrated, empty index, per backend."""
-    arch = Archive.open(settings)
-    upgrade(arch.db.engine)
-    try:
+    with migrated_archive(settings) as arch:
         yield arch
-    finally:
-        arch.close()
 
 
 @pytest.fixture()

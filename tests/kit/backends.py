@@ -61,13 +61,22 @@ def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings
 
 
 @contextmanager
-def module_archive(request: pytest.FixtureRequest, tmp: Path) -> Iterator[tuple[Settings, Archive]]:
-    """A migrated archive of one backend pair for a module's tests, closed and dropped after."""
-    settings, drop = module_settings(request, tmp)
+def migrated_archive(settings: Settings) -> Iterator[Archive]:
+    """The archive of `settings` over a migrated index, closed after."""
     archive = Archive.open(settings)
     try:
         upgrade(archive.db.engine)
-        yield settings, archive
+        yield archive
     finally:
         archive.close()
+
+
+@contextmanager
+def module_archive(request: pytest.FixtureRequest, tmp: Path) -> Iterator[tuple[Settings, Archive]]:
+    """A migrated archive of one backend pair for a module's tests, closed and dropped after."""
+    settings, drop = module_settings(request, tmp)
+    try:
+        with migrated_archive(settings) as archive:
+            yield settings, archive
+    finally:
         drop()

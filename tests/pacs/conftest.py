@@ -9,9 +9,8 @@ import pytest
 
 from pacs.server import RunningScp, start
 from storage.archive import Archive
-from storage.index.migrate import upgrade
 from storage.settings import Settings
-from tests.kit.backends import BACKENDS, make_settings
+from tests.kit.backends import BACKENDS, make_settings, migrated_archive
 from tests.kit.dimse import Receivers
 from tests.kit.seed import seed_orgs
 
@@ -19,6 +18,10 @@ from tests.kit.seed import seed_orgs
 @pytest.fixture()
 def scp(settings: Settings, archive: Archive) -> Iterator[RunningScp]:
     """The SCP over an archive with the kit's organizations (CT1 and STORESCU are hosp-a's)."""
+    yield from _serving(settings, archive)
+
+
+def _serving(settings: Settings, archive: Archive) -> Iterator[RunningScp]:
     seed_orgs(archive)
     running = start(settings, archive, port=0)
     try:
@@ -53,12 +56,5 @@ LIMITS = {
 def limited_scp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningScp]:
     """The SCP with `LIMITS`, over each backend pair, with the kit's organizations."""
     settings = make_settings(request, tmp_path, request.param, **LIMITS)
-    archive = Archive.open(settings)
-    upgrade(archive.db.engine)
-    seed_orgs(archive)
-    running = start(settings, archive, port=0)
-    try:
-        yield running
-    finally:
-        running.shutdown()
-        archive.close()
+    with migrated_archive(settings) as archive:
+        yield from _serving(settings, archive)

@@ -32,12 +32,10 @@ from sqlalchemy import select
 
 from pacs.server import RunningScp, start
 from storage.access.orgs import AeSpec, add_org
-from storage.archive import Archive
-from storage.index.migrate import upgrade
 from storage.index.models import Instance
 from storage.settings import Settings
 from tests.kit import dicom_factory as f
-from tests.kit.backends import BACKENDS, make_settings
+from tests.kit.backends import BACKENDS, make_settings, migrated_archive
 from tests.kit.net import free_port
 from tests.kit.servers import ServerProcess, start_server
 from tests.kit.tools import require_tool
@@ -135,16 +133,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def tls_scp(request: pytest.FixtureRequest, tmp_path: Path, backend: str, pki: Pki, **tls: Any) -> Iterator[RunningScp]:
     options: dict[str, Any] = {"dicom_tls_port": 0, "dicom_tls_cert": pki.server_cert, "dicom_tls_key": pki.server_key}
     settings = make_settings(request, tmp_path, backend, **{**options, **tls})
-    archive = Archive.open(settings)
-    upgrade(archive.db.engine)
-    with archive.db.write() as s:
-        add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT1")])
-    running = start(settings, archive)
-    try:
-        yield running
-    finally:
-        running.shutdown()
-        archive.close()
+    with migrated_archive(settings) as archive:
+        with archive.db.write() as s:
+            add_org(s, "hosp-a", "Spitalul Județean A", [AeSpec("CT1")])
+        running = start(settings, archive)
+        try:
+            yield running
+        finally:
+            running.shutdown()
 
 
 @pytest.fixture()

@@ -13,10 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.archive import Archive
-from storage.index.migrate import upgrade
 from tests.kit import dicom_factory as f
-from tests.kit.backends import BACKENDS, make_settings
+from tests.kit.backends import BACKENDS, make_settings, migrated_archive
 from tests.kit.dicomweb import Gateway, assert_problem, get, instance_url, parts, serve_gateway, store
 from tests.kit.inspect import blob_keys, row_counts, temporary_files
 
@@ -69,12 +67,8 @@ LIMIT = 256 * 1024
 def small_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
     """The gateway of an archive that takes STOW-RS parts of at most 256 KiB."""
     settings = make_settings(request, tmp_path, request.param, http_max_object_size=LIMIT)
-    archive = Archive.open(settings)
-    upgrade(archive.db.engine)
-    try:
+    with migrated_archive(settings) as archive:
         yield from serve_gateway(settings, archive)
-    finally:
-        archive.close()
 
 
 def test_a_part_over_the_size_limit_is_413_and_the_parts_before_it_are_kept(small_gateway: Gateway) -> None:
