@@ -113,8 +113,20 @@ def _like(pattern: str) -> str:
 
 
 def clean(value: str) -> str:
-    """A query value without the leading and trailing spaces PS3.5 6.2 makes insignificant."""
-    return value.strip(" ")
+    """A query value without the leading and trailing spaces PS3.5 6.2 makes insignificant.
+
+    Trailing NULs are padding (a peer that pads as for UI); a NUL inside is no character of any
+    DICOM string (PS3.5 6.2) and PostgreSQL refuses it in a bound value, so it is refused here.
+
+    Raises
+    ------
+    InvalidQuery
+        The value holds a NUL byte.
+    """
+    value = value.rstrip("\x00").strip(" ")
+    if "\x00" in value:
+        raise InvalidQuery(f"{value[:64]!r}: a NUL byte inside a DICOM string value (PS3.5 6.2)")
+    return value
 
 
 def has_wildcard(value: str) -> bool:

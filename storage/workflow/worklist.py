@@ -148,7 +148,7 @@ class NewStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    org: str | None = None
+    org: Annotated[str, AfterValidator(_text(64))] | None = None
     patient_name: Annotated[PN, AfterValidator(_required)]
     patient_id: Annotated[LO, AfterValidator(_required)]
     issuer_of_patient_id: LO = ""
@@ -261,10 +261,12 @@ def list_steps(
     Raises
     ------
     InvalidQuery
-        A malformed date, range or status.
+        A malformed date, range or status, or an org with control characters.
     """
     if status and status not in STATUSES:
         raise InvalidQuery(f"status: one of {', '.join(STATUSES)}")
+    if _CONTROL.search(org):
+        raise InvalidQuery("org: no backslash or control characters")
     iso = _ISO_DATE.match(date)
     filters = [
         m.date(SPS.scheduled_procedure_step_start_date.expression, "".join(iso.groups()) if iso else date),

@@ -343,6 +343,7 @@ def test_refusal_carries_an_error_comment(loaded: Loaded) -> None:
         (PATIENT_ROOT, keys("FRAME", PatientName=""), "QueryRetrieveLevel"),
         (STUDY_ROOT, keys("SERIES", StudyInstanceUID="1.2.3\\1.2.4"), "single UID"),
         (STUDY_ROOT, keys("STUDY", SpecificCharacterSet="ISO_IR 999", PatientName="x"), "Character Set"),
+        (STUDY_ROOT, keys("STUDY", PatientID="P\x00001"), "NUL byte"),  # PostgreSQL refuses it in a bound value
     ],
 )
 def test_bad_identifiers_fail_with_a_reason(loaded: Loaded, model: str, query: Dataset, comment: str) -> None:
