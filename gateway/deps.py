@@ -7,6 +7,7 @@ and the recorder of its accesses. Storage decides what that context may see and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -80,3 +81,19 @@ SeriesUid = Annotated[str, _uid_path("Series Instance UID")]
 InstanceUid = Annotated[str, _uid_path("SOP Instance UID")]
 #: a row's key in a URL (/api/worklist/{id}): what the index's BIGINT keys can hold
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+#: PS3.18 10.4.1.1.3: frame numbers separated by commas (the route also refuses 0, a frame named
+#: twice, too many frames, and frames the instance does not have)
+FRAME_LIST_RE = re.compile(r"^[0-9]{1,9}(,[0-9]{1,9})*$")
+#: the path of a BulkDataURI as metadata writes it: a tag, or sequence/item/tag steps, items from 1
+BULK_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[1-9][0-9]{0,8}/[0-9A-Fa-f]{8})*$")
+
+
+def _syntax_path(title: str, syntax: re.Pattern[str], examples: list[str]) -> Any:
+    """A path parameter whose route checks its syntax (`fullmatch`) with a message of its own: the
+    pattern is written in the OpenAPI document for clients, FastAPI does not enforce it twice."""
+    return Path(title=title, json_schema_extra={"pattern": syntax.pattern}, examples=examples)
+
+
+FrameList = Annotated[str, _syntax_path("Frame numbers", FRAME_LIST_RE, ["1", "1,3,5"])]
+BulkPath = Annotated[str, _syntax_path("Bulk data path", BULK_PATH_RE, ["7FE00010", "00540016/1/00181072"])]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.deps import ApiContext, ArchiveDep, RowId
 from storage.logs import event
 from storage.workflow import worklist
-from storage.workflow.worklist import NewStep, Status, Step
+from storage.workflow.worklist import STATUSES, NewStep, Status, Step
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/worklist", tags=["Modality Worklist (admin, integrator)"])
@@ -51,7 +51,7 @@ def list_steps(
     date: Annotated[str, Query(description="YYYYMMDD, YYYY-MM-DD or a range D1-D2, D-, -D")] = "",
     modality: Annotated[str, Query(description="CT, MR...; * and ? wild cards")] = "",
     station_ae: Annotated[str, Query(description="Scheduled Station AE Title; * and ? wild cards")] = "",
-    status: Annotated[str, Query(description="SCHEDULED, STARTED, COMPLETED or DISCONTINUED")] = "",
+    status: Annotated[str, Query(description="A step status", json_schema_extra={"enum": ["", *STATUSES]})] = "",
     org: Annotated[str, Query(description="performing organization (admins; an integrator sees its own)")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> list[Step]:

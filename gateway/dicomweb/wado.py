@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 from collections.abc import Iterable, Iterator, Sequence
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from gateway.deps import ArchiveDep, DicomwebContext, InstanceUid, SeriesUid, SettingsDep, StudyUid, public_root
+from gateway.deps import (
+    BULK_PATH_RE,
+    FRAME_LIST_RE,
+    ArchiveDep,
+    BulkPath,
+    DicomwebContext,
+    FrameList,
+    InstanceUid,
+    SeriesUid,
+    SettingsDep,
+    StudyUid,
+    public_root,
+)
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from storage.access.context import Context
@@ -242,11 +253,13 @@ def bulk_data(
     study: StudyUid,
     series: SeriesUid,
     sop: InstanceUid,
-    path: str,
+    path: BulkPath,
     request: Request,
     archive: ArchiveDep,
     ctx: DicomwebContext,
 ) -> Response:
+    if not BULK_PATH_RE.fullmatch(path):
+        raise HTTPException(400, detail=f"bulk data path {path[:80]!r} must be a tag, or sequence/item/tag steps")
     try:
         tags = pixels.parse_bulk_path(path)
     except ValueError as exc:
@@ -274,7 +287,7 @@ def retrieve_frames(
     study: StudyUid,
     series: SeriesUid,
     sop: InstanceUid,
-    frames: str,
+    frames: FrameList,
     request: Request,
     archive: ArchiveDep,
     ctx: DicomwebContext,
@@ -287,7 +300,6 @@ def retrieve_frames(
 
 #: frames one request may name (a 3,000-frame cine fits); each at most once
 MAX_FRAMES = 10_000
-_FRAME_NUMBER = re.compile(r"^[0-9]{1,9}$")
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -297,7 +309,7 @@ def _frame_numbers(text: str) -> list[int]:
     items = text.split(",", MAX_FRAMES)
     if len(items) > MAX_FRAMES:
         raise HTTPException(400, detail=f"at most {MAX_FRAMES} frames in one request")
-    if not all(_FRAME_NUMBER.match(p) for p in items):
+    if not FRAME_LIST_RE.fullmatch(text):
         raise HTTPException(400, detail=f"frame list {text[:80]!r} must be positive integers separated by commas")
     numbers = [int(p) for p in items]
     if min(numbers) < 1:
@@ -447,7 +459,7 @@ def _add_rendered_routes(suffix: str, *, thumbnail: bool) -> None:
         study: StudyUid,
         series: SeriesUid,
         sop: InstanceUid,
-        frames: str,
+        frames: FrameList,
         request: Request,
         archive: ArchiveDep,
         ctx: DicomwebContext,

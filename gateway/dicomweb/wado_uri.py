@@ -11,6 +11,8 @@ application/dicom (PS3.18 2013 7.1.2, 7.2.2).
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydicom.uid import ExplicitVRLittleEndian
@@ -20,7 +22,7 @@ from gateway.deps import ArchiveDep, WadoUriContext
 from gateway.dicomweb import multipart as mp
 from gateway.dicomweb import render
 from gateway.dicomweb.wado import dicom_file, rendered_image, resolve
-from storage.dicom.uids import check_uid
+from storage.dicom.uids import MAX_LENGTH, UID_RE, check_uid
 from storage.retrieve import retrieval as retrieve
 from storage.retrieve.retrieval import StoredInstance
 
@@ -32,7 +34,38 @@ RENDERING = ("annotation", "rows", "columns", "region", "windowCenter", "windowW
 MAX_SIDE = 1 << 16
 
 
-@router.get("/wado", summary="WADO-URI: one object as application/dicom or a rendered image")
+def _param(name: str, description: str, schema: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+
+
+_UID = {"type": "string", "pattern": UID_RE.pattern, "maxLength": MAX_LENGTH}
+_SIDE = {"type": "integer", "minimum": 1, "maximum": 8192}
+#: The query parameters of PS3.18 9, described for /docs and clients; `wado` reads them itself
+#: from the query string, as the standard names them (camelCase, rules that tie them together).
+_PARAMETERS = [
+    _param("requestType", "Always WADO", {"type": "string", "enum": ["WADO"]}, required=True),
+    _param("studyUID", "Study Instance UID", _UID, required=True),
+    _param("seriesUID", "Series Instance UID", _UID, required=True),
+    _param("objectUID", "SOP Instance UID", _UID, required=True),
+    _param("contentType", f"{mp.DICOM} or {', '.join(mp.RENDERED)}, with q-values", {"type": "string"}),
+    _param("transferSyntax", f"Only with contentType={mp.DICOM}", _UID),
+    _param("anonymize", "yes is not supported (400)", {"type": "string"}),
+    _param("frameNumber", "Frame to render (from 1)", {"type": "integer", "minimum": 1}),
+    _param("rows", "Height to fit the image in", _SIDE),
+    _param("columns", "Width to fit the image in", _SIDE),
+    _param("region", "x1,y1,x2,y2: fractions of the image, 0 <= x1 < x2 <= 1", {"type": "string"}),
+    _param("windowCenter", "With windowWidth", {"type": "number"}),
+    _param("windowWidth", "With windowCenter; at least 1", {"type": "number", "minimum": 1}),
+    _param("imageQuality", "JPEG quality", {"type": "integer", "minimum": 1, "maximum": 100}),
+    _param("annotation", "Not rendered; refused with application/dicom", {"type": "string"}),
+]
+
+
+@router.get(
+    "/wado",
+    summary="WADO-URI: one object as application/dicom or a rendered image",
+    openapi_extra={"parameters": _PARAMETERS},
+)
 def wado(request: Request, archive: ArchiveDep, ctx: WadoUriContext) -> Response:
     q = request.query_params
     if q.get("requestType") != "WADO":
