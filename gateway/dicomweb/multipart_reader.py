@@ -76,9 +76,13 @@ class Part:
 
     @property
     def media_type(self) -> str:
-        """The part's media type without parameters; empty when it has no Content-Type."""
-        value = self.headers.get("content-type", "")
-        return parse_content_type(value).media_type if value else ""
+        """The part's media type without parameters; empty when it has no Content-Type.
+
+        A Content-Type that is not `type/subtype` is given back as written (lower case), not
+        as empty: RFC 2045 5.2 reads a malformed one as text/plain, never as the default type.
+        """
+        value = self.headers.get("content-type", "").strip()
+        return (parse_content_type(value).media_type or value.lower()) if value else ""
 
 
 class PartTooLarge(MultipartError):

@@ -128,7 +128,7 @@ def _store_part(part: Part, study: str | None, ctx: Context, archive: Archive) -
         if not part.complete:
             raise Truncated("the body ended before this part's closing boundary")
         if part.media_type not in ("", DICOM):
-            raise NotDicom(f"part Content-Type {part.media_type} is not {DICOM}")
+            raise NotDicom(f"part Content-Type {part.media_type[:80]} is not {DICOM}")
     except RejectedInput as exc:  # refused here, before ingest: counted and logged as ingest would
         metrics.INSTANCES_REJECTED.labels("stow", exc.reason).inc()
         event(
