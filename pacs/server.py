@@ -7,13 +7,12 @@ by the GIL. With one SCP process, `start()` listens on the DICOM port in the ser
 worker; a worker's SCP listens nowhere and serves the sockets it is handed.
 
 DICOM TLS (PS3.15 B.1 with the BCP 195 profiles' TLS 1.2 floor) is a second port served by the
-same AE, or the only one. The handshake is made on the connection's own thread, never on the
-thread that accepts: a client that stalls or fails its handshake delays no one else.
+same AE, or the only one. How connections are accepted, admitted, guarded and handed to
+pynetdicom (the TLS handshake off the accepting thread among it) is `pacs.listeners`.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import os
@@ -22,14 +21,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from pydicom import uid
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
@@ -41,9 +39,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs import association, commitment, dispatch, echo, find, get, move, ports, store
+from pacs import association, commitment, dispatch, echo, find, get, listeners, move, ports, store
 from pacs.admission import Admission
 from pacs.wire import guard, negotiation, spool
 from storage.archive import Archive
@@ -111,125 +109,6 @@ def configure_pynetdicom() -> None:
 PLAIN, TLS = "plain", "tls"  # the two kinds of DICOM port, and the dispatcher's tags for them
 
 
-class _TlsServer(ThreadedAssociationServer):
-    """An SCP whose connections may be TLS: wrapped when accepted, the handshake on their own thread.
-
-    pynetdicom's own `ssl_context` handshakes inside `get_request`, on the one thread that
-    accepts, where a client that never completes its handshake would stop every other client.
-    Every connection is also admitted (`pacs.admission`: at most so many per host) and has its
-    PDUs read through a guard (`pacs.wire.guard`), and its request thread lives as long as its
-    association (`_GuardedHandler`), which is what the per-host count counts.
-    """
-
-    tls: ssl.SSLContext | None = None
-    limits: guard.Limits
-    admission: Admission
-    daemon_threads = True  # a stopping server aborts its associations instead of waiting for them
-    block_on_close = False
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        address, port = _address_of(client_address)
-        if not self.admission.enter(address):
-            self.admission.refused(address, port)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.admission.leave(address)
-            raise
-
-    @staticmethod
-    def context(settings: Settings) -> ssl.SSLContext:
-        """The server side of DICOM TLS; with a CA file, client certificates are required (mutual TLS)."""
-        if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
-            raise ValueError("DICOM TLS needs a certificate and its key (PACS_DICOM_TLS_CERT, PACS_DICOM_TLS_KEY)")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195 (PS3.15 B.9): no SSL, TLS 1.0 or 1.1
-        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
-        if settings.dicom_tls_ca is not None:
-            context.load_verify_locations(cafile=settings.dicom_tls_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
-
-    def wrap(self, sock: socket.socket) -> socket.socket:
-        if self.tls is None:
-            return sock
-        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
-                return
-            super().process_request_thread(request, client_address)
-        finally:
-            self.admission.leave(_address_of(client_address)[0])
-
-    def _handshake(self, sock: ssl.SSLSocket, address: tuple[str, int]) -> bool:
-        sock.settimeout(self.ae.acse_timeout)  # the time a peer has to ask for its association
-        try:
-            sock.do_handshake()
-        except (OSError, ValueError) as exc:  # SSLError and timeouts are OSErrors
-            ASSOCIATIONS.labels("tls_failed").inc()
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            event(log, "dimse.tls.failed", level=logging.WARNING, peer=f"{address[0]}:{address[1]}", reason=reason)
-            self.shutdown_request(sock)
-            return False
-        sock.settimeout(None)
-        return True
-
-
-class _ListeningServer(_TlsServer):
-    """The single-process SCP: listens itself, Nagle off on every accepted connection."""
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = super().get_request()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.wrap(sock), address
-
-
-def _address_of(client_address: Any) -> tuple[str, int]:
-    if isinstance(client_address, tuple) and len(client_address) >= 2:
-        return str(client_address[0]), int(client_address[1])
-    return str(client_address), 0
-
-
-class _GuardedHandler(RequestHandler):
-    """An association whose PDUs are read through `pacs.wire.guard` from its very first (the
-    association request), and whose request thread lasts until it ends, so that its end can
-    be reported and its connection counted until then."""
-
-    assoc: Association
-    server: _TlsServer
-
-    def _create_association(self) -> Association:
-        self.assoc = super()._create_association()
-        guard.install(self.assoc, self.server.limits)
-        return self.assoc
-
-    def handle(self) -> None:
-        super().handle()  # starts the association's own thread
-        self.assoc.join()
-
-
-class _HandedOffServer(_TlsServer):
-    """A worker's SCP: serves the sockets the dispatcher hands it and listens nowhere.
-
-    socketserver needs a bound socket, so it binds 127.0.0.1:0 but never listens on it.
-    """
-
-    on_done: Callable[[], None] = staticmethod(lambda: None)
-
-    def server_activate(self) -> None:
-        pass
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.on_done()
-
-
 @dataclass
 class RunningScp:
     """The SCP of a single-process server: one AE listening on the plain port, the TLS port, or both."""
@@ -258,29 +137,6 @@ class RunningScp:
         self.reporter.stop()  # storage commitment reports still waiting to be retried stay kept
         for server in self.servers.values():
             server.shutdown()  # also closes the socket and deregisters from the AE
-
-
-class _SharedContext(PresentationContext):
-    """A supported presentation context that every association reads and none writes.
-
-    pynetdicom deep-copies the acceptor's supported contexts for every association
-    (`transport.RequestHandler._create_association`); with ~130 storage and query classes and
-    19 transfer syntaxes each, that copy took ~40 ms per association, ten times Orthanc's whole
-    association set-up. Negotiation (`presentation.negotiate_as_acceptor`) only reads them and
-    builds new result contexts, so all associations can share one copy.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContext:
-        return self
-
-
-def _share_contexts(server: ThreadedAssociationServer) -> None:
-    shared: list[PresentationContext] = []
-    for cx in server.contexts:
-        s = _SharedContext.__new__(_SharedContext)
-        s.__dict__.update(copy.deepcopy(cx).__dict__)
-        shared.append(s)
-    server.contexts = shared
 
 
 def build_ae(settings: Settings) -> AE:
@@ -373,18 +229,18 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
         wanted[PLAIN] = (ports.dicom(settings.dicom_host, settings.dicom_port if port is None else port), None)
     if settings.dicom_tls:
         number = settings.dicom_tls_port if tls_port is None else tls_port
-        wanted[TLS] = (ports.dicom_tls(settings.dicom_host, number), _TlsServer.context(settings))
+        wanted[TLS] = (ports.dicom_tls(settings.dicom_host, number), listeners.TlsServer.context(settings))
     servers: dict[str, ThreadedAssociationServer] = {}
     reporter, admission = commitment.Reporter(archive), _admission(settings)
     for kind, (where, tls) in wanted.items():
         try:
             server = cast(
-                _ListeningServer,
+                listeners.ListeningServer,
                 ae.make_server(
                     (where.host, where.number),
                     evt_handlers=_handlers(archive, reporter, admission),
-                    server_class=_ListeningServer,
-                    request_handler=_GuardedHandler,
+                    server_class=listeners.ListeningServer,
+                    request_handler=listeners.GuardedHandler,
                 ),
             )
         except OSError as exc:
@@ -393,7 +249,7 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
             raise ports.Unavailable(where, exc) from None
         cast(socket.socket, server.socket).listen(settings.dicom_backlog)  # socketserver's backlog is 5
         server.tls, server.limits, server.admission = tls, _limits(settings, archive), admission
-        _share_contexts(server)
+        listeners.share_contexts(server)
         ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() and server.shutdown() agree
         name = f"scp:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
@@ -404,14 +260,14 @@ def start(settings: Settings, archive: Archive, *, port: int | None = None, tls_
 
 def start_workers(settings: Settings) -> dispatch.Dispatcher:
     """`--dicom-workers N`: N SCP processes behind a dispatcher that owns the DICOM port(s)."""
-    listeners: list[dispatch.Listener] = []
+    bound: list[dispatch.Listener] = []
     if not settings.dicom_tls_only:
-        listeners.append((PLAIN, ports.bind(ports.dicom(settings.dicom_host, settings.dicom_port))))
+        bound.append((PLAIN, ports.bind(ports.dicom(settings.dicom_host, settings.dicom_port))))
     if settings.dicom_tls:
-        _TlsServer.context(settings)  # a bad certificate or key fails `pacs serve` here, not in every worker
-        listeners.append((TLS, ports.bind(ports.dicom_tls(settings.dicom_host, settings.dicom_tls_port))))
+        listeners.TlsServer.context(settings)  # a bad certificate or key fails `pacs serve` here, not in every worker
+        bound.append((TLS, ports.bind(ports.dicom_tls(settings.dicom_host, settings.dicom_tls_port))))
     dispatcher = dispatch.Dispatcher(
-        listeners, run_worker, (settings, os.getpid()), settings.dicom_workers, settings.dicom_backlog
+        bound, run_worker, (settings, os.getpid()), settings.dicom_workers, settings.dicom_backlog
     )
     dispatcher.start()
     return dispatcher
@@ -439,27 +295,27 @@ def _limits(settings: Settings, archive: Archive) -> guard.Limits:
 
 def _handed_off_server(
     settings: Settings, archive: Archive, reporter: commitment.Reporter, channel: socket.socket
-) -> _HandedOffServer:
+) -> listeners.HandedOffServer:
     configure_pynetdicom()
     admission = _admission(settings)
     server = cast(
-        _HandedOffServer,
+        listeners.HandedOffServer,
         build_ae(settings).make_server(
             ("127.0.0.1", 0),
             evt_handlers=_handlers(archive, reporter, admission),
-            server_class=_HandedOffServer,
-            request_handler=_GuardedHandler,
+            server_class=listeners.HandedOffServer,
+            request_handler=listeners.GuardedHandler,
         ),
     )
     server.limits, server.admission = _limits(settings, archive), admission
     server.server_address = (settings.dicom_host, settings.dicom_port)  # what the acceptor reports
     server.on_done = lambda: dispatch.done(channel)
-    _share_contexts(server)
-    server.tls = _TlsServer.context(settings) if settings.dicom_tls else None
+    listeners.share_contexts(server)
+    server.tls = listeners.TlsServer.context(settings) if settings.dicom_tls else None
     return server
 
 
-def _serve_handed_off(server: _HandedOffServer, channel: socket.socket, stop: threading.Event) -> None:
+def _serve_handed_off(server: listeners.HandedOffServer, channel: socket.socket, stop: threading.Event) -> None:
     def handle(sock: socket.socket, address: tuple[str, int], kind: str) -> None:
         server.process_request(server.wrap(sock) if kind == TLS else sock, address)
         server.service_actions()  # pynetdicom's periodic collection of finished associations
