@@ -10,7 +10,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
@@ -31,6 +43,11 @@ class Organization(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(256))
+    #: when set, the organization's tokens and AEs are refused (`pacs org disable`)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: whether its AEs are accepted only from their registered address or network; an
+    #: organization behind NAT, whose modalities' addresses are not known, turns it off
+    check_ae_address: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -44,6 +61,8 @@ class ApplicationEntity(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     host: Mapped[str | None] = mapped_column(String(255))
     port: Mapped[int | None] = mapped_column(Integer)
+    #: the address or network (CIDR) its associations must come from, when not `host`'s
+    allowed_from: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -105,6 +124,103 @@ class Study(Base):
     attrs_json: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudyOwner(Base):
+    """An organization that sent (part of) a study, and therefore sees it.
+
+    A study can have several: a second opinion adds a series, a referral returns a report
+    (as dcm4chee's several access-control IDs per study). `Study.org_id` stays the first.
+    """
+
+    __tablename__ = "study_owners"
+    __table_args__ = (
+        PrimaryKeyConstraint("study_id", "org_id"),
+        Index("ix_study_owners_org_study", "org_id", "study_id"),
+    )
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Share(Base):
+    """A referral: organization `to_org` may read one study until `expires_at` or revocation."""
+
+    __tablename__ = "shares"
+    __table_args__ = (Index("ix_shares_to_org_study", "to_org", "study_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    from_org: Mapped[str | None] = mapped_column(String(64))  # the sharer's organization (none: an admin)
+    to_org: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(256))
+
+
+class TokenRevocation(Base):
+    """`pacs token revoke`: one token (`kind` jti) or every token of a subject issued until now."""
+
+    __tablename__ = "token_revocations"
+    __table_args__ = (Index("ix_token_revocations_kind_value", "kind", "value"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "jti" or "sub"
+    value: Mapped[str] = mapped_column(String(256))
+    revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_by: Mapped[str] = mapped_column(String(256), default="")
+
+
+class AuditRecord(Base):
+    """One access to patient data, or one refusal: the append-only audit trail.
+
+    Each writer process keeps its own hash chain (`chain`, `seq` from 1): `hash` is SHA-256
+    over `prev_hash` and the record's fields (storage.audit.chain), so altering, removing or
+    inserting a row breaks the chain at that row, and `pacs audit verify` names it.
+    """
+
+    __tablename__ = "audit_records"
+    __table_args__ = (
+        UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),
+        Index("ix_audit_records_time", "time"),
+        Index("ix_audit_records_patient", "patient"),
+        Index("ix_audit_records_study", "study"),
+        Index("ix_audit_records_actor", "actor"),
+        Index("ix_audit_records_action", "action"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(256))
+    org: Mapped[str | None] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(64), default="")
+    channel: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(128))
+    patient: Mapped[str | None] = mapped_column(String(64))
+    study: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(256))  # an emergency access's reason
+    owner_org: Mapped[str | None] = mapped_column(String(64))  # the study's, on a cross-organization read
+    detail: Mapped[str] = mapped_column(Text, default="")
+    chain: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCursor(Base):
+    """How far a forwarder (a syslog target) has sent the trail; the records stay untouched."""
+
+    __tablename__ = "audit_cursors"
+
+    target: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Series(Base):
