@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     oidc_audience: str = ""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    #: the audit trail (DESIGN.md "Access, shares, emergency access, consent and audit"):
+    #: off only to measure what it costs (benchmarks); a server without it keeps no record
+    audit: bool = True
+    #: where to forward each audit record as RFC 5424 syslog carrying a DICOM audit message
+    #: (PS3.15 A.5): `tcp://host:port` or `tls://host:port`; empty: not forwarded
+    audit_syslog: str = ""
+    #: CA bundle that signs the syslog target's certificate (`tls://`); empty: the system's
+    audit_syslog_ca: Path | None = None
+    #: requests a token may make per second, sustained (bursts up to 2 seconds' worth); 0: no limit
+    http_rate_limit: float = Field(default=50.0, ge=0)
+    #: C-FIND, C-MOVE and C-GET requests a calling AE may make per second, sustained; 0: no limit
+    dicom_rate_limit: float = Field(default=50.0, ge=0)
+
     log_level: str = "INFO"
     #: set by `pacs serve` when worker processes share Prometheus metrics through files
     metrics_dir: Path | None = None
