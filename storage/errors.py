@@ -121,6 +121,23 @@ class NotAuthorized(StorageError):
     reason = "not_authorized"
 
 
+class NotAuthenticated(NotAuthorized):
+    """The credential proves nothing any more (a revoked token): HTTP 401, not 403."""
+
+    reason = "not_authenticated"
+
+
+class StudyNotWritable(NotAuthorized):
+    """A write into a study the caller's organization does not own; the answer does not say whose it is."""
+
+
+class PatientMismatch(RejectedInput):
+    """An instance whose patient (PatientID and IssuerOfPatientID) is not its study's patient."""
+
+    status = 0xA900  # Error: Data Set does not match SOP Class (PS3.4 B.2.3): the closest refusal
+    reason = "patient_mismatch"
+
+
 class UnknownDestination(StorageError):
     """C-MOVE to an AE title that is not registered with an address (PS3.4 C.4.2.1.4)."""
 

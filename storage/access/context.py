@@ -5,13 +5,15 @@ One `Context` is built per HTTP request (the gateway's dependencies), per DICOM 
 writes patient data. Access decisions (`storage.access.policy`) read it; refusals go through
 `Context.refused`, which logs them once and hands them to the audit recorder, so no edge logs
 an access refusal of its own. The recorder is where the audit trail plugs in (DESIGN.md
-"Access, shares, emergency access, consent and audit"); until it lands, `NO_AUDIT` keeps nothing.
+"Access, shares, emergency access, consent and audit", `storage.audit.trail`); a context built
+without one (`NO_AUDIT`: tests of other rules, `PACS_AUDIT=false`) keeps nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -46,21 +48,58 @@ class AccessEvent:
     detail: str = ""
     patient: str | None = None
     study: str | None = None
+    #: an emergency access's reason (the `PACS-Emergency-Access` header)
+    reason: str | None = None
 
 
 class AuditRecorder(Protocol):
-    """Where access events go (the audit trail); recording must not fail the request."""
+    """Where access events go (the audit trail, `storage.audit.trail.AuditTrail`).
+
+    `record` returns once the event is kept and raises (an `OutOfResources`) when it cannot
+    be: the operation it records must then fail. `submit` is the same for a caller that waits
+    on its own terms (the gateway's event loop).
+    """
 
     def record(self, access: AccessEvent) -> None: ...
+
+    def submit(self, access: AccessEvent) -> Future[None]: ...
+
+    def close(self) -> None: ...
 
 
 class _NoAudit:
     def record(self, access: AccessEvent) -> None:
         del access
 
+    def submit(self, access: AccessEvent) -> Future[None]:
+        del access
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def close(self) -> None:
+        pass
+
 
 #: the recorder of a context built without one: keeps nothing
 NO_AUDIT: AuditRecorder = _NoAudit()
+
+
+#: the most studies one request's audit record names (a STOW-RS body of many studies)
+MAX_NOTED_STUDIES = 100
+
+
+@dataclass(slots=True)
+class RequestNote:
+    """What an HTTP request's one audit record says beyond its route: the studies it wrote and
+    the reason of a refusal (`gateway.audit` records it when the answer starts)."""
+
+    studies: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def study(self, uid: str) -> None:
+        if uid not in self.studies and len(self.studies) < MAX_NOTED_STUDIES:
+            self.studies.append(uid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +110,25 @@ class Context:
     channel: Channel
     source: str = ""
     audit: AuditRecorder = NO_AUDIT
+    #: the reason of a clinician's emergency access (`PACS-Emergency-Access`): reads are not
+    #: limited to the organization's studies, and every one is audited with this reason
+    emergency: str = ""
+    #: set for an HTTP request, whose one audit record the gateway writes: refusals and the
+    #: studies a write touched go there instead of into records of their own
+    note: RequestNote | None = None
+
+    def event(self, action: str, outcome: str, **fields: str | None) -> AccessEvent:
+        """An access event of this context (actor, organization, channel, source filled in)."""
+        return AccessEvent(
+            actor=self.principal.sub,
+            org=self.principal.org,
+            channel=self.channel,
+            source=self.source,
+            action=action,
+            outcome=outcome,
+            reason=self.emergency or None,
+            **fields,  # type: ignore[arg-type]
+        )
 
     @classmethod
     def console(cls, principal: Principal | None = None, *, audit: AuditRecorder = NO_AUDIT) -> Context:
@@ -94,15 +152,13 @@ class Context:
             action=action,
             reason=detail,
         )
-        self.audit.record(
-            AccessEvent(
-                actor=self.principal.sub,
-                org=self.principal.org,
-                channel=self.channel,
-                source=self.source,
-                action=action,
-                outcome="refused",
-                detail=detail,
-            )
-        )
+        if self.note is not None:
+            self.note.detail = detail
+        else:
+            self.audit.record(self.event(action, "refused", detail=detail))
         return NotAuthorized(detail)
+
+    def touched(self, study_uid: str) -> None:
+        """Note that this request wrote into or about `study_uid` (STOW-RS, a share), for its record."""
+        if self.note is not None:
+            self.note.study(study_uid)

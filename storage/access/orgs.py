@@ -7,14 +7,16 @@ letters, digits, hyphens and dots. An AE title belongs to one organization at a 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from storage.access.standing import allowed_network
 from storage.errors import UnknownDestination
-from storage.index.models import ApplicationEntity, Organization, Study
+from storage.index.models import ApplicationEntity, Organization, Study, StudyOwner, utcnow
 from storage.settings import AE_TITLE_RE
 
 #: FHIR R4 `id`: [A-Za-z0-9\-\.]{1,64}
@@ -23,11 +25,13 @@ ORG_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 @dataclass(frozen=True, slots=True)
 class AeSpec:
-    """`AET[@host:port]` as given to `pacs org add --ae`."""
+    """`AET[@host:port]` as given to `pacs org add --ae`, and the network it must call from."""
 
     ae_title: str
     host: str | None = None
     port: int | None = None
+    #: `--from`: an address or network (CIDR) its associations must come from
+    allowed_from: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AeSpec:
@@ -43,7 +47,23 @@ class AeSpec:
         return cls(title, host, int(port))
 
     def __str__(self) -> str:
-        return self.ae_title + (f"@{self.host}:{self.port}" if self.host else "")
+        return (
+            self.ae_title
+            + (f"@{self.host}:{self.port}" if self.host else "")
+            + (f" from {self.allowed_from}" if self.allowed_from else "")
+        )
+
+    def bound(self) -> bool:
+        """Whether its associations are held to an address (`--from`, or an IP address as host)."""
+        return allowed_network(self.allowed_from, self.host) is not None
+
+
+def check_network(text: str) -> str:
+    """`text` if it is an IP address or network (`10.0.0.0/24`), normalized; else ValueError."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{text[:80]!r} is not an IP address or network such as 10.0.0.0/24") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +72,8 @@ class OrgSummary:
     name: str
     aes: list[AeSpec]
     studies: int = 0
+    disabled: bool = False
+    check_ae_address: bool = True
 
 
 class AeTakenError(ValueError):
@@ -91,10 +113,45 @@ def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) 
         ae = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == spec.ae_title))
         if ae is not None and ae.org_id != org_id:
             raise AeTakenError(f"AE title {spec.ae_title} is already registered to organization {ae.org_id}")
+        allowed = check_network(spec.allowed_from) if spec.allowed_from else None
         if ae is None:
-            session.add(ApplicationEntity(ae_title=spec.ae_title, org_id=org_id, host=spec.host, port=spec.port))
-        elif spec.host:
+            session.add(
+                ApplicationEntity(
+                    ae_title=spec.ae_title, org_id=org_id, host=spec.host, port=spec.port, allowed_from=allowed
+                )
+            )
+            continue
+        if spec.host:
             ae.host, ae.port = spec.host, spec.port
+        if allowed:
+            ae.allowed_from = allowed
+    session.flush()
+    return get_org(session, org_id)
+
+
+def update_org(
+    session: Session,
+    org_id: str,
+    *,
+    name: str | None = None,
+    disabled: bool | None = None,
+    check_ae_address: bool | None = None,
+) -> OrgSummary:
+    """Rename, disable or enable an organization, or change its AE address check; KeyError if unknown.
+
+    Disabling takes effect at the next request or association of every process: its tokens get
+    403 and its AEs' associations are rejected (`storage.access.standing`); its studies stay,
+    visible to admins and to organizations they are shared with.
+    """
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise KeyError(org_id)
+    if name:
+        org.name = name
+    if disabled is not None:
+        org.disabled_at = (org.disabled_at or utcnow()) if disabled else None
+    if check_ae_address is not None:
+        org.check_ae_address = check_ae_address
     session.flush()
     return get_org(session, org_id)
 
@@ -107,8 +164,15 @@ def get_org(session: Session, org_id: str) -> OrgSummary:
     aes = session.scalars(
         select(ApplicationEntity).where(ApplicationEntity.org_id == org_id).order_by(ApplicationEntity.ae_title)
     )
-    studies = session.scalar(select(func.count(Study.id)).where(Study.org_id == org_id)) or 0
-    return OrgSummary(org.id, org.name, [AeSpec(a.ae_title, a.host, a.port) for a in aes], int(studies))
+    studies = session.scalar(select(func.count()).where(StudyOwner.org_id == org_id)) or 0
+    return OrgSummary(
+        org.id,
+        org.name,
+        [AeSpec(a.ae_title, a.host, a.port, a.allowed_from) for a in aes],
+        int(studies),
+        disabled=org.disabled_at is not None,
+        check_ae_address=org.check_ae_address,
+    )
 
 
 def list_orgs(session: Session) -> list[OrgSummary]:

@@ -3,24 +3,72 @@
 Visibility is a SQL condition on studies (`visible_to`), applied by every query, retrieve,
 commitment and delete, so a study that is not visible is as absent as one that does not
 exist. Role checks raise through `Context.refused`, so each refusal is logged and recorded
-once. Until per-organization visibility lands ([6/10]), every principal allowed to read sees
-every study; the rules that exist already (an unregistered AE may only echo and store, only
-admins delete, the worklist belongs to its performing organization) all live here.
+once. The rules (DESIGN.md "Access, shares, emergency access, consent and audit"): an admin
+sees every study; a provider sees the studies its organization sent (`study_owners`: a study
+may have several) and those shared with it until the share is revoked or expires; a
+clinician's emergency access reads any study, audited with its reason; an unregistered AE
+may only echo and store; only admins delete; the worklist belongs to its performing
+organization. The master patient index's care relationship joins them in [7/10].
 """
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, false, true
+from sqlalchemy import ColumnElement, exists, false, func, or_, true
 
 from storage.access.context import Context
 from storage.access.principal import Role
 from storage.index.models import ScheduledProcedureStep as SPS
+from storage.index.models import Share, Study, StudyOwner
+
+#: organization -> its visibility expression; one object per organization, so statements built
+#: on it are recognized by identity (`storage.retrieve.retrieval._one_instance_query`)
+_by_org: dict[str, ColumnElement[bool]] = {}
+_MAX_ORGS = 4096
 
 
 def visible_to(ctx: Context) -> ColumnElement[bool]:
-    """The SQL filter on studies that `ctx` may see (all, until [6/10])."""
-    del ctx
-    return true()
+    """The SQL filter on studies (`Study`) that `ctx` may see, for every search and retrieve."""
+    principal = ctx.principal
+    if principal.is_admin or ctx.emergency:
+        return true()
+    if principal.org is None:
+        return false()
+    expression = _by_org.get(principal.org)
+    if expression is None:
+        if len(_by_org) >= _MAX_ORGS:
+            _by_org.clear()
+        expression = _by_org[principal.org] = _of_org(principal.org)
+    return expression
+
+
+def _of_org(org: str) -> ColumnElement[bool]:
+    """Owned by `org`, or shared with it now (the database's clock, so the expression can be kept)."""
+    owned = exists().where(StudyOwner.study_id == Study.id, StudyOwner.org_id == org)
+    shared = exists().where(
+        Share.study_id == Study.id,
+        Share.to_org == org,
+        Share.revoked_at.is_(None),
+        or_(Share.expires_at.is_(None), Share.expires_at > func.current_timestamp()),
+    )
+    return or_(owned, shared)
+
+
+def may_write_into(ctx: Context, owners: set[str]) -> bool:
+    """Whether `ctx` may add instances to an existing study owned by `owners` over STOW-RS or import.
+
+    A share or an emergency access reads, it never writes: a token holder writes into its
+    organization's studies only (an admin and the console anywhere). A modality is not asked:
+    `storage.ingest` makes its organization a co-owner, since a device cannot know who sees what.
+    """
+    principal = ctx.principal
+    return principal.is_admin or (principal.org is not None and principal.org in owners)
+
+
+def owner_org_of(ctx: Context, owners: set[str]) -> str | None:
+    """The organization whose study `ctx` reads, when it is not `ctx`'s own (the audit's `owner_org`)."""
+    if ctx.principal.org in owners or not owners:
+        return None
+    return sorted(owners)[0]
 
 
 def may_read(ctx: Context) -> bool:

@@ -36,6 +36,9 @@ class Principal:
     sub: str
     org: str | None
     roles: frozenset[Role] = field(default_factory=frozenset)
+    #: a bearer token's `jti` and `iat`, which `pacs token revoke` names (empty/0: a DICOM node)
+    token_id: str = ""
+    issued_at: int = 0
 
     @property
     def is_admin(self) -> bool:

@@ -9,12 +9,12 @@ the AE's later studies land, so one patient is not split in two.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
-from storage.access.context import AccessEvent, Context
+from storage.access.context import Context
 from storage.access.orgs import org_of_ae
 from storage.archive import Archive
-from storage.index.models import Study
+from storage.index.models import Study, StudyOwner, utcnow
 from storage.patients.identities import move_to_org
 
 
@@ -39,18 +39,8 @@ def claim(ae_title: str, org: str, ctx: Context, *, archive: Archive) -> int:
         ids = [row.id for row in rows]
         if ids:
             conn.execute(update(Study).where(Study.id.in_(ids)).values(org_id=org))
+            conn.execute(insert(StudyOwner), [{"study_id": i, "org_id": org, "created_at": utcnow()} for i in ids])
             move_to_org(conn, ids, title, org)
     for row in rows:
-        ctx.audit.record(
-            AccessEvent(
-                actor=ctx.principal.sub,
-                org=org,
-                channel=ctx.channel,
-                source=ctx.source,
-                action="claim",
-                outcome="ok",
-                patient=row.patient_id,
-                study=row.study_uid,
-            )
-        )
+        ctx.audit.record(ctx.event("claim", "ok", patient=row.patient_id, study=row.study_uid, detail=f"to {org}"))
     return len(ids)

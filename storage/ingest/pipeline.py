@@ -15,20 +15,33 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import metrics
 from storage.access.context import Channel, Context
+from storage.access.policy import may_write_into
 from storage.archive import Archive
 from storage.blobs.protocol import BlobInfo, new_key
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
-from storage.errors import InvalidUid, OutOfResources, RejectedInput, StorageError, StudyMismatch, TooLarge
+from storage.errors import (
+    InvalidUid,
+    NotAuthorized,
+    OutOfResources,
+    PatientMismatch,
+    RejectedInput,
+    StorageError,
+    StudyMismatch,
+    StudyNotWritable,
+    TooLarge,
+)
 from storage.index.db import insert_or_get
-from storage.index.models import Instance, PendingBlob, Series, Study, utcnow
+from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study, StudyOwner, utcnow
 from storage.logs import event
 from storage.patients import identities
 
@@ -88,7 +101,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
             return _already_present(ctx, parsed, source.size)
         raise OutOfResources(f"index rejected the instance: {exc.orig}") from exc
-    except RejectedInput as exc:
+    except (RejectedInput, NotAuthorized) as exc:
         _cleanup(archive, key, pending_id)
         _rejected(ctx, exc, source.describe())
         raise
@@ -107,6 +120,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
             raise
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
 
+    ctx.touched(parsed.study_uid)
     elapsed = time.perf_counter() - started
     metrics.INSTANCES_STORED.labels(_via(ctx)).inc()
     metrics.BYTES_STORED.labels(_via(ctx)).inc(blob.size)
@@ -163,6 +177,7 @@ def _rejected(ctx: Context, exc: StorageError, what: str) -> None:
 
 
 def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestResult:
+    ctx.touched(parsed.study_uid)
     metrics.INSTANCES_ALREADY_PRESENT.labels(_via(ctx)).inc()
     event(log, "ingest.already_present", via=_via(ctx), actor=ctx.principal.sub, sop_instance_uid=parsed.sop_uid)
     return _result(Outcome.ALREADY_PRESENT, parsed, size)
@@ -176,6 +191,12 @@ _SERIES_OF = (
     .join(Study, Study.id == Series.study_id)
     .where(Series.series_uid == bindparam("series_uid"))
 )
+_STUDY_OF = (
+    select(Study.id, Study.patient_id, PatientIdentity.issuer_kind, PatientIdentity.issuer)
+    .join(PatientIdentity, PatientIdentity.id == Study.identity_id)
+    .where(Study.study_uid == bindparam("study_uid"))
+)
+_OWNERS_OF = select(StudyOwner.org_id).where(StudyOwner.study_id == bindparam("study_id"))
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_INSTANCE_IN_SERIES = (
     update(Series).where(Series.id == bindparam("sid")).values(num_instances=Series.num_instances + 1)
@@ -228,10 +249,13 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     conn.execute(_UNRESERVE, {"pending_id": pending_id})
     row = conn.execute(_SERIES_OF, {"series_uid": p.series_uid}).first()
     new_series = row is None
-    if row is not None:
-        series_id, study_id, study_uid = row
-        if study_uid != p.study_uid:
-            raise InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
+    if row is not None and row.study_uid != p.study_uid:
+        raise InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
+    study = conn.execute(_STUDY_OF, {"study_uid": p.study_uid}).first()
+    if study is not None:
+        study_id = int(study.id)
+        owners = set(conn.scalars(_OWNERS_OF, {"study_id": study_id}))
+        _check_may_add(ctx, p, study, owners)
     else:
         sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
         key = identities.identity_key(
@@ -239,7 +263,10 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
         )
         identity_id = identities.upsert(conn, key, identities.Demographics(p.patient_name, p.birth_date, p.sex))
         study_id = _upsert_study(conn, p, identity_id, ctx)
-        series_id = _upsert_series(conn, p, study_id)
+        owners = set()
+    if ctx.principal.org is not None and ctx.principal.org not in owners:
+        _add_owner(conn, study_id, ctx.principal.org, now)
+    series_id = int(row.id) if row is not None else _upsert_series(conn, p, study_id)
     conn.execute(
         _INSERT_INSTANCE,
         {
@@ -275,6 +302,36 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
                 modalities="\\".join(sorted(set(modalities))),
             )
         )
+
+
+def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owners: set[str]) -> None:
+    """Refuse an instance of another patient, or a token holder's write into another's study.
+
+    The study's patient is its PatientID with the IssuerOfPatientID it was sent with (none when
+    its identity is namespaced by an organization or AE): a second sender must name the same
+    one, whoever it is, or a study would show two people. A modality's organization becomes a
+    co-owner (`_add_owner`); STOW-RS and imports write only into their organization's studies,
+    and the refusal does not say whose the study is.
+    """
+    issuer = study.issuer if study.issuer_kind == identities.DICOM else ""
+    if (p.patient_id[:64], p.issuer_of_patient_id[:128]) != (study.patient_id, issuer):
+        raise PatientMismatch(
+            f"the instance's patient ({p.patient_id[:64]!r}, issuer {p.issuer_of_patient_id[:64]!r})"
+            f" is not the patient of study {p.study_uid}"
+        )
+    if ctx.channel is not Channel.DIMSE and not may_write_into(ctx, owners):
+        raise StudyNotWritable(f"study {p.study_uid} cannot be written by this caller")
+
+
+_INSERT_OWNER_SQL = {
+    "sqlite": "INSERT OR IGNORE INTO study_owners (study_id, org_id, created_at) VALUES (:s, :o, :t)",
+    "postgresql": "INSERT INTO study_owners (study_id, org_id, created_at) VALUES (:s, :o, :t) ON CONFLICT DO NOTHING",
+}
+
+
+def _add_owner(conn: Connection, study_id: int, org: str, now: datetime) -> None:
+    """Make `org` an owner of the study (a second sender of the same patient's study co-owns it)."""
+    conn.execute(text(_INSERT_OWNER_SQL[conn.dialect.name]), {"s": study_id, "o": org, "t": now})
 
 
 def _source_ae(ctx: Context) -> str:

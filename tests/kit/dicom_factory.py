@@ -221,10 +221,14 @@ def undecodable(study_uid: str, series_uid: str) -> Dataset:
 BUNDLED = {p.name: p for p in bundled_pydicom_files()}
 
 
-def bundled(name: str, *, study: str, series: str) -> bytes:
-    """A bundled pydicom file under new UIDs (several of them share one SOP Instance UID)."""
+def bundled(name: str, *, study: str, series: str, patient_id: str = "PAT-1") -> bytes:
+    """A bundled pydicom file under new UIDs (several of them share one SOP Instance UID), of
+    `patient_id` (`ct_dataset`'s by default: a study holds one patient's instances only)."""
     ds = pydicom.dcmread(BUNDLED[name])
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, uid()
+    ds.PatientID = patient_id
+    if "IssuerOfPatientID" in ds:
+        del ds.IssuerOfPatientID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     buf = io.BytesIO()
     ds.save_as(buf)

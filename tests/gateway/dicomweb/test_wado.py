@@ -409,6 +409,7 @@ def _copy(ds: Dataset, study: str, series: str, transfer_syntax: str = ExplicitV
     """`ds` as a new instance of `study`/`series` in `transfer_syntax` (RLE: compressed here)."""
     out = copy.deepcopy(ds)
     out.StudyInstanceUID, out.SeriesInstanceUID, out.SOPInstanceUID = study, series, f.uid()
+    out.PatientID = "PAT-1"  # one patient per study, whichever file it came from
     if transfer_syntax == RLELossless:
         out.compress(RLELossless, generate_instance_uid=False)
     return f.to_bytes(out, transfer_syntax)
