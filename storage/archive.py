@@ -3,36 +3,18 @@ recorder, opened once and shared by every request and association of the process
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.access.context import NO_AUDIT, AuditRecorder
+from storage.audit.trail import AuditTrail
 from storage.blobs import from_settings
 from storage.blobs.protocol import BlobStore
 from storage.index.db import Database
+from storage.processes import owner_is_gone, process_owner
 from storage.settings import Settings
 
-
-def process_owner() -> str:
-    """Who holds a pending write: host and pid, so recovery knows a dead writer on this host."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_is_gone(owner: str) -> bool:
-    """Whether the process named by a `process_owner` value has surely ended: it ran on this
-    host and its pid is dead. Another host's process cannot be seen, so it is never gone here."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+__all__ = ["Archive", "owner_is_gone", "process_owner"]
 
 
 @dataclass
@@ -41,16 +23,20 @@ class Archive:
     db: Database
     blobs: BlobStore
     owner: str = field(default_factory=process_owner)
-    #: where every request context of this process records its accesses ([6/10] fills it in)
+    #: where every request context of this process records its accesses (NO_AUDIT: PACS_AUDIT=false)
     audit: AuditRecorder = NO_AUDIT
 
     @classmethod
     def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database.connect(settings.database_url, pool_size=pool_size)
+        owner = process_owner()
         return cls(
             settings=settings,
-            db=Database.connect(settings.database_url, pool_size=pool_size),
+            db=db,
             blobs=from_settings(settings),
+            owner=owner,
+            audit=AuditTrail(db, owner) if settings.audit else NO_AUDIT,
         )
 
     @property
@@ -63,4 +49,5 @@ class Archive:
         return folder
 
     def close(self) -> None:
+        self.audit.close()
         self.db.dispose()

@@ -26,3 +26,8 @@ COMMITMENT_REPORTS = Counter(
     "Storage commitment report attempts, by outcome (same-association, new-association, retry, undelivered)",
     ["outcome"],
 )
+
+AUDIT_RECORDS = Counter("pacs_audit_records", "Audit records committed by this process")
+EMERGENCY_ACCESS = Counter(
+    "pacs_emergency_access", "Requests answered under emergency access (PACS-Emergency-Access), each audited"
+)

@@ -1,0 +1,120 @@
+"""Reading the audit trail: the data-protection officer's search, and the chain check.
+
+Records are only ever added (`storage.audit.trail`); nothing here or anywhere in the archive
+changes or deletes one. The search answers DESIGN.md's `GET /api/audit` filters, newest first
+with keyset paging (`before`: the id of the last record of the previous page), so a page costs
+one indexed query however long the trail is. `action=emergency` selects the emergency accesses
+(every record that carries a reason), whatever their route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+
+from storage.access.context import Context
+from storage.audit.chain import Break, verify
+from storage.index.db import Database
+from storage.index.models import AuditRecord
+
+#: the most records one page answers
+MAX_PAGE = 1000
+EMERGENCY = "emergency"
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    patient: str | None = None
+    study: str | None = None
+    actor: str | None = None
+    org: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+    limit: int = 100
+
+
+COLUMNS = (
+    "id",
+    "time",
+    "actor",
+    "org",
+    "source",
+    "channel",
+    "action",
+    "patient",
+    "study",
+    "outcome",
+    "reason",
+    "owner_org",
+    "detail",
+    "hash",
+)
+
+
+def search(db: Database, ctx: Context, filters: Filters) -> list[dict[str, Any]]:
+    """The records matching `filters`, newest first: an admin's reading (the caller checks the role)."""
+    del ctx
+    query = _where(select(*(getattr(AuditRecord, c) for c in COLUMNS)), filters)
+    query = query.order_by(AuditRecord.id.desc()).limit(max(1, min(filters.limit, MAX_PAGE)))
+    with db.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _where(query: Select[Any], f: Filters) -> Select[Any]:
+    exact = {"patient": f.patient, "study": f.study, "actor": f.actor, "org": f.org, "outcome": f.outcome}
+    for column, value in exact.items():
+        if value:
+            query = query.where(getattr(AuditRecord, column) == value)
+    if f.action == EMERGENCY:
+        query = query.where(AuditRecord.reason.is_not(None))
+    elif f.action:
+        query = query.where(AuditRecord.action == f.action)
+    if f.since:
+        query = query.where(AuditRecord.time >= f.since)
+    if f.until:
+        query = query.where(AuditRecord.time < f.until)
+    if f.before:
+        query = query.where(AuditRecord.id < f.before)
+    return query
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    records: int
+    chains: int
+    breaks: list[Break]
+
+
+def verify_trail(db: Database, *, page: int = 5000) -> Verification:
+    """Check every chain of the trail, reading it in pages of `page` records (a long trail
+    does not have to fit in memory)."""
+    seen: list[int] = [0]
+    chains: set[str] = set()
+
+    def records() -> Iterator[Any]:
+        last_chain, last_seq = "", 0
+        while True:
+            after = (AuditRecord.chain > last_chain) | (
+                (AuditRecord.chain == last_chain) & (AuditRecord.seq > last_seq)
+            )
+            with db.engine.connect() as conn:
+                rows = conn.execute(
+                    select(AuditRecord).where(after).order_by(AuditRecord.chain, AuditRecord.seq).limit(page)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                seen[0] += 1
+                chains.add(row.chain)
+                yield row
+            last_chain, last_seq = rows[-1].chain, int(rows[-1].seq)
+
+    breaks = list(verify(records()))
+    return Verification(seen[0], len(chains), breaks)

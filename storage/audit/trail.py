@@ -1,0 +1,198 @@
+"""The audit recorder of a process: every access event becomes a hash-chained row, in batches.
+
+DESIGN.md "Access, shares, emergency access, consent and audit": a record is committed before
+or with the answer, or the operation fails. So `record` returns only once its row is committed,
+and raises `AuditUnavailable` when it could not be; callers answer after it. Writing one
+transaction per event would cost every request a commit; instead one writer thread per process
+takes whatever events are waiting, commits them in one transaction, and wakes their callers
+(group commit, as databases do with their own log): under load a batch grows, and a lone
+request pays one small commit. The writer also fills in, for events that name a study, the
+study's patient and, for a read across organizations, the study's owner (one query per batch),
+so that the request paths do not look them up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from storage import metrics
+from storage.access.context import AccessEvent
+from storage.audit.chain import GENESIS, record_hash
+from storage.errors import OutOfResources
+from storage.index.db import Database
+from storage.index.models import AuditRecord, Study, StudyOwner, utcnow
+from storage.logs import event
+
+log = logging.getLogger(__name__)
+
+#: the most events one transaction writes
+BATCH = 512
+#: how long a caller waits for its record before the operation fails
+WAIT_SECONDS = 30.0
+_LIMITS = {"actor": 256, "org": 64, "source": 64, "action": 128, "patient": 64, "study": 64, "reason": 256}
+
+
+class AuditUnavailable(OutOfResources):
+    """The audit record could not be committed, so the operation it records must not proceed."""
+
+    reason = "audit_unavailable"
+
+
+@dataclass(slots=True)
+class _Pending:
+    access: AccessEvent
+    done: Future[None]
+
+
+class AuditTrail:
+    """The recorder every request context of this process records through (`Archive.audit`)."""
+
+    def __init__(self, db: Database, owner: str | None = None) -> None:
+        self._db = db
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._chain = f"{owner or f'{socket.gethostname()}:{os.getpid()}'}:{secrets.token_hex(4)}"
+        self._seq, self._prev = 0, GENESIS
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def chain(self) -> str:
+        return self._chain
+
+    def submit(self, access: AccessEvent) -> Future[None]:
+        """Queue `access`; the future completes once its row is committed (or fails)."""
+        done: Future[None] = Future()
+        if self._closed:
+            done.set_exception(AuditUnavailable("the audit trail of this process is closed"))
+            return done
+        self._start()
+        self._queue.put(_Pending(access, done))
+        return done
+
+    def record(self, access: AccessEvent) -> None:
+        """Record `access` and return once it is committed.
+
+        Raises
+        ------
+        AuditUnavailable
+            The record could not be committed in time: the caller must not answer success.
+        """
+        try:
+            self.submit(access).result(timeout=WAIT_SECONDS)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a timeout or the database's error, in one meaning
+            raise AuditUnavailable(f"the audit record could not be written: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer."""
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=WAIT_SECONDS)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[_Pending]) -> None:
+        seq, prev = self._seq, self._prev
+        try:
+            rows, seq, prev = self._rows(batch, seq, prev)
+            with self._db.write_conn() as conn:
+                conn.execute(insert(AuditRecord), rows)
+        except Exception as exc:  # noqa: BLE001 - every waiting caller learns it; the chain stays as it was
+            event(log, "audit.write_failed", level=logging.ERROR, records=len(batch), error=type(exc).__name__)
+            for item in batch:
+                item.done.set_exception(AuditUnavailable(f"the audit record could not be written: {exc}"))
+            return
+        self._seq, self._prev = seq, prev
+        metrics.AUDIT_RECORDS.inc(len(batch))
+        for item in batch:
+            if item.access.reason and item.access.outcome != "refused":
+                metrics.EMERGENCY_ACCESS.inc()
+            item.done.set_result(None)
+
+    def _rows(self, batch: list[_Pending], seq: int, prev: str) -> tuple[list[dict[str, Any]], int, str]:
+        studies = self._studies({p.access.study for p in batch if p.access.study})
+        rows = []
+        now = utcnow()
+        for item in batch:
+            a = item.access
+            patient, owners = studies.get(a.study or "", (None, ()))
+            seq += 1
+            values: dict[str, Any] = {
+                "chain": self._chain,
+                "seq": seq,
+                "prev_hash": prev,
+                "time": now,
+                "actor": a.actor,
+                "org": a.org,
+                "source": a.source,
+                "channel": a.channel.value,
+                "action": a.action,
+                "patient": a.patient if a.patient is not None else patient,
+                "study": a.study,
+                "outcome": a.outcome,
+                "reason": a.reason,
+                "owner_org": None if not owners or a.org in owners else owners[0],
+                "detail": a.detail[:2000],
+            }
+            for name, limit in _LIMITS.items():
+                if isinstance(values[name], str):
+                    values[name] = values[name][:limit]
+            values["hash"] = prev = record_hash(values)
+            rows.append(values)
+        return rows, seq, prev
+
+    def _studies(self, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """study UID -> (its patient ID, its owners), for the studies a batch names."""
+        if not uids:
+            return {}
+        found: dict[str, tuple[str, list[str]]] = {}
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(
+                select(Study.study_uid, Study.patient_id, StudyOwner.org_id)
+                .outerjoin(StudyOwner, StudyOwner.study_id == Study.id)
+                .where(Study.study_uid.in_(sorted(uids)[:BATCH]))
+            )
+            for uid, patient, org in rows:
+                entry = found.setdefault(uid, (patient, []))
+                if org is not None:
+                    entry[1].append(org)
+        return {uid: (patient, tuple(sorted(orgs))) for uid, (patient, orgs) in found.items()}
