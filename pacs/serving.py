@@ -21,6 +21,7 @@ from uvicorn.importer import import_from_string
 from pacs import ports, server
 from storage.access.tokens import issue, parse_ttl
 from storage.archive import Archive
+from storage.audit.forward import start_forwarder
 from storage.index.db import redacted
 from storage.index.migrate import upgrade
 from storage.ingest.recovery import recover
@@ -40,10 +41,11 @@ def serve(settings: Settings, out: Console) -> None:
     _prepare_metrics_dir(settings)
     http = ports.bind(ports.http(settings.http_host, settings.http_port))
     archive = Archive.open(settings)
-    scp = workers = None
+    scp = workers = forwarder = None
     try:
         upgrade(archive.db.engine)
         report = recover(archive)
+        forwarder = start_forwarder(archive.db, settings, owner=archive.owner)  # None unless PACS_AUDIT_SYSLOG
         if settings.dicom_workers == 1:
             scp = server.start(settings, archive)
         else:
@@ -59,6 +61,8 @@ def serve(settings: Settings, out: Console) -> None:
         uvicorn.Server(config).run(sockets=[http])
     finally:
         http.close()
+        if forwarder is not None:
+            forwarder.stop()
         if workers is not None:
             workers.stop()
         if scp is not None:
