@@ -18,7 +18,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from gateway import health, problems
-from gateway.api import worklist
+from gateway.api import audit as audit_api
+from gateway.api import orgs, shares, worklist
+from gateway.audit import AuditMiddleware
 from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
 from gateway.dicomweb import capabilities, delete, qido, stow, wado, wado_uri
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.state.archive = arch
     app.state.authenticator = Authenticator(settings)
     problems.install(app)
+    app.add_middleware(AuditMiddleware)  # one record per request to patient data, before its answer
     app.add_middleware(GzipJsonMiddleware)  # JSON answers only; multipart and images pass untouched
     if settings.cors_origins:
         app.add_middleware(
@@ -70,7 +73,8 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     for module in (capabilities, qido, wado, stow, delete):
         app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated, responses=problems.COMMON)
     app.include_router(wado_uri.router, dependencies=authenticated, responses=problems.COMMON)
-    app.include_router(worklist.router, dependencies=authenticated, responses=problems.COMMON)
+    for module in (worklist, orgs, shares, audit_api):
+        app.include_router(module.router, dependencies=authenticated, responses=problems.COMMON)
     _add_api_docs(app, authenticated)
     return app
 

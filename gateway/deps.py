@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, HTTPException, Path, Request
 
 from gateway.auth import get_principal
-from storage.access.context import Channel, Context
-from storage.access.principal import Principal
+from storage.access.context import Channel, Context, RequestNote
+from storage.access.principal import Principal, Role
 from storage.archive import Archive
 from storage.dicom.uids import MAX_LENGTH, UID_RE
 from storage.settings import Settings
@@ -58,12 +58,50 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+#: DESIGN.md "Access, shares, emergency access, consent and audit": a clinician's emergency read
+EMERGENCY_HEADER = "PACS-Emergency-Access"
+EMERGENCY_MAX = 200
+#: the channels whose reads emergency access opens (studies' images and metadata)
+_EMERGENCY_CHANNELS = frozenset({Channel.DICOMWEB, Channel.WADO_URI, Channel.FHIR})
+
+
 def _context_of(channel: Channel) -> Callable[[Request, Principal], Awaitable[Context]]:
     async def context(request: Request, principal: PrincipalDep) -> Context:
         address = request.client.host if request.client else ""
-        return Context(principal, channel, address, request.app.state.archive.audit)
+        ctx = Context(
+            principal,
+            channel,
+            address,
+            request.app.state.archive.audit,
+            emergency=_emergency_reason(request, principal, channel),
+            note=RequestNote(),
+        )
+        request.state.pacs_context = ctx  # for its audit record (gateway.audit)
+        return ctx
 
     return context
+
+
+def _emergency_reason(request: Request, principal: Principal, channel: Channel) -> str:
+    """The reason of an emergency access, checked: 1 to 200 printable characters, a clinician's.
+
+    Raises
+    ------
+    HTTPException
+        400 for a reason that is empty, too long or not printable; 403 when the caller is not
+        a clinician (an integrator's system or an admin has no patient in front of it).
+    """
+    reason = request.headers.get(EMERGENCY_HEADER)
+    if reason is None or channel not in _EMERGENCY_CHANNELS:
+        return ""
+    reason = reason.strip()
+    if not 1 <= len(reason) <= EMERGENCY_MAX or not reason.isprintable():
+        request.state.pacs_refusal = "emergency access without a valid reason"
+        raise HTTPException(400, f"{EMERGENCY_HEADER} needs a reason of 1 to {EMERGENCY_MAX} printable characters")
+    if not principal.has(Role.CLINICIAN):
+        request.state.pacs_refusal = "emergency access by a non-clinician"
+        raise HTTPException(403, "emergency access is for clinicians")
+    return reason
 
 
 DicomwebContext = Annotated[Context, Depends(_context_of(Channel.DICOMWEB))]

@@ -1,0 +1,156 @@
+"""One audit record per HTTP request that reaches patient data, written before the answer starts.
+
+DESIGN.md "Access, shares, emergency access, consent and audit": every read or write of
+patient data and every refusal (401, 403, 404 on an invisible object) is recorded, and the
+record is committed before or with the answer, or the request fails. This middleware sees
+every request under the audited prefixes, whatever route (or none) answers it: when the
+answer's status line is about to go out, it records who asked (the request context, else the
+token's principal, else nobody), from where, the route, the study (the path's, the query's, or
+those a STOW-RS request wrote), the patient a query named, and the outcome, and waits for the
+commit (`storage.audit.trail`, batched with the other requests'). When that fails the client
+gets 503 instead of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from storage.access.context import AccessEvent, Channel, Context
+from storage.access.principal import Principal
+from storage.logs import event
+
+log = logging.getLogger(__name__)
+
+#: path prefix -> channel: the paths that reach patient data (not /healthz, /metrics, /docs)
+AUDITED = (("/dicomweb", Channel.DICOMWEB), ("/wado", Channel.WADO_URI), ("/api", Channel.API), ("/fhir", Channel.FHIR))
+#: answered without a token and without patient data
+UNAUDITED = frozenset({"/fhir/metadata"})
+
+
+def outcome_of(status: int) -> str:
+    """The audit outcome of an HTTP status."""
+    if status < 400:
+        return "ok"
+    return {401: "denied", 403: "refused", 404: "not-found", 429: "limited"}.get(
+        status, "failed" if status < 500 else "error"
+    )
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = _channel(scope)
+        if channel is None:
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the original answer's body, after the 503 that replaced it
+            if message["type"] == "http.response.start":
+                if not await _record(scope, channel, int(message["status"])):
+                    replaced = True
+                    await _unavailable(send)
+                    return
+            await send(message)
+
+        await self.app(scope, receive, audited_send)
+
+
+def _channel(scope: Scope) -> Channel | None:
+    if scope["type"] != "http" or scope["method"] == "OPTIONS":
+        return None
+    path: str = scope["path"]
+    if path in UNAUDITED:
+        return None
+    for prefix, channel in AUDITED:
+        if path == prefix or path.startswith(prefix + "/"):
+            return channel
+    return None
+
+
+async def _record(scope: Scope, channel: Channel, status: int) -> bool:
+    """Record the request's access events; False when they could not be committed."""
+    archive = scope["app"].state.archive
+    try:
+        for access in _events(scope, channel, status):
+            await asyncio.wrap_future(archive.audit.submit(access))
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the answer must not go out
+        event(log, "audit.request_failed", level=logging.ERROR, path=scope["path"], error=type(exc).__name__)
+        return False
+    return True
+
+
+def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
+    state: dict[str, Any] = scope.get("state") or {}
+    ctx: Context | None = state.get("pacs_context")
+    principal: Principal | None = ctx.principal if ctx is not None else state.get("pacs_principal")
+    route = scope.get("route")
+    action = f"{scope['method']} {route.path}" if route is not None and hasattr(route, "path") else scope["method"]
+    query = _query(scope)
+    detail = (ctx.note.detail if ctx is not None and ctx.note is not None else "") or state.get("pacs_refusal", "")
+    params = scope.get("path_params") or {}
+    studies = [params["study"]] if "study" in params else []
+    if not studies and ctx is not None and ctx.note is not None:
+        studies = list(ctx.note.studies)
+    named = query.get("studyUID") or query.get("StudyInstanceUID") or query.get("0020000D")
+    if not studies and named:
+        studies = [named]
+    base = AccessEvent(
+        actor=principal.sub if principal is not None else "",
+        org=principal.org if principal is not None else None,
+        channel=channel,
+        source=scope["client"][0] if scope.get("client") else "",
+        action=action,
+        outcome=outcome_of(status),
+        detail=f"HTTP {status}" + (f": {detail}" if detail else ""),
+        patient=query.get("PatientID") or query.get("00100020") or None,
+        reason=(ctx.emergency or None) if ctx is not None else None,
+    )
+    if not studies:
+        return [base]
+    return [_with_study(base, uid) for uid in studies]
+
+
+def _with_study(base: AccessEvent, study: str) -> AccessEvent:
+    fields = {name: getattr(base, name) for name in AccessEvent.__slots__}
+    fields["study"] = study[:64]
+    return AccessEvent(**fields)
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    """The query parameters an audit record names (a patient, a study), at most 64 characters."""
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {k: v[:64] for k, v in parse_qsl(raw)[:64] if k in _QUERY_KEYS}
+
+
+_QUERY_KEYS = frozenset({"PatientID", "00100020", "StudyInstanceUID", "0020000D", "studyUID"})
+
+
+async def _unavailable(send: Send) -> None:
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "the audit trail cannot be written",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
