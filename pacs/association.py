@@ -40,6 +40,8 @@ class AssociationState:
         self.direct: DirectSend | None = direct_send.install(assoc)
         #: the caller's request context, set on first use by `pacs.policy.context_for`
         self.context: Context | None = None
+        #: the studies this association stored into that have their audit record
+        self.audited_studies: set[str] = set()
 
 
 _states: weakref.WeakKeyDictionary[Association, AssociationState] = weakref.WeakKeyDictionary()

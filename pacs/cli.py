@@ -35,8 +35,12 @@ app = typer.Typer(
 )
 org_app = typer.Typer(help="Institutions and the AE titles of their modalities and workstations.", no_args_is_help=True)
 db_app = typer.Typer(help="The index database.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens: issue one (pacs token --org ID --role ROLE) or revoke them.")
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 out = Console()
@@ -163,26 +167,40 @@ def org_add(
     ae: Annotated[
         list[str] | None, typer.Option("--ae", help="AE title of a node, AET or AET@host:port (repeatable)")
     ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Address or network (10.0.0.0/24) the --ae nodes must call from"),
+    ] = None,
+    address_check: Annotated[
+        bool | None,
+        typer.Option("--address-check/--no-address-check", help="Hold its AEs to their addresses (default on)"),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register an institution and its AE titles; run again with the same ID to add AEs."""
     settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
-    from storage.access.orgs import AeSpec, add_org, check_org_id
+    from dataclasses import replace
+
+    from storage.access.orgs import AeSpec, add_org, check_network, check_org_id, update_org
 
     try:
         check_org_id(org_id)
-        specs = [AeSpec.parse(a) for a in ae or []]
+        network = check_network(from_) if from_ else None
+        specs = [replace(AeSpec.parse(a), allowed_from=network) for a in ae or []]
     except ValueError as exc:
         raise fail(str(exc)) from None
     with _archive(settings) as archive:
         try:
             with archive.db.write() as session:
                 summary = add_org(session, org_id, name, specs)
+                if address_check is not None:
+                    summary = update_org(session, org_id, check_ae_address=address_check)
         except ValueError as exc:
             raise fail(str(exc), 1) from None
     out.print(f"organization [bold]{summary.id}[/bold] ({summary.name})", highlight=False)
     for a in summary.aes:
-        out.print(f"  AE {a.ae_title}" + (f" at {a.host}:{a.port}" if a.host else ""), highlight=False)
+        bound = "" if a.bound() or not summary.check_ae_address else " (accepted from any address: give --from)"
+        out.print(f"  AE {a}{bound}", highlight=False, markup=False)
 
 
 @org_app.command("list")
@@ -193,9 +211,11 @@ def org_list(data_dir: DataDir = None) -> None:
 
     with _archive(settings) as archive, archive.db.read() as session:
         orgs, waiting = list_orgs(session), unassigned(session)
-    table = Table("ID", "name", "AEs", "studies", box=None, pad_edge=False)
+    table = Table("ID", "name", "AEs", "studies", "state", box=None, pad_edge=False)
     for org in orgs:
-        table.add_row(org.id, org.name, " ".join(str(a) for a in org.aes) or "-", str(org.studies))
+        state = "disabled" if org.disabled else ("enabled" if org.check_ae_address else "enabled, any address")
+        aes = ", ".join(str(a) + ("" if a.bound() else " (unbound)") for a in org.aes) or "-"
+        table.add_row(org.id, org.name, aes, str(org.studies), state)
     out.print(table)
     for w in waiting:
         out.print(
@@ -204,6 +224,37 @@ def org_list(data_dir: DataDir = None) -> None:
             highlight=False,
             markup=False,
         )
+
+
+@org_app.command("disable")
+def org_disable(
+    org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID")],
+    data_dir: DataDir = None,
+) -> None:
+    """Disable an institution: its tokens and AEs are refused from their next request or association."""
+    _set_disabled(org_id, True, data_dir)
+
+
+@org_app.command("enable")
+def org_enable(
+    org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID")],
+    data_dir: DataDir = None,
+) -> None:
+    """Enable a disabled institution again (its revoked tokens stay revoked)."""
+    _set_disabled(org_id, False, data_dir)
+
+
+def _set_disabled(org_id: str, disabled: bool, data_dir: Path | None) -> None:
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.orgs import update_org
+
+    with _archive(settings) as archive:
+        try:
+            with archive.db.write() as session:
+                update_org(session, org_id, disabled=disabled)
+        except KeyError:
+            raise fail(f"organization {org_id!r} is not registered (pacs org list shows them)", 1) from None
+    out.print(f"organization {org_id} {'disabled' if disabled else 'enabled'}", highlight=False)
 
 
 @org_app.command("remove-ae")
@@ -245,15 +296,20 @@ def org_claim(
     out.print(f"{n} unassigned stud{'y' if n == 1 else 'ies'} of AE {ae.strip()} now belong to {org_id}")
 
 
-@app.command()
+@token_app.callback(invoke_without_command=True)
 def token(
-    org: Annotated[str, typer.Option(help="Organization the token speaks for")],
-    role: Annotated[list[str], typer.Option(help="clinician, integrator or admin (repeatable)")],
+    typer_ctx: typer.Context,
+    org: Annotated[str | None, typer.Option(help="Organization the token speaks for")] = None,
+    role: Annotated[list[str] | None, typer.Option(help="clinician, integrator or admin (repeatable)")] = None,
     ttl: Annotated[str, typer.Option(help="Lifetime: 30s, 15m, 8h, 7d")] = "8h",
     sub: Annotated[str | None, typer.Option(help="Subject (user or system); default ROLE@ORG")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Print a signed bearer token for a provider's user or system."""
+    """Print a signed bearer token for a provider's user or system (`pacs token revoke` ends tokens)."""
+    if typer_ctx.invoked_subcommand is not None:
+        return
+    if not org or not role:
+        raise fail("a token needs --org ID and at least one --role (clinician, integrator, admin)")
     settings = existing_archive(load_settings(data_dir=data_dir), INDEX, KEY)
     from storage.access.orgs import get_org
     from storage.access.tokens import issue, parse_ttl
@@ -261,13 +317,50 @@ def token(
     try:
         seconds = parse_ttl(ttl)
         with _archive(settings) as archive, archive.db.read() as session:
-            get_org(session, org)
+            summary = get_org(session, org)
+        if summary.disabled:
+            raise fail(f"organization {org!r} is disabled: pacs org enable {org} first")
         signed = issue(settings, sub=sub or f"{role[0]}@{org}", org=org, roles=role, ttl_seconds=seconds)
     except KeyError:
         raise fail(f"organization {org!r} is not registered: pacs org add {org} --name ...") from None
     except ValueError as exc:
         raise fail(str(exc)) from None
     out.print(signed, soft_wrap=True, highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str | None, typer.Option("--id", help="The token's ID (its jti claim)")] = None,
+    sub: Annotated[str | None, typer.Option("--sub", help="Every token of this subject issued until now")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke one token or a subject's tokens; every server refuses them from the next request."""
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.access.standing import revoke_tokens
+
+    with _archive(settings) as archive:
+        try:
+            with archive.db.write() as session:
+                revoke_tokens(session, token_id=token_id, sub=sub, by="pacs-token-revoke")
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    out.print(f"revoked: {'token ' + token_id if token_id else 'every token of ' + str(sub) + ' issued until now'}")
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Check the audit trail's hash chains; exit 1 naming the first broken record of each broken chain."""
+    settings = existing_archive(load_settings(data_dir=data_dir), INDEX)
+    from storage.audit.records import verify_trail
+
+    with _archive(settings) as archive:
+        result = verify_trail(archive.db)
+    for b in result.breaks:
+        out.print(f"[red]broken[/red] record {b.id} (chain {b.chain}, seq {b.seq}): {b.why}", highlight=False)
+    verdict = "intact" if not result.breaks else f"{len(result.breaks)} chain(s) broken"
+    out.print(f"{result.records} records in {result.chains} chain(s): {verdict}", highlight=False)
+    if result.breaks:
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

@@ -37,7 +37,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from pacs.policy import context_for
+from pacs.policy import audit, context_for
 from pacs.status import SUCCESS, failure
 from storage.access.context import Channel, Context
 from storage.access.policy import require_read
@@ -94,6 +94,7 @@ def handle(event: Event, archive: Archive, reporter: Reporter) -> tuple[int | Da
         if action.RequestedSOPInstanceUID != INSTANCE_UID:
             return INVALID_OBJECT_INSTANCE, None
         req = _parse(event)
+        audit(ctx, "N-ACTION", detail=f"storage commitment of {len(req.references)} instances")
     except StorageError as exc:
         log_event(
             log,

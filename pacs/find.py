@@ -38,7 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from pacs import worklist
-from pacs.policy import context_for
+from pacs.policy import audit, context_for, keys_named
 from pacs.status import failure
 from pacs.wire import identifier
 from pacs.wire.pacing import PACE_EVERY, keep_pace
@@ -110,6 +110,8 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
         outcome.level = request.query.level
         with archive.db.read() as session:
             found = search_all(request.query, ctx, session=session)
+            patient, study = keys_named(event.identifier)
+            audit(ctx, "C-FIND", patient=patient, study=study, detail=f"{model} {outcome.level}")
             pending = PENDING_WARNING if found.ignored else PENDING
             responder = _Responder(event)
             for match in found.matches:

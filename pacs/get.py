@@ -14,7 +14,7 @@ from typing import Any
 from pynetdicom.events import Event
 
 from pacs.association import state_of
-from pacs.policy import context_for
+from pacs.policy import audit_studies, context_for
 from pacs.suboperations import Retrieval, model_of, refuse
 from storage.access.policy import require_read
 from storage.archive import Archive
@@ -39,6 +39,7 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
         keys = parse_identifier(event.identifier, model_of(event))
         with archive.db.read() as session:
             instances = select_instances(session, ctx, keys)
+        audit_studies(ctx, "C-GET", (i.study_uid for i in instances), f"{len(instances)} instances")
     except StorageError as exc:
         refuse(event, exc, service="get", fields=fields)
         yield 0

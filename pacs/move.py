@@ -14,7 +14,7 @@ from typing import Any
 
 from pynetdicom.events import Event
 
-from pacs.policy import context_for
+from pacs.policy import audit_studies, context_for
 from pacs.suboperations import Retrieval, destination_contexts, model_of, refuse
 from storage.access.orgs import move_destination
 from storage.access.policy import require_read
@@ -43,6 +43,7 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
         with archive.db.read() as session:
             destination = move_destination(session, event.move_destination or "", ctx.principal.org)
             instances = select_instances(session, ctx, keys)
+        audit_studies(ctx, "C-MOVE", (i.study_uid for i in instances), f"{len(instances)} instances")
     except StorageError as exc:
         refuse(event, exc, service="move", fields=fields)
         yield None, None

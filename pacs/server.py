@@ -41,7 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs import association, commitment, dispatch, echo, find, get, listeners, move, ports, store
+from pacs import association, commitment, dispatch, echo, find, get, listeners, move, policy, ports, store
 from pacs.admission import Admission
 from pacs.wire import guard, negotiation, spool
 from storage.archive import Archive
@@ -161,6 +161,7 @@ def build_ae(settings: Settings) -> AE:
 def _handlers(archive: Archive, reporter: commitment.Reporter, admission: Admission) -> list[Any]:
     return [
         (evt.EVT_REQUESTED, admission.on_requested),
+        (evt.EVT_REQUESTED, policy.on_requested, [archive]),
         (evt.EVT_C_ECHO, echo.handle),
         (evt.EVT_C_STORE, store.handle, [archive]),
         (evt.EVT_C_FIND, find.handle, [archive]),

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from pacs.association import state_of
-from pacs.policy import context_for
+from pacs.policy import audit, context_for
 from pacs.status import SUCCESS, failure
 from storage.archive import Archive
 from storage.dicom.parse import Source
@@ -49,6 +49,13 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
             at=at,
         )
         return failure(OutOfResources(f"could not store the instance: {type(exc).__name__}"))
+    state = state_of(event.assoc)
+    if result.study_uid not in state.audited_studies:  # one record per study and association
+        try:
+            audit(ctx, "C-STORE", study=result.study_uid, detail=f"SOP {result.sop_uid}")
+        except StorageError as exc:
+            return failure(exc)
+        state.audited_studies.add(result.study_uid)
     if result.outcome is Outcome.STORED:
         stats.stored += 1
         stats.bytes += result.size

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs.policy import context_for
+from pacs.policy import audit, context_for, keys_named
 from pacs.status import SUCCESS, failure
 from pacs.wire.pacing import PACE_EVERY, keep_pace
 from storage.access.policy import require_read
@@ -48,6 +48,8 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
         identifier = _identifier(event)
         with archive.db.read() as session:
             answers = find_worklist(identifier, ctx, session=session)
+        patient, _ = keys_named(identifier)
+        audit(ctx, "C-FIND", patient=patient, detail=f"worklist {len(answers)} items")
         matches = len(answers)
         for sent, answer in enumerate(answers):
             if sent % PACE_EVERY == 0:

@@ -76,7 +76,7 @@ def test_org_add_registers_and_extends(tmp_path: Path) -> None:
     assert "spital-sf-spiridon" in r.stdout and "CT_SPIRIDON" in r.stdout
     r = pacs("org", "add", "spital-sf-spiridon", "--ae", "WS1@10.1.2.3:11112", data_dir=data)
     assert r.returncode == 0, r.stderr
-    assert "CT_SPIRIDON" in r.stdout and "WS1 at 10.1.2.3:11112" in r.stdout
+    assert "CT_SPIRIDON" in r.stdout and "WS1@10.1.2.3:11112" in r.stdout
 
     taken = pacs("org", "add", "clinica-b", "--name", "Clinica B", "--ae", "CT_SPIRIDON", data_dir=data)
     assert taken.returncode == 1 and "already registered to organization spital-sf-spiridon" in taken.stderr
@@ -115,7 +115,7 @@ def test_org_list_remove_ae_and_claim_what_an_ae_sent_before_it_was_registered(t
     claimed = pacs("org", "claim", "spital-a", "--ae", "CT9", data_dir=data)
     assert claimed.returncode == 0 and "2 unassigned studies of AE CT9 now belong to spital-a" in claimed.stdout
     listed = " ".join(pacs("org", "list", data_dir=data).stdout.split())
-    assert "spital-a Spitalul A CT9 WS1 2" in listed and "unassigned" not in listed
+    assert "spital-a Spitalul A CT9 (unbound), WS1 (unbound) 2 enabled" in listed and "unassigned" not in listed
 
     archive = Archive.open(settings_for(data))
     with archive.db.read() as s:

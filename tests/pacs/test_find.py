@@ -434,7 +434,8 @@ def test_patient_level_sql_searches_the_identity_indexes(loaded: Loaded) -> None
             assert re.search(rf"SEARCH patient_identities USING INDEX {index} \(", plan), plan
             assert "SEARCH studies USING INDEX ix_studies_identity_id" in plan, plan
         else:
-            assert "Index Only Scan using ix_studies_identity_id on studies" in plan, plan
+            # index-only for an admin; an organization's visibility reads the row's id as well
+            assert re.search(r"Index (Only )?Scan using ix_studies_identity_id on studies", plan), plan
             if key == "00100020":
                 assert "Index Cond: ((patient_id)::text = 'P001'::text)" in plan, plan
 
