@@ -95,11 +95,10 @@ def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
     state: dict[str, Any] = scope.get("state") or {}
     ctx: Context | None = state.get("pacs_context")
     principal: Principal | None = ctx.principal if ctx is not None else state.get("pacs_principal")
-    route = scope.get("route")
-    action = f"{scope['method']} {route.path}" if route is not None and hasattr(route, "path") else scope["method"]
+    params = scope.get("path_params") or {}
+    action = f"{scope['method']} {_template(scope['path'], params)}" if scope.get("route") else scope["method"]
     query = _query(scope)
     detail = (ctx.note.detail if ctx is not None and ctx.note is not None else "") or state.get("pacs_refusal", "")
-    params = scope.get("path_params") or {}
     studies = [params["study"]] if "study" in params else []
     if not studies and ctx is not None and ctx.note is not None:
         studies = list(ctx.note.studies)
@@ -120,6 +119,18 @@ def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
     if not studies:
         return [base]
     return [_with_study(base, uid) for uid in studies]
+
+
+def _template(path: str, params: dict[str, Any]) -> str:
+    """The route's path as declared (`/dicomweb/studies/{study}`): the request's path with each
+    path parameter's segment named again, so the record says which route without its values."""
+    segments, start = path.split("/"), 0
+    for name, value in params.items():
+        for i in range(start, len(segments)):
+            if segments[i] == str(value):
+                segments[i], start = f"{{{name}}}", i + 1
+                break
+    return "/".join(segments)
 
 
 def _with_study(base: AccessEvent, study: str) -> AccessEvent:
