@@ -1,0 +1,185 @@
+"""Property: for random organizations, studies, owners, shares and worklist steps, what a search
+returns equals what DESIGN.md's rule allows, on both backends.
+
+The searches are the ones the edges answer with: `search` (QIDO-RS, pages), `search_all`
+(C-FIND, every level it serves here: PATIENT and STUDY) and `find_worklist` (the Modality
+Worklist). The rule is written here again, in Python, independently of `visible_to`'s SQL: an
+admin sees every study; an organization the studies it owns and those shared with it that are
+neither revoked nor expired; nobody else anything; a worklist step is its performing
+organization's. Each example is written into one transaction that is rolled back after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from sqlalchemy.orm import Session
+
+from storage.access.context import Channel, Context
+from storage.access.principal import Principal, Role
+from storage.archive import Archive
+from storage.index.models import (
+    Organization,
+    PatientIdentity,
+    ScheduledProcedureStep,
+    Share,
+    Study,
+    StudyOwner,
+)
+from storage.query.keys import PATIENT, STUDY
+from storage.query.search import Query, search, search_all
+from storage.workflow.mwl import find_worklist
+from tests.kit.backends import BACKENDS, module_archive
+
+ORGS = ["org-0", "org-1", "org-2", "org-3"]
+NOW = datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ShareSpec:
+    study: int
+    to_org: str
+    state: str  # active, revoked, expired, later (expires in the future)
+
+
+@dataclass(frozen=True)
+class World:
+    owners: list[frozenset[str]]  # per study
+    shares: list[ShareSpec]
+    steps: list[str]  # performing organization per step
+    caller: str | None  # an organization, or None for an admin
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    n = draw(st.integers(1, 8))
+    owners = [frozenset(draw(st.sets(st.sampled_from(ORGS), max_size=2))) for _ in range(n)]
+    shares = draw(
+        st.lists(
+            st.builds(
+                ShareSpec,
+                st.integers(0, n - 1),
+                st.sampled_from(ORGS),
+                st.sampled_from(["active", "revoked", "expired", "later"]),
+            ),
+            max_size=6,
+        )
+    )
+    steps = draw(st.lists(st.sampled_from(ORGS), max_size=5))
+    caller = draw(st.one_of(st.none(), st.sampled_from(ORGS)))
+    return World(owners, shares, steps, caller)
+
+
+def allowed_studies(w: World) -> set[int]:
+    """The rule, in Python."""
+    if w.caller is None:
+        return set(range(len(w.owners)))
+    shared = {s.study for s in w.shares if s.to_org == w.caller and s.state in ("active", "later")}
+    return {i for i, owners in enumerate(w.owners) if w.caller in owners} | shared
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    with module_archive(request, tmp_path_factory.mktemp("visibility")) as (_settings, arch):
+        with arch.db.write() as session:
+            for org in ORGS:
+                session.add(Organization(id=org, name=org))
+        yield arch
+
+
+def _write(session: Session, w: World) -> list[str]:
+    """The world's rows; the study UIDs by index."""
+    uids = []
+    for i, owners in enumerate(w.owners):
+        identity = PatientIdentity(issuer_kind="org", issuer="x", patient_id=f"P{i}", patient_name=f"N{i}")
+        session.add(identity)
+        session.flush()
+        attrs = {"0020000D": {"vr": "UI", "Value": [f"1.2.3.{i}"]}, "00100020": {"vr": "LO", "Value": [f"P{i}"]}}
+        study = Study(
+            study_uid=f"1.2.3.{i}",
+            identity_id=identity.id,
+            patient_id=f"P{i}",
+            patient_name=f"N{i}",
+            attrs_json=json.dumps(attrs),
+        )
+        session.add(study)
+        session.flush()
+        session.add_all(StudyOwner(study_id=study.id, org_id=org, created_at=NOW) for org in owners)
+        uids.append((study.id, study.study_uid))
+    for s in w.shares:
+        expires = {"expired": NOW - timedelta(hours=1), "later": NOW + timedelta(hours=1)}.get(s.state)
+        session.add(
+            Share(
+                study_id=uids[s.study][0],
+                from_org=None,
+                to_org=s.to_org,
+                reason="r",
+                created_by="t",
+                created_at=NOW,
+                expires_at=expires,
+                revoked_at=NOW if s.state == "revoked" else None,
+            )
+        )
+    for j, org in enumerate(w.steps):
+        session.add(
+            ScheduledProcedureStep(
+                org_id=org,
+                patient_name=f"W{j}",
+                patient_id=f"W{j}",
+                study_instance_uid=f"1.2.4.{j}",
+                modality="CT",
+                scheduled_procedure_step_start_date="20261207",
+            )
+        )
+    session.flush()
+    return [uid for _, uid in uids]
+
+
+def _ctx(caller: str | None) -> Context:
+    if caller is None:
+        return Context(Principal("admin", None, frozenset({Role.ADMIN})), Channel.DICOMWEB)
+    return Context(Principal(f"dr@{caller}", caller, frozenset({Role.CLINICIAN})), Channel.DICOMWEB)
+
+
+def _node(caller: str | None) -> Context:
+    """The same organization as a DICOM node (C-FIND and the worklist); an admin stays an admin."""
+    if caller is None:
+        return _ctx(None)
+    return Context(Principal.dicom_node("AE", caller), Channel.DIMSE)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(w=worlds())
+def test_searches_return_what_the_rule_allows(archive: Archive, w: World) -> None:
+    with archive.db.engine.connect() as conn:
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        try:
+            uids = _write(session, w)
+            want = {uids[i] for i in allowed_studies(w)}
+
+            qido = search(Query(STUDY), _ctx(w.caller), session=session, limit=100)
+            assert {m["0020000D"]["Value"][0] for m in qido.matches} == want
+
+            cfind = search_all(Query(STUDY, {"0020000D": ""}), _node(w.caller), session=session)
+            assert {m["0020000D"]["Value"][0] for m in cfind.matches} == want
+
+            patients = search_all(Query(PATIENT, {"00100020": ""}), _node(w.caller), session=session)
+            got_patients = {m["00100020"]["Value"][0] for m in patients.matches}
+            assert got_patients == {f"P{i}" for i in allowed_studies(w)}
+
+            identifier = Dataset()
+            identifier.PatientID = ""
+            steps = find_worklist(identifier, _node(w.caller), session=session)
+            expected_steps = {f"W{j}" for j, org in enumerate(w.steps) if w.caller is None or org == w.caller}
+            assert {str(d.PatientID) for d in steps} == expected_steps
+        finally:
+            session.close()
+            outer.rollback()
