@@ -25,6 +25,7 @@ from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
 from gateway.dicomweb import capabilities, delete, qido, stow, wado, wado_uri
 from gateway.openapi import describe
+from gateway.security import SecurityHeadersMiddleware
 from storage.archive import Archive
 from storage.settings import Settings
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     problems.install(app)
     app.add_middleware(AuditMiddleware)  # one record per request to patient data, before its answer
     app.add_middleware(GzipJsonMiddleware)  # JSON answers only; multipart and images pass untouched
+    app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the problems and the 503 included
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

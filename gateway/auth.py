@@ -19,6 +19,7 @@ import jwt
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from storage.access.limits import RateLimited
 from storage.access.principal import Principal
 from storage.access.standing import check_token
 from storage.access.tokens import ISSUER, Claims, TokenError, claims_from, signing_key, verify
@@ -159,6 +160,11 @@ async def get_principal(request: Request) -> Principal:
             peer=request.client.host if request.client else "",
         )
         raise HTTPException(403, refusal.detail)
+    try:
+        request.app.state.archive.rate_limits.http.take(f"{principal.org}|{principal.sub}", principal.sub)
+    except RateLimited as exc:
+        request.state.pacs_refusal = exc.detail
+        raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
     return principal
 
 

@@ -38,7 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from pacs import worklist
-from pacs.policy import audit, context_for, keys_named
+from pacs.policy import audit, context_for, keys_named, limit
 from pacs.status import failure
 from pacs.wire import identifier
 from pacs.wire.pacing import PACE_EVERY, keep_pace
@@ -106,6 +106,7 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
     outcome = _Outcome()
     try:
         require_read(ctx, "C-FIND")
+        limit(ctx, archive, "C-FIND")
         request = parse(event.identifier, levels)
         outcome.level = request.query.level
         with archive.db.read() as session:

@@ -14,7 +14,7 @@ from typing import Any
 from pynetdicom.events import Event
 
 from pacs.association import state_of
-from pacs.policy import audit_studies, context_for
+from pacs.policy import audit_studies, context_for, limit
 from pacs.suboperations import Retrieval, model_of, refuse
 from storage.access.policy import require_read
 from storage.archive import Archive
@@ -36,6 +36,7 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
     fields = {"calling_ae": ctx.principal.sub}
     try:
         require_read(ctx, "C-GET")
+        limit(ctx, archive, "C-GET")
         keys = parse_identifier(event.identifier, model_of(event))
         with archive.db.read() as session:
             instances = select_instances(session, ctx, keys)

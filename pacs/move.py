@@ -14,7 +14,7 @@ from typing import Any
 
 from pynetdicom.events import Event
 
-from pacs.policy import audit_studies, context_for
+from pacs.policy import audit_studies, context_for, limit
 from pacs.suboperations import Retrieval, destination_contexts, model_of, refuse
 from storage.access.orgs import move_destination
 from storage.access.policy import require_read
@@ -39,6 +39,7 @@ def handle(event: Event, archive: Archive) -> Iterator[Any]:
     fields = {"calling_ae": ctx.principal.sub, "destination": event.move_destination or ""}
     try:
         require_read(ctx, "C-MOVE")
+        limit(ctx, archive, "C-MOVE")
         keys = parse_identifier(event.identifier, model_of(event))
         with archive.db.read() as session:
             destination = move_destination(session, event.move_destination or "", ctx.principal.org)

@@ -24,6 +24,7 @@ from pynetdicom.association import Association
 
 from pacs.association import state_of
 from storage.access.context import AccessEvent, Channel, Context
+from storage.access.limits import RateLimited
 from storage.access.orgs import org_of_ae
 from storage.access.principal import Principal
 from storage.access.standing import check_node
@@ -76,6 +77,17 @@ def on_requested(e: evt.Event, archive: Archive) -> None:
     archive.audit.submit(  # not waited for: nothing is answered but the rejection
         AccessEvent(calling, node.org, Channel.DIMSE, address, "association", "refused", node.refusal)
     )
+
+
+def limit(ctx: Context, archive: Archive, action: str) -> None:
+    """Refuse an AE over PACS_DICOM_RATE_LIMIT, with an Error Comment saying when to try again:
+    0xA700 for C-FIND, 0xA701 for C-MOVE and C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4: out of resources)."""
+    try:
+        archive.rate_limits.dicom.take(ctx.principal.sub, f"{action} of AE {ctx.principal.sub}")
+    except RateLimited as exc:
+        if action != "C-FIND":
+            exc.status = 0xA701
+        raise
 
 
 def audit(ctx: Context, action: str, *, patient: str | None = None, study: str | None = None, detail: str = "") -> None:

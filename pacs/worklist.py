@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs.policy import audit, context_for, keys_named
+from pacs.policy import audit, context_for, keys_named, limit
 from pacs.status import SUCCESS, failure
 from pacs.wire.pacing import PACE_EVERY, keep_pace
 from storage.access.policy import require_read
@@ -45,6 +45,7 @@ def find(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Datase
     matches, status, detail = 0, SUCCESS, None
     try:
         require_read(ctx, "C-FIND")
+        limit(ctx, archive, "C-FIND")
         identifier = _identifier(event)
         with archive.db.read() as session:
             answers = find_worklist(identifier, ctx, session=session)

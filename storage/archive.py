@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.access.context import NO_AUDIT, AuditRecorder
+from storage.access.limits import RateLimits
 from storage.audit.trail import AuditTrail
 from storage.blobs import from_settings
 from storage.blobs.protocol import BlobStore
@@ -25,6 +26,8 @@ class Archive:
     owner: str = field(default_factory=process_owner)
     #: where every request context of this process records its accesses (NO_AUDIT: PACS_AUDIT=false)
     audit: AuditRecorder = NO_AUDIT
+    #: request rates per caller, for both edges (PACS_HTTP_RATE_LIMIT, PACS_DICOM_RATE_LIMIT)
+    rate_limits: RateLimits = field(default_factory=lambda: RateLimits.of(0, 0))
 
     @classmethod
     def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:
@@ -37,6 +40,7 @@ class Archive:
             blobs=from_settings(settings),
             owner=owner,
             audit=AuditTrail(db, owner) if settings.audit else NO_AUDIT,
+            rate_limits=RateLimits.of(settings.http_rate_limit, settings.dicom_rate_limit),
         )
 
     @property

@@ -75,9 +75,11 @@ class Settings(BaseSettings):
     audit_syslog: str = ""
     #: CA bundle that signs the syslog target's certificate (`tls://`); empty: the system's
     audit_syslog_ca: Path | None = None
-    #: requests a token may make per second, sustained (bursts up to 2 seconds' worth); 0: no limit
-    http_rate_limit: float = Field(default=50.0, ge=0)
-    #: C-FIND, C-MOVE and C-GET requests a calling AE may make per second, sustained; 0: no limit
+    #: requests a token subject may make per second, sustained (bursts of 10 seconds' worth: a
+    #: viewer opening a series asks for its frames at once); 0: no limit
+    http_rate_limit: float = Field(default=200.0, ge=0)
+    #: C-FIND, C-MOVE, C-GET and commitment requests a calling AE may make per second, sustained
+    #: (bursts of 2 seconds' worth); 0: no limit
     dicom_rate_limit: float = Field(default=50.0, ge=0)
 
     log_level: str = "INFO"
