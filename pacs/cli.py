@@ -171,6 +171,10 @@ def org_add(
         str | None,
         typer.Option("--from", help="Address or network (10.0.0.0/24) the --ae nodes must call from"),
     ] = None,
+    tls_subject: Annotated[
+        str | None,
+        typer.Option("--tls-subject", help="CN of the client certificate the --ae nodes must present over TLS"),
+    ] = None,
     address_check: Annotated[
         bool | None,
         typer.Option("--address-check/--no-address-check", help="Hold its AEs to their addresses (default on)"),
@@ -186,7 +190,7 @@ def org_add(
     try:
         check_org_id(org_id)
         network = check_network(from_) if from_ else None
-        specs = [replace(AeSpec.parse(a), allowed_from=network) for a in ae or []]
+        specs = [replace(AeSpec.parse(a), allowed_from=network, tls_subject=tls_subject) for a in ae or []]
     except ValueError as exc:
         raise fail(str(exc)) from None
     with _archive(settings) as archive:

@@ -16,7 +16,9 @@ commitment request, and the first instance of each study an association stores.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -59,7 +61,7 @@ def on_requested(e: evt.Event, archive: Archive) -> None:
     if request is None or assoc.is_rejected or assoc.is_aborted:
         return  # another check (`pacs.admission`) rejected it already
     calling, address = str(request.calling_ae_title).strip(), str(assoc.requestor.address)
-    node = check_node(archive.db, calling, address)
+    node = check_node(archive.db, calling, address, certificate_cn(assoc))
     if node.refusal is None:
         return
     assoc.acse.send_reject(*CALLING_AE_NOT_RECOGNIZED)
@@ -77,6 +79,17 @@ def on_requested(e: evt.Event, archive: Archive) -> None:
     archive.audit.submit(  # not waited for: nothing is answered but the rejection
         AccessEvent(calling, node.org, Channel.DIMSE, address, "association", "refused", node.refusal)
     )
+
+
+def certificate_cn(assoc: Association) -> str | None:
+    """The common name of the client certificate the peer presented over DICOM TLS (verified by
+    `PACS_DICOM_TLS_CA`), or None on the plain port or without a certificate."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    subject: Any = (sock.getpeercert() or {}).get("subject", ())  # ((("commonName", "ct1"),), ...)
+    names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+    return str(names[0]) if names else None
 
 
 def limit(ctx: Context, archive: Archive, action: str) -> None:

@@ -40,7 +40,10 @@ class Ae(BaseModel):
     allowed_from: str | None = Field(
         default=None, max_length=64, description="address or network (CIDR) its associations must come from"
     )
-    bound: bool = Field(default=False, description="whether its associations are held to an address")
+    tls_subject: str | None = Field(
+        default=None, max_length=256, description="CN of the client certificate it must present over DICOM TLS"
+    )
+    bound: bool = Field(default=False, description="whether its associations are held to an address or certificate")
 
 
 class Org(BaseModel):
@@ -82,11 +85,18 @@ def _org(summary: OrgSummary) -> Org:
 
 
 def _ae(a: AeSpec) -> Ae:
-    return Ae(ae_title=a.ae_title, host=a.host, port=a.port, allowed_from=a.allowed_from, bound=a.bound())
+    return Ae(
+        ae_title=a.ae_title,
+        host=a.host,
+        port=a.port,
+        allowed_from=a.allowed_from,
+        tls_subject=a.tls_subject,
+        bound=a.bound(),
+    )
 
 
 def _spec(a: Ae) -> AeSpec:
-    return AeSpec(a.ae_title, a.host, a.port if a.host else None, a.allowed_from)
+    return AeSpec(a.ae_title, a.host, a.port if a.host else None, a.allowed_from, a.tls_subject)
 
 
 @router.get("", summary="List organizations", responses=_RESPONSES)

@@ -32,6 +32,8 @@ class AeSpec:
     port: int | None = None
     #: `--from`: an address or network (CIDR) its associations must come from
     allowed_from: str | None = None
+    #: `--tls-subject`: the CN of the client certificate it must present over DICOM TLS
+    tls_subject: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AeSpec:
@@ -51,11 +53,12 @@ class AeSpec:
             self.ae_title
             + (f"@{self.host}:{self.port}" if self.host else "")
             + (f" from {self.allowed_from}" if self.allowed_from else "")
+            + (f" as CN={self.tls_subject}" if self.tls_subject else "")
         )
 
     def bound(self) -> bool:
         """Whether its associations are held to an address (`--from`, or an IP address as host)."""
-        return allowed_network(self.allowed_from, self.host) is not None
+        return bool(self.tls_subject) or allowed_network(self.allowed_from, self.host) is not None
 
 
 def check_network(text: str) -> str:
@@ -117,7 +120,12 @@ def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) 
         if ae is None:
             session.add(
                 ApplicationEntity(
-                    ae_title=spec.ae_title, org_id=org_id, host=spec.host, port=spec.port, allowed_from=allowed
+                    ae_title=spec.ae_title,
+                    org_id=org_id,
+                    host=spec.host,
+                    port=spec.port,
+                    allowed_from=allowed,
+                    tls_subject=spec.tls_subject,
                 )
             )
             continue
@@ -125,6 +133,8 @@ def add_org(session: Session, org_id: str, name: str | None, aes: list[AeSpec]) 
             ae.host, ae.port = spec.host, spec.port
         if allowed:
             ae.allowed_from = allowed
+        if spec.tls_subject:
+            ae.tls_subject = spec.tls_subject
     session.flush()
     return get_org(session, org_id)
 
@@ -168,7 +178,7 @@ def get_org(session: Session, org_id: str) -> OrgSummary:
     return OrgSummary(
         org.id,
         org.name,
-        [AeSpec(a.ae_title, a.host, a.port, a.allowed_from) for a in aes],
+        [AeSpec(a.ae_title, a.host, a.port, a.allowed_from, a.tls_subject) for a in aes],
         int(studies),
         disabled=org.disabled_at is not None,
         check_ae_address=org.check_ae_address,

@@ -38,10 +38,10 @@ def check_token(db: Database, principal: Principal) -> Refusal | None:
         return token_refusal(conn, principal)
 
 
-def check_node(db: Database, ae_title: str, address: str) -> Node:
+def check_node(db: Database, ae_title: str, address: str, certificate_cn: str | None = None) -> Node:
     """`node_of` on a connection of its own (the SCP's check of every association)."""
     with db.engine.connect() as conn:
-        return node_of(conn, ae_title, address)
+        return node_of(conn, ae_title, address, certificate_cn)
 
 
 def token_refusal(conn: Connection, principal: Principal) -> Refusal | None:
@@ -87,20 +87,23 @@ class Node:
     refusal: str | None = None
 
 
-def node_of(conn: Connection, ae_title: str, address: str) -> Node:
+def node_of(conn: Connection, ae_title: str, address: str, certificate_cn: str | None = None) -> Node:
     """The organization a calling AE speaks for, or why its association is refused.
 
     An unregistered AE is no organization's (it may echo and store, held unassigned). A
     registered one is refused when its organization is disabled, or when it calls from outside
     its registered address or network (`--from`, else its C-MOVE host when that is an IP
     address) while its organization checks addresses. An AE registered without any address
-    is accepted from anywhere: `pacs org list` shows it as unbound.
+    is accepted from anywhere: `pacs org list` shows it as unbound. An AE bound to a client
+    certificate (`--tls-subject`) must call over DICOM TLS presenting a certificate with that
+    common name (`certificate_cn`: verified by the TLS port's CA), whatever its address.
     """
     row = conn.execute(
         select(
             ApplicationEntity.org_id,
             ApplicationEntity.host,
             ApplicationEntity.allowed_from,
+            ApplicationEntity.tls_subject,
             Organization.disabled_at,
             Organization.check_ae_address,
         )
@@ -109,9 +112,12 @@ def node_of(conn: Connection, ae_title: str, address: str) -> Node:
     ).first()
     if row is None:
         return Node(None)
-    org, host, allowed_from, disabled_at, check = row
+    org, host, allowed_from, tls_subject, disabled_at, check = row
     if disabled_at is not None:
         return Node(org, f"organization {org} is disabled")
+    if tls_subject and certificate_cn != tls_subject:
+        presented = f"CN={certificate_cn}" if certificate_cn else "no client certificate"
+        return Node(org, f"AE {ae_title.strip()} of {org} must present CN={tls_subject}, not {presented}")
     network = allowed_network(allowed_from, host)
     if check and network is not None and not in_network(address, network):
         return Node(org, f"AE {ae_title.strip()} of {org} may only call from {network}, not {address}")

@@ -63,6 +63,8 @@ class ApplicationEntity(Base):
     port: Mapped[int | None] = mapped_column(Integer)
     #: the address or network (CIDR) its associations must come from, when not `host`'s
     allowed_from: Mapped[str | None] = mapped_column(String(64))
+    #: the common name (CN) of the client certificate it must present over DICOM TLS, when bound
+    tls_subject: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

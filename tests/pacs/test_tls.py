@@ -248,6 +248,18 @@ def test_mutual_tls_refuses_clients_the_ca_did_not_vouch_for(
     assert not [r for r in caplog.records if r.getMessage() == "dimse.assoc.released"]
 
 
+def test_an_ae_bound_to_a_certificate_is_accepted_only_with_it(mutual: RunningScp, pki: Pki) -> None:
+    """`--tls-subject`: the AE must call over TLS with a certificate of that CN (the client's is "client")."""
+    with mutual.archive.db.write() as s:
+        add_org(s, "hosp-a", None, [AeSpec("CT1", tls_subject="client")])
+    assert dcmtk("echoscu", mutual.tls_port, tls=with_cert(pki)).returncode == 0
+    plain = dcmtk("echoscu", mutual.port)  # the same AE title, without its certificate
+    assert plain.returncode != 0 and "Rejected" in plain.stdout + plain.stderr
+    with mutual.archive.db.write() as s:
+        add_org(s, "hosp-a", None, [AeSpec("CT1", tls_subject="ct1.spital-a.ro")])
+    assert dcmtk("echoscu", mutual.tls_port, tls=with_cert(pki)).returncode != 0  # another certificate
+
+
 def test_server_authentication_only_without_a_ca(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> None:
     with tls_scp(request, tmp_path, "sqlite-fs", pki) as scp:
         r = dcmtk("echoscu", scp.tls_port, tls=without_cert(pki))

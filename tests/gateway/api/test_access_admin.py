@@ -132,7 +132,14 @@ def test_organizations_and_aes_over_the_api(gateway: Gateway) -> None:
     )
     assert made.status_code == 201, made.text
     assert made.json()["aes"] == [
-        {"ae_title": "US-D", "host": None, "port": None, "allowed_from": "10.4.0.0/16", "bound": True}
+        {
+            "ae_title": "US-D",
+            "host": None,
+            "port": None,
+            "allowed_from": "10.4.0.0/16",
+            "tls_subject": None,
+            "bound": True,
+        }
     ]
     taken = call(gateway, "POST", "/api/orgs/cabinet-d/aes", json={"ae_title": "CT1"})
     assert taken.status_code == 400 and "hosp-a" in taken.json()["detail"]

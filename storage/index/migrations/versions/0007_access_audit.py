@@ -7,7 +7,7 @@ Create Date: 2026-12-07
 Visibility becomes per organization ([6/10]): a study is seen by the organizations that sent it
 (`study_owners`, filled here from `studies.org_id`) and those it is shared with (`shares`). An
 organization can be disabled and can opt its AEs out of the address check; an AE can be bound
-to a network. `token_revocations` makes `pacs token revoke` take effect at once, and
+to a network or to a client certificate. `token_revocations` makes `pacs token revoke` take effect at once, and
 `audit_records` is the hash-chained audit trail, read by forwarders through `audit_cursors`.
 """
 
@@ -31,6 +31,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("check_ae_address", sa.Boolean(), nullable=False, server_default=sa.true()))
     with op.batch_alter_table("application_entities") as batch:
         batch.add_column(sa.Column("allowed_from", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("tls_subject", sa.String(length=256), nullable=True))
 
     op.create_table(
         "study_owners",
@@ -115,6 +116,7 @@ def downgrade() -> None:
     op.drop_table("shares")
     op.drop_table("study_owners")
     with op.batch_alter_table("application_entities") as batch:
+        batch.drop_column("tls_subject")
         batch.drop_column("allowed_from")
     with op.batch_alter_table("organizations") as batch:
         batch.drop_column("check_ae_address")
