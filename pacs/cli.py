@@ -201,6 +201,7 @@ def org_add(
                     summary = update_org(session, org_id, check_ae_address=address_check)
         except ValueError as exc:
             raise fail(str(exc), 1) from None
+        _record(archive, "org add", f"{org_id}: {', '.join(str(a) for a in specs) or 'no AE'}")
     out.print(f"organization [bold]{summary.id}[/bold] ({summary.name})", highlight=False)
     for a in summary.aes:
         bound = "" if a.bound() or not summary.check_ae_address else " (accepted from any address: give --from)"
@@ -258,6 +259,7 @@ def _set_disabled(org_id: str, disabled: bool, data_dir: Path | None) -> None:
                 update_org(session, org_id, disabled=disabled)
         except KeyError:
             raise fail(f"organization {org_id!r} is not registered (pacs org list shows them)", 1) from None
+        _record(archive, "org disable" if disabled else "org enable", org_id)
     out.print(f"organization {org_id} {'disabled' if disabled else 'enabled'}", highlight=False)
 
 
@@ -277,6 +279,7 @@ def org_remove_ae(
                 remove_ae(session, org_id, ae_title)
         except KeyError:
             raise fail(f"organization {org_id!r} has no AE {ae_title!r} (pacs org list shows them)", 1) from None
+        _record(archive, "org remove-ae", f"{org_id}: {ae_title.strip()}")
     out.print(f"AE {ae_title.strip()} removed from {org_id}", highlight=False)
 
 
@@ -348,6 +351,7 @@ def token_revoke(
                 revoke_tokens(session, token_id=token_id, sub=sub, by="pacs-token-revoke")
         except ValueError as exc:
             raise fail(str(exc)) from None
+        _record(archive, "token revoke", f"id {token_id}" if token_id else f"sub {sub}")
     out.print(f"revoked: {'token ' + token_id if token_id else 'every token of ' + str(sub) + ' issued until now'}")
 
 
@@ -393,6 +397,15 @@ def _archive(settings: Settings) -> Iterator[Archive]:
         yield archive
     finally:
         archive.close()
+
+
+def _record(archive: Archive, action: str, detail: str) -> None:
+    """Put an operator's change of who may do what (organizations, AEs, tokens) in the audit trail."""
+    from storage.access.context import Context
+    from storage.access.principal import Principal
+
+    ctx = Context.console(Principal.system("pacs-cli"), audit=archive.audit)
+    archive.audit.record(ctx.event(action, "ok", detail=detail))
 
 
 if __name__ == "__main__":
