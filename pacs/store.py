@@ -18,7 +18,7 @@ from pacs.policy import audit, context_for
 from pacs.status import SUCCESS, failure
 from storage.archive import Archive
 from storage.dicom.parse import Source
-from storage.errors import OutOfResources, StorageError
+from storage.errors import NotAuthorized, OutOfResources, PatientMismatch, StorageError
 from storage.ingest.pipeline import Outcome, ingest
 from storage.logs import event as log_event
 
@@ -30,6 +30,13 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
     stats = state_of(event.assoc).stats
     try:
         result = ingest(Source(path=Path(event.dataset_path)), ctx, archive=archive)
+    except (PatientMismatch, NotAuthorized) as exc:  # refusals a data-protection officer asks about
+        stats.rejected += 1
+        try:
+            ctx.audit.record(ctx.event("C-STORE", "refused", detail=exc.detail[:500]))
+        except StorageError as audit_failure:
+            return failure(audit_failure)
+        return failure(exc)
     except StorageError as exc:
         stats.rejected += 1
         return failure(exc)

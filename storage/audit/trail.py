@@ -23,14 +23,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, or_, select
 
 from storage import metrics
 from storage.access.context import AccessEvent
 from storage.audit.chain import GENESIS, record_hash
 from storage.errors import OutOfResources
 from storage.index.db import Database
-from storage.index.models import AuditRecord, Study, StudyOwner, utcnow
+from storage.index.models import AuditRecord, Share, Study, StudyOwner, utcnow
 from storage.logs import event
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,20 @@ class AuditUnavailable(OutOfResources):
 class _Pending:
     access: AccessEvent
     done: Future[None]
+
+
+def _saw(access: AccessEvent, owners: tuple[str, ...], shared: tuple[str, ...]) -> bool:
+    """Whether the record may name the patient and owner of the study the event names.
+
+    A successful event names them when the study was the caller's to read: an admin or the
+    console (no organization), an emergency access, an owner, or an organization it is shared
+    with; a query that named another's study and found nothing read nothing of it, and must not
+    look like a read across organizations. A refusal names them: a data-protection officer asks
+    who tried to reach a patient's images, and the outcome says nothing was read.
+    """
+    if access.outcome != "ok":
+        return True
+    return access.org is None or bool(access.reason) or access.org in owners or access.org in shared
 
 
 class AuditTrail:
@@ -154,7 +168,9 @@ class AuditTrail:
         now = utcnow()
         for item in batch:
             a = item.access
-            patient, owners = studies.get(a.study or "", (None, ()))
+            patient, owners, shared = studies.get(a.study or "", (None, (), ()))
+            if not _saw(a, owners, shared):
+                patient, owners = None, ()  # a request that named a study it cannot see read nothing of it
             seq += 1
             values: dict[str, Any] = {
                 "chain": self._chain,
@@ -180,19 +196,32 @@ class AuditTrail:
             rows.append(values)
         return rows, seq, prev
 
-    def _studies(self, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
-        """study UID -> (its patient ID, its owners), for the studies a batch names."""
+    def _studies(self, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+        """study UID -> (its patient ID, its owners, the organizations it is shared with now)."""
         if not uids:
             return {}
-        found: dict[str, tuple[str, list[str]]] = {}
+        found: dict[str, tuple[str, set[str], set[str]]] = {}
+        named = sorted(uids)[:BATCH]
         with self._db.engine.connect() as conn:
             rows = conn.execute(
                 select(Study.study_uid, Study.patient_id, StudyOwner.org_id)
                 .outerjoin(StudyOwner, StudyOwner.study_id == Study.id)
-                .where(Study.study_uid.in_(sorted(uids)[:BATCH]))
+                .where(Study.study_uid.in_(named))
             )
             for uid, patient, org in rows:
-                entry = found.setdefault(uid, (patient, []))
+                entry = found.setdefault(uid, (patient, set(), set()))
                 if org is not None:
-                    entry[1].append(org)
-        return {uid: (patient, tuple(sorted(orgs))) for uid, (patient, orgs) in found.items()}
+                    entry[1].add(org)
+            shares = conn.execute(
+                select(Study.study_uid, Share.to_org)
+                .join(Share, Share.study_id == Study.id)
+                .where(
+                    Study.study_uid.in_(named),
+                    Share.revoked_at.is_(None),
+                    or_(Share.expires_at.is_(None), Share.expires_at > func.current_timestamp()),
+                )
+            )
+            for uid, org in shares:
+                if uid in found:
+                    found[uid][2].add(org)
+        return {uid: (p, tuple(sorted(o)), tuple(sorted(s))) for uid, (p, o, s) in found.items()}

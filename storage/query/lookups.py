@@ -45,8 +45,11 @@ def study_attrs(session: Session, study_pks: Iterable[int]) -> dict[int, dict[st
     return {pk: orjson.loads(text) for pk, text in rows}
 
 
-def patient_totals(session: Session, ctx: Context, identity_ids: set[int]) -> dict[int, tuple[int, int, int, int]]:
-    """Per patient identity: visible studies, their series and instances, and the latest study's key."""
+def patient_totals(
+    session: Session, ctx: Context, identity_ids: set[int]
+) -> dict[int, tuple[int, int, int, int, int]]:
+    """Per patient identity: visible studies, their series and instances, the latest and the first
+    visible study's keys."""
     if not identity_ids:
         return {}
     rows = session.execute(
@@ -56,11 +59,14 @@ def patient_totals(session: Session, ctx: Context, identity_ids: set[int]) -> di
             func.sum(Study.num_series),
             func.sum(Study.num_instances),
             func.max(Study.id),
+            func.min(Study.id),
         )
         .where(Study.identity_id.in_(identity_ids), visible_to(ctx))
         .group_by(Study.identity_id)
     )
-    return {identity: (int(n), int(s or 0), int(i or 0), int(last)) for identity, n, s, i, last in rows}
+    return {
+        identity: (int(n), int(s or 0), int(i or 0), int(last), int(first)) for identity, n, s, i, last, first in rows
+    }
 
 
 def computed(

@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Result, exists, func, select, true
+from sqlalchemy import ColumnElement, Result, exists, func, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.access.context import Context
@@ -243,9 +243,23 @@ def _record_type(names: tuple[str, ...]) -> Any:
 
 
 def _patients(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
+    """PATIENT level: the identities of which the caller sees a study, answered as its studies say.
+
+    One identity (an issuer's patient ID) may hold studies of several organizations, each sent
+    with its own spelling of the name: the name is matched on the caller's visible studies, and
+    the name, birth date and sex are answered from the first of them (the identity's own when
+    the caller sent it first), the other patient attributes from the latest; never from another
+    organization's study.
+    """
     del session, base_url
-    conditions, ignored = filters(query.keys, PATIENT, fuzzy=query.fuzzy)
-    has_visible_study = exists().where(Study.identity_id == PatientIdentity.id, visible_to(ctx))
+    name = {tag: v for tag, v in query.keys.items() if tag == NAME}
+    conditions, ignored = filters({t: v for t, v in query.keys.items() if t != NAME}, PATIENT, fuzzy=query.fuzzy)
+    has_visible_study: ColumnElement[bool]
+    if name:  # driven by the studies' name index: the identities of the visible studies so named
+        by_name, _ = filters(name, STUDY, fuzzy=query.fuzzy)
+        has_visible_study = PatientIdentity.id.in_(select(Study.identity_id).where(visible_to(ctx), *by_name))
+    else:
+        has_visible_study = exists().where(Study.identity_id == PatientIdentity.id, visible_to(ctx))
     stmt = (
         select(
             PatientIdentity.id.label("identity_id"),
@@ -263,17 +277,24 @@ def _patients(query: Query, ctx: Context, session: Session, base_url: str) -> _P
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
         totals = lookups.patient_totals(session, ctx, {r.identity_id for r in rows})
-        # attributes beyond the identity's columns come from the patient's latest visible study
-        latest = {identity: t[3] for identity, t in totals.items()}
-        kept = lookups.study_attrs(session, latest.values()) if rows and shape.wanted - answers.IDENTITY_TAGS else {}
+        kept = lookups.study_attrs(session, {t[i] for t in totals.values() for i in (3, 4)}) if rows else {}
         for row in rows:
-            stored = kept.get(latest.get(row.identity_id, -1), {})
-            attrs = {tag: stored[tag] for tag in answers.PATIENT_TAGS & stored.keys()}
-            attrs.update(answers.identity_attrs(row))
-            attrs.update(answers.patient_counts(*totals.get(row.identity_id, (0, 0, 0, 0))[:3]))
+            counts = totals.get(row.identity_id, (0, 0, 0, -1, -1))
+            latest, first = kept.get(counts[3], {}), kept.get(counts[4], {})
+            attrs = answers.identity_attrs(row)
+            attrs.update({tag: latest[tag] for tag in (answers.PATIENT_TAGS - _DEMOGRAPHICS) & latest.keys()})
+            attrs.update({tag: first[tag] for tag in _DEMOGRAPHICS - _IDENTITY_KEYS if tag in first})
+            attrs.update(answers.patient_counts(*counts[:3]))
             yield shape.select(attrs)
 
     return _Plan(stmt, build, ignored)
+
+
+NAME = "00100010"
+#: the identity's own key: the same in every study of it, so answered from the identity row
+_IDENTITY_KEYS = frozenset({"00100020", "00100021"})
+#: who the patient is, as the first study the caller sees says (name, birth date, sex)
+_DEMOGRAPHICS = _IDENTITY_KEYS | {"00100010", "00100030", "00100040"}
 
 
 def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
