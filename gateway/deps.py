@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Path, Request
+from pydantic import BeforeValidator
 
 from gateway.auth import get_principal
 from storage.access.context import Channel, Context, RequestNote
@@ -132,6 +134,26 @@ def _syntax_path(title: str, syntax: re.Pattern[str], examples: list[str]) -> An
     pattern is written in the OpenAPI document for clients, FastAPI does not enforce it twice."""
     return Path(title=title, json_schema_extra={"pattern": syntax.pattern}, examples=examples)
 
+
+def _rfc3339(value: object) -> datetime:
+    """An RFC 3339 date-time as text, what the OpenAPI description promises (`format: date-time`);
+    pydantic alone would also take a number of seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 date-time such as 2026-12-07T10:00:00Z")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("expected an RFC 3339 date-time such as 2026-12-07T10:00:00Z") from None
+
+
+#: text a person typed (a name, a reason): no control characters, NUL included (PostgreSQL
+#: refuses NUL in text, and a name with a line break has no place in a log or a record)
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+#: a date-time in a query or body: RFC 3339 text only
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 FrameList = Annotated[str, _syntax_path("Frame numbers", FRAME_LIST_RE, ["1", "1,3,5"])]
 BulkPath = Annotated[str, _syntax_path("Bulk data path", BULK_PATH_RE, ["7FE00010", "00540016/1/00181072"])]

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from gateway.deps import ApiContext, ArchiveDep
+from gateway.deps import ApiContext, ArchiveDep, Rfc3339
 from storage.access.policy import require_admin
 from storage.audit import records
 
@@ -53,8 +53,8 @@ def search(
     org: Text = None,
     action: Annotated[str | None, Query(max_length=128, description="a route or DIMSE action, or `emergency`")] = None,
     outcome: Annotated[str | None, Query(max_length=32)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Rfc3339 | None = None,
+    until: Rfc3339 | None = None,
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="page: records older than this id")] = None,
     limit: Annotated[int, Query(ge=1, le=records.MAX_PAGE)] = 100,
 ) -> list[AuditRecord]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.deps import ApiContext, ArchiveDep
+from gateway.deps import PRINTABLE, ApiContext, ArchiveDep
 from storage.access import orgs
 from storage.access.orgs import ORG_ID_RE, AeSpec, OrgSummary
 from storage.access.policy import require_admin
@@ -31,18 +31,36 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 _ONE: dict[int | str, dict[str, Any]] = {**_RESPONSES, 404: {"description": "No such organization"}}
 
 
-class Ae(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewAe(BaseModel):
+    """An AE to register (the request body)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     ae_title: str = Field(pattern=AE_TITLE_RE.pattern, max_length=16)
-    host: str | None = Field(default=None, max_length=255, description="where C-MOVE sends to it")
+    host: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=PRINTABLE, description="where C-MOVE sends to it"
+    )
     port: int | None = Field(default=None, ge=1, le=65535)
     allowed_from: str | None = Field(
-        default=None, max_length=64, description="address or network (CIDR) its associations must come from"
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="address or network (CIDR) its associations must come from",
     )
     tls_subject: str | None = Field(
-        default=None, max_length=256, description="CN of the client certificate it must present over DICOM TLS"
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="CN of the client certificate it must present over DICOM TLS",
     )
+
+
+class Ae(NewAe):
+    """A registered AE (the answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     bound: bool = Field(default=False, description="whether its associations are held to an address or certificate")
 
 
@@ -56,17 +74,17 @@ class Org(BaseModel):
 
 
 class NewOrg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(pattern=ORG_ID_RE.pattern, max_length=64)
-    name: str = Field(min_length=1, max_length=256)
-    aes: list[Ae] = Field(default_factory=list, max_length=256)
+    name: str = Field(min_length=1, max_length=256, pattern=PRINTABLE)
+    aes: list[NewAe] = Field(default_factory=list, max_length=256)
 
 
 class OrgChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str | None = Field(default=None, min_length=1, max_length=256)
+    name: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     disabled: bool | None = None
     check_ae_address: bool | None = Field(
         default=None, description="false for a site behind NAT: its AEs are accepted from any address"
@@ -95,7 +113,7 @@ def _ae(a: AeSpec) -> Ae:
     )
 
 
-def _spec(a: Ae) -> AeSpec:
+def _spec(a: NewAe) -> AeSpec:
     return AeSpec(a.ae_title, a.host, a.port if a.host else None, a.allowed_from, a.tls_subject)
 
 
@@ -152,7 +170,7 @@ def list_aes(org_id: OrgId, archive: ArchiveDep, ctx: ApiContext) -> list[Ae]:
 
 
 @router.post("/{org_id}/aes", status_code=201, summary="Register an AE of an organization", responses=_ONE)
-def add_ae(org_id: OrgId, ae: Ae, archive: ArchiveDep, ctx: ApiContext) -> Ae:
+def add_ae(org_id: OrgId, ae: NewAe, archive: ArchiveDep, ctx: ApiContext) -> Ae:
     require_admin(ctx, "register an AE")
     try:
         with archive.db.write() as session:

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.deps import ApiContext, ArchiveDep, RowId
+from gateway.deps import PRINTABLE, ApiContext, ArchiveDep, Rfc3339, RowId
 from storage.access import shares
 from storage.access.orgs import ORG_ID_RE
 from storage.dicom.uids import MAX_LENGTH, UID_RE
@@ -31,8 +31,8 @@ class NewShare(BaseModel):
 
     study_instance_uid: str = Field(pattern=UID_RE.pattern, max_length=MAX_LENGTH)
     to_org: str = Field(pattern=ORG_ID_RE.pattern, max_length=64)
-    reason: str = Field(min_length=1, max_length=shares.MAX_REASON)
-    expires: datetime | None = Field(default=None, description="RFC 3339; UTC when no offset is given")
+    reason: str = Field(min_length=1, max_length=shares.MAX_REASON, pattern=PRINTABLE)
+    expires: Rfc3339 | None = Field(default=None, description="RFC 3339; UTC when no offset is given")
 
 
 class Share(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -64,7 +64,14 @@ def search(db: Database, ctx: Context, filters: Filters) -> list[dict[str, Any]]
     query = _where(select(*(getattr(AuditRecord, c) for c in COLUMNS)), filters)
     query = query.order_by(AuditRecord.id.desc()).limit(max(1, min(filters.limit, MAX_PAGE)))
     with db.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [_aware(dict(row._mapping)) for row in conn.execute(query)]
+
+
+def _aware(record: dict[str, Any]) -> dict[str, Any]:
+    """Every time is UTC; SQLite hands DATETIME back without its zone, RFC 3339 wants one."""
+    if record["time"].tzinfo is None:
+        record["time"] = record["time"].replace(tzinfo=UTC)
+    return record
 
 
 def _where(query: Select[Any], f: Filters) -> Select[Any]:

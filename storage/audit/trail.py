@@ -42,6 +42,14 @@ WAIT_SECONDS = 30.0
 _LIMITS = {"actor": 256, "org": 64, "source": 64, "action": 128, "patient": 64, "study": 64, "reason": 256}
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters shown as escapes: a peer's bytes reach records (a query's
+    PatientID), and a NUL would make PostgreSQL refuse the whole batch."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 class AuditUnavailable(OutOfResources):
     """The audit record could not be committed, so the operation it records must not proceed."""
 
@@ -191,7 +199,8 @@ class AuditTrail:
             }
             for name, limit in _LIMITS.items():
                 if isinstance(values[name], str):
-                    values[name] = values[name][:limit]
+                    values[name] = _printable(values[name])[:limit]
+            values["detail"] = _printable(values["detail"])
             values["hash"] = prev = record_hash(values)
             rows.append(values)
         return rows, seq, prev

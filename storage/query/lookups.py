@@ -45,9 +45,7 @@ def study_attrs(session: Session, study_pks: Iterable[int]) -> dict[int, dict[st
     return {pk: orjson.loads(text) for pk, text in rows}
 
 
-def patient_totals(
-    session: Session, ctx: Context, identity_ids: set[int]
-) -> dict[int, tuple[int, int, int, int, int]]:
+def patient_totals(session: Session, ctx: Context, identity_ids: set[int]) -> dict[int, tuple[int, int, int, int, int]]:
     """Per patient identity: visible studies, their series and instances, the latest and the first
     visible study's keys."""
     if not identity_ids:

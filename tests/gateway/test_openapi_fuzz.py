@@ -132,6 +132,10 @@ REFUSED_BY_RULES_OUTSIDE_THE_SCHEMA: list[tuple[str, tuple[int, ...]]] = [
     (r"^/api/worklist$", (400,)),
     # COMPLETED and DISCONTINUED are final (tests/gateway/api/test_worklist.py pins the 400)
     (r"^/api/worklist/\{step_id\}$", (400,)),
+    # an AE title registered to another organization; `allowed_from` an IP address or network
+    (r"^/api/orgs(/\{org_id\}/aes)?$", (400,)),
+    # the receiving organization registered and enabled, not the sharer's own; an expiry to come
+    (r"^/api/shares$", (400,)),
 ]
 
 

@@ -438,7 +438,7 @@ def test_patient_level_sql_searches_the_identity_indexes(loaded: Loaded) -> None
             assert re.search(rf"SEARCH patient_identities USING INDEX {index} \(", plan), plan
             assert "SEARCH studies USING INDEX ix_studies_identity_id" in plan, plan
         elif key == "00100010":
-            assert "Index Scan using ix_studies_patient_name_pattern on studies" in plan, plan
+            assert re.search(r"Index Scan (using|on) ix_studies_patient_name_pattern", plan), plan
             assert "Index Scan using patient_identities_pkey" in plan, plan
         else:
             # index-only for an admin; an organization's visibility reads the row's id as well
