@@ -13,10 +13,11 @@ organization. The master patient index's care relationship joins them in [7/10].
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, exists, false, func, or_, true
+from sqlalchemy import ColumnElement, exists, false, or_, true
 
 from storage.access.context import Context
 from storage.access.principal import Role
+from storage.index.db import db_now
 from storage.index.models import ScheduledProcedureStep as SPS
 from storage.index.models import Share, Study, StudyOwner
 
@@ -48,7 +49,7 @@ def _of_org(org: str) -> ColumnElement[bool]:
         Share.study_id == Study.id,
         Share.to_org == org,
         Share.revoked_at.is_(None),
-        or_(Share.expires_at.is_(None), Share.expires_at > func.current_timestamp()),
+        or_(Share.expires_at.is_(None), Share.expires_at > db_now()),
     )
     return or_(owned, shared)
 

@@ -23,13 +23,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import insert, or_, select
 
 from storage import metrics
 from storage.access.context import AccessEvent
 from storage.audit.chain import GENESIS, record_hash
 from storage.errors import OutOfResources
-from storage.index.db import Database
+from storage.index.db import Database, db_now
 from storage.index.models import AuditRecord, Share, Study, StudyOwner, utcnow
 from storage.logs import event
 
@@ -153,16 +153,21 @@ class AuditTrail:
             self._write(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
-        seq, prev = self._seq, self._prev
+        """Commit `batch`; when that fails, each record alone, so one bad record fails only its caller."""
         try:
-            rows, seq, prev = self._rows(batch, seq, prev)
-            with self._db.write_conn() as conn:
-                conn.execute(insert(AuditRecord), rows)
+            self._commit(batch)
         except Exception as exc:  # noqa: BLE001 - every waiting caller learns it; the chain stays as it was
-            event(log, "audit.write_failed", level=logging.ERROR, records=len(batch), error=type(exc).__name__)
-            for item in batch:
-                item.done.set_exception(AuditUnavailable(f"the audit record could not be written: {exc}"))
-            return
+            if len(batch) > 1:
+                for item in batch:
+                    self._write([item])
+                return
+            event(log, "audit.write_failed", level=logging.ERROR, records=1, error=type(exc).__name__)
+            batch[0].done.set_exception(AuditUnavailable(f"the audit record could not be written: {exc}"))
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        rows, seq, prev = self._rows(batch, self._seq, self._prev)
+        with self._db.write_conn() as conn:
+            conn.execute(insert(AuditRecord), rows)
         self._seq, self._prev = seq, prev
         metrics.AUDIT_RECORDS.inc(len(batch))
         for item in batch:
@@ -227,7 +232,7 @@ class AuditTrail:
                 .where(
                     Study.study_uid.in_(named),
                     Share.revoked_at.is_(None),
-                    or_(Share.expires_at.is_(None), Share.expires_at > func.current_timestamp()),
+                    or_(Share.expires_at.is_(None), Share.expires_at > db_now()),
                 )
             )
             for uid, org in shares:

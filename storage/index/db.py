@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.adapt import Buffer, Loader
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import expression
 
 from storage.index.models import Base
 
@@ -177,3 +180,25 @@ def insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], valu
 def redacted(url: str) -> str:
     """A database URL as it may be shown: without its password."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+class db_now(expression.FunctionElement[datetime]):  # noqa: N801 - used as SQL's now(), lower case
+    """The database's clock, comparable with stored times to the millisecond on every backend.
+
+    SQLite's CURRENT_TIMESTAMP has whole seconds and sorts before any stored time of the same
+    second ('... 10:00:05' < '... 10:00:05.7'), so an expiry would last up to a second longer;
+    `strftime('%Y-%m-%d %H:%M:%f', 'now')` has milliseconds in the stored text's form.
+    """
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _now_default(_element: db_now, _compiler: Any, **_kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(_element: db_now, _compiler: Any, **_kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
