@@ -70,7 +70,7 @@ class World:
         return [v.encode() for v in values] + [self.pixels_b]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS[:1])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with module_archive(request, tmp_path_factory.mktemp("matrix")) as (settings, archive):
         gen = serve_gateway(settings, archive)
