@@ -5,7 +5,8 @@
     python benchmarks/gen_index.py --database-url postgresql+psycopg://pacs:pacs@127.0.0.1:55499/pacs
 
 The schema is made by `storage.index.migrate.upgrade` (the migrations `pacs serve` runs), then
-organizations, patient identities, studies, series and instances are inserted directly:
+organizations, patient identities, studies (each with its one owner row in `study_owners`, as
+ingest writes it), series, instances and shares are inserted directly:
 SQLAlchemy Core executemany in batches of `--batch` rows on SQLite, COPY (psycopg) on PostgreSQL.
 Every row looks like one ingest writes: the folded patient name (`storage.dicom.charset.fold`), the
 study and series attribute JSON, each instance's DICOM JSON (small: ~30 elements, the pixel
@@ -18,12 +19,19 @@ Distribution (deterministic for a given --seed):
 * patients: one per 2.5 studies, some with many studies; Romanian family and given names with
   their diacritics (both the comma-below and the cedilla forms of ș/ț), a few foreign ones
   (SMITH is rare on purpose: `PatientName=SMITH*` is the small query);
-* study dates uniform over the 10 years 2016-01-01..2025-12-31; 8 organizations;
+* study dates uniform over the 10 years 2016-01-01..2025-12-31; `--orgs` organizations (default
+  8; patients are dealt to them in turn, each study owned by its patient's organization, so every
+  organization owns about 1/N of the studies);
+* `--shared F` (default 0): F of the studies (rounded, chosen at random) get one active share
+  (no expiry, not revoked) from their owner to one other organization, drawn from a random
+  generator of their own, so the studies, series and instances do not depend on it;
 * the first study is a 500-instance CT (2 series of 250), the "big study" of the
   `studies/{uid}/instances` query; its UID is printed.
 
 Prints one JSON line: counts, the big study's UID and the time taken. `--reset` drops every
-table first; `--reuse` prints the summary of an already filled database instead of failing.
+table first; `--reuse` prints the summary of an already filled database instead of failing (it
+must hold --instances instances, --orgs organizations and the shares of --shared, and every
+column of the models).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
@@ -46,7 +54,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from storage.dicom.charset import fold  # noqa: E402
 from storage.dicom.parse import INSTANCE_TAGS  # noqa: E402
 from storage.index.migrate import upgrade  # noqa: E402
-from storage.index.models import Base, Instance, Organization, PatientIdentity, Series, Study  # noqa: E402
+from storage.index.models import (  # noqa: E402
+    Base,
+    Instance,
+    Organization,
+    PatientIdentity,
+    Series,
+    Share,
+    Study,
+    StudyOwner,
+)
 
 ROOT = "1.2.826.0.1.3680043.8.498.99"  # synthetic UIDs: ROOT.kind.counter
 KIND_STUDY, KIND_SERIES, KIND_INSTANCE, KIND_FOR = 1, 2, 3, 4
@@ -62,6 +79,14 @@ ORGS = [
     ("cabinet-radiologie", "Cabinet Radiologie Dr. Ionescu"),
     ("spital-cfr", "Spitalul Clinic CFR"),
 ]
+
+
+def organizations(n: int) -> list[tuple[str, str]]:
+    """The first `n` organizations: those of `ORGS`, then numbered clinics."""
+    extra = [(f"clinica-{k:02d}", f"Clinica Medicală {k}") for k in range(len(ORGS) + 1, n + 1)]
+    return (ORGS + extra)[:n]
+
+
 # (name, weight): Romanian family names with their diacritics, comma-below and cedilla forms mixed
 FAMILY = [
     ("POPESCU", 40),
@@ -197,8 +222,10 @@ def dumps(obj: dict[str, Any]) -> str:
 class Generator:
     """Rows in foreign-key order, with ids assigned here (so one pass links them)."""
 
-    def __init__(self, instances: int, seed: int) -> None:
+    def __init__(self, instances: int, seed: int, orgs: int = len(ORGS)) -> None:
         self.rng = random.Random(seed)
+        self.seed = seed
+        self.orgs = organizations(orgs)
         self.target = instances
         self.now = datetime(2026, 1, 1, tzinfo=UTC)
         n_patients = max(1, round(instances / AVG_PER_STUDY / 2.5))
@@ -210,7 +237,7 @@ class Generator:
             given = self.rng.choice(GIVEN_M if sex == "M" else GIVEN_F)
             name = f"{self.rng.choices(names, weights)[0]}^{given}"
             born = FIRST_DAY - timedelta(days=self.rng.randrange(365 * 2, 365 * 95))
-            org = ORGS[i % len(ORGS)][0]
+            org = self.orgs[i % len(self.orgs)][0]
             self.patients.append(
                 {
                     "id": i,
@@ -227,7 +254,36 @@ class Generator:
         self.study_n = self.series_n = self.instance_n = 0
 
     def organizations(self) -> list[dict[str, Any]]:
-        return [{"id": o, "name": n, "created_at": self.now} for o, n in ORGS]
+        return [{"id": o, "name": n, "created_at": self.now} for o, n in self.orgs]
+
+    def shares(self, owners: list[str], fraction: float) -> list[dict[str, Any]]:
+        """One active share for `fraction` of the studies (`owners[i]` owns study i + 1), each to
+        another organization; a generator of its own (seed and --shared), so the rest of the data
+        does not depend on it."""
+        n = round(len(owners) * fraction)
+        if n == 0 or len(self.orgs) < 2:
+            return []
+        rng = random.Random(f"shares:{self.seed}")
+        ids = [o for o, _ in self.orgs]
+        rows = []
+        for k, study in enumerate(sorted(rng.sample(range(1, len(owners) + 1), n)), 1):
+            owner = owners[study - 1]
+            to = rng.choice([o for o in ids if o != owner])
+            rows.append(
+                {
+                    "id": k,
+                    "study_id": study,
+                    "from_org": owner,
+                    "to_org": to,
+                    "reason": "second opinion (gen_index.py)",
+                    "created_by": f"clinician@{owner}",
+                    "created_at": self.now,
+                    "expires_at": None,
+                    "revoked_at": None,
+                    "revoked_by": None,
+                }
+            )
+        return rows
 
     def studies(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]]:
         """(study row, its series rows, its instance rows) until the target instance count."""
@@ -406,13 +462,23 @@ class Writer:
     def __init__(self, conn: Connection, use_copy: bool) -> None:
         self.conn = conn
         self.use_copy = use_copy
-        self.rows = {"patient_identities": 0, "studies": 0, "series": 0, "instances": 0, "organizations": 0}
+        self.rows = {
+            "patient_identities": 0,
+            "studies": 0,
+            "series": 0,
+            "instances": 0,
+            "organizations": 0,
+            "study_owners": 0,
+            "shares": 0,
+        }
 
     def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         if self.use_copy:
-            cols = [c.name for c in table.columns]
+            # the columns the rows give: the others take their server default (organizations'
+            # disabled_at and check_ae_address, added by migration 0007, are not generated)
+            cols = [c.name for c in table.columns if c.name in rows[0]]
             dbapi = self.conn.connection.driver_connection
             with dbapi.cursor() as cur:  # type: ignore[union-attr]
                 quoted = ", ".join(f'"{c}"' for c in cols)
@@ -443,6 +509,18 @@ def make(url: str) -> Engine:
     return create_engine(url)
 
 
+def missing_columns(engine: Engine) -> list[str]:
+    """The model columns the database lacks: a migration edited in place since it was generated
+    (the database's revision is then already the head, so `upgrade` adds nothing)."""
+    found = inspect(engine)
+    tables = set(found.get_table_names())
+    missing = []
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)} if table.name in tables else set()
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
+
+
 def summary(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         counts = {
@@ -453,6 +531,8 @@ def summary(engine: Engine) -> dict[str, Any]:
                 Study.__table__,
                 Series.__table__,
                 Instance.__table__,
+                StudyOwner.__table__,
+                Share.__table__,
             )
         }
         big = conn.execute(
@@ -467,9 +547,20 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=1_000_000, help="instance rows (default 1,000,000)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=10_000, help="instance rows per batch (default 10,000)")
+    ap.add_argument("--orgs", type=int, default=len(ORGS), help=f"organizations (default {len(ORGS)})")
+    ap.add_argument(
+        "--shared",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of the studies shared with one other organization (default 0)",
+    )
     ap.add_argument("--reset", action="store_true", help="drop every table first")
     ap.add_argument(
-        "--reuse", action="store_true", help="if the database already holds --instances rows, just print it"
+        "--reuse",
+        action="store_true",
+        help="if the database already holds --instances rows, --orgs organizations and the shares of --shared, "
+        "just print it",
     )
     ap.add_argument(
         "--analyze",
@@ -479,6 +570,10 @@ def main() -> int:
         "(nothing in pacs runs ANALYZE on SQLite)",
     )
     args = ap.parse_args()
+    if args.orgs < 1:
+        ap.error("--orgs must be at least 1")
+    if not 0.0 <= args.shared <= 1.0:
+        ap.error("--shared must be between 0 and 1")
     url = args.database_url
     if url.startswith(("postgres://", "postgresql://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -492,16 +587,27 @@ def main() -> int:
     upgrade(engine)
     before = summary(engine)
     if before["counts"]["instances"]:
-        if args.reuse and before["counts"]["instances"] == args.instances:
+        counts = before["counts"]
+        shares = round(counts["studies"] * args.shared) if args.orgs > 1 else 0
+        held = (counts["instances"], counts["organizations"], counts["shares"], counts["study_owners"])
+        missing = missing_columns(engine)
+        if args.reuse and missing:
+            sys.exit(
+                f"{make_url(url).render_as_string()} lacks columns of the models ({', '.join(missing[:5])}): "
+                "a migration changed since it was generated (--reset to start again)"
+            )
+        if args.reuse and held == (args.instances, args.orgs, shares, counts["studies"]):
             sys.stdout.write(
                 json.dumps({**before, "reused": True, "database": make_url(url).render_as_string()}) + "\n"
             )
             return 0
         sys.exit(
-            f"{make_url(url).render_as_string()} already holds {before['counts']['instances']} instances "
-            "(--reset to start again, --reuse to keep a database of exactly --instances)"
+            f"{make_url(url).render_as_string()} already holds {counts['instances']} instances, "
+            f"{counts['organizations']} organizations, {counts['study_owners']} study owners and "
+            f"{counts['shares']} shares (--reset to start again, --reuse to keep a database of exactly "
+            f"--instances, --orgs and --shared: {args.instances}, {args.orgs}, {shares} shares)"
         )
-    gen = Generator(args.instances, args.seed)
+    gen = Generator(args.instances, args.seed, args.orgs)
     t_gen = 0.0
     with engine.begin() as conn:
         w = Writer(conn, use_copy=is_pg)
@@ -511,11 +617,17 @@ def main() -> int:
         studies: list[dict[str, Any]] = []
         series: list[dict[str, Any]] = []
         instances: list[dict[str, Any]] = []
+        owners: list[str] = []  # study id - 1 -> its organization
 
         def flush() -> None:
             w.write(Study.__table__, studies)
+            w.write(
+                StudyOwner.__table__,
+                [{"study_id": s["id"], "org_id": s["org_id"], "created_at": s["created_at"]} for s in studies],
+            )
             w.write(Series.__table__, series)
             w.write(Instance.__table__, instances)
+            owners.extend(s["org_id"] for s in studies)
             studies.clear(), series.clear(), instances.clear()
 
         it = gen.studies()
@@ -533,8 +645,9 @@ def main() -> int:
                 if gen.study_n % 5000 < 50:
                     sys.stderr.write(f"  {gen.instance_n:,} instances, {time.perf_counter() - t0:.0f} s\n")
         flush()
+        w.write(Share.__table__, gen.shares(owners, args.shared))
         if is_pg:  # ids were given explicitly: move the sequences past them
-            for table in ("patient_identities", "studies", "series", "instances"):
+            for table in ("patient_identities", "studies", "series", "instances", "shares"):
                 conn.execute(
                     text(
                         f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
@@ -557,6 +670,8 @@ def main() -> int:
     out.update(
         database=make_url(url).render_as_string(),
         seed=args.seed,
+        orgs=args.orgs,
+        shared=args.shared,
         analyzed=analyze,
         seconds_load=round(t_load, 1),
         seconds_generate=round(t_gen, 1),
