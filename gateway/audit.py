@@ -99,12 +99,12 @@ def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
     action = f"{scope['method']} {_template(scope['path'], params)}" if scope.get("route") else scope["method"]
     query = _query(scope)
     detail = (ctx.note.detail if ctx is not None and ctx.note is not None else "") or state.get("pacs_refusal", "")
-    studies = [params["study"]] if "study" in params else []
+    studies: dict[str, str | None] = {params["study"]: None} if "study" in params else {}
     if not studies and ctx is not None and ctx.note is not None:
-        studies = list(ctx.note.studies)
+        studies = dict(ctx.note.studies)
     named = query.get("studyUID") or query.get("StudyInstanceUID") or query.get("0020000D")
     if not studies and named:
-        studies = [named]
+        studies = {named: None}
     base = AccessEvent(
         actor=principal.sub if principal is not None else "",
         org=principal.org if principal is not None else None,

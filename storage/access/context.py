@@ -94,12 +94,13 @@ class RequestNote:
     """What an HTTP request's one audit record says beyond its route: the studies it wrote and
     the reason of a refusal (`gateway.audit` records it when the answer starts)."""
 
-    studies: list[str] = field(default_factory=list)
+    #: study UID -> its patient ID (None: to be looked up), in the order written
+    studies: dict[str, str | None] = field(default_factory=dict)
     detail: str = ""
 
-    def study(self, uid: str) -> None:
+    def study(self, uid: str, patient: str | None = None) -> None:
         if uid not in self.studies and len(self.studies) < MAX_NOTED_STUDIES:
-            self.studies.append(uid)
+            self.studies[uid] = patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,8 @@ class Context:
             self.audit.record(self.event(action, "refused", detail=detail))
         return NotAuthorized(detail)
 
-    def touched(self, study_uid: str) -> None:
-        """Note that this request wrote into or about `study_uid` (STOW-RS, a share), for its record."""
+    def touched(self, study_uid: str, patient: str | None = None) -> None:
+        """Note that this request wrote into or about `study_uid` (STOW-RS, a share), for its record;
+        `patient` when known spares the audit writer looking it up."""
         if self.note is not None:
-            self.note.study(study_uid)
+            self.note.study(study_uid, patient)

@@ -13,7 +13,7 @@ organization. The master patient index's care relationship joins them in [7/10].
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, exists, false, or_, true
+from sqlalchemy import ColumnElement, false, or_, select, true, union_all
 
 from storage.access.context import Context
 from storage.access.principal import Role
@@ -43,15 +43,20 @@ def visible_to(ctx: Context) -> ColumnElement[bool]:
 
 
 def _of_org(org: str) -> ColumnElement[bool]:
-    """Owned by `org`, or shared with it now (the database's clock, so the expression can be kept)."""
-    owned = exists().where(StudyOwner.study_id == Study.id, StudyOwner.org_id == org)
-    shared = exists().where(
-        Share.study_id == Study.id,
+    """Owned by `org`, or shared with it now (the database's clock, so the expression can be kept).
+
+    Written as `studies.id IN (owned UNION ALL shared)`, not as two correlated EXISTS: both
+    planners then read the organization's study ids from `ix_study_owners_org_study` once
+    instead of probing two indexes for every study they walk (a 1,000-study page of one of 20
+    organizations at 1M instances: 36.8 -> 12.5 ms on SQLite, benchmarks/README.md).
+    """
+    owned = select(StudyOwner.study_id).where(StudyOwner.org_id == org)
+    shared = select(Share.study_id).where(
         Share.to_org == org,
         Share.revoked_at.is_(None),
         or_(Share.expires_at.is_(None), Share.expires_at > db_now()),
     )
-    return or_(owned, shared)
+    return Study.id.in_(union_all(owned, shared))
 
 
 def may_write_into(ctx: Context, owners: set[str]) -> bool:

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import Connection, bindparam, insert, literal, or_, select, union_all
 
 from storage import metrics
 from storage.access.context import AccessEvent
@@ -87,6 +87,7 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._conn: Connection | None = None
 
     @property
     def chain(self) -> str:
@@ -135,6 +136,14 @@ class AuditTrail:
                 self._thread = thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _loop(self) -> None:
         stop = False
         while not stop:
             first = self._queue.get()
@@ -165,9 +174,15 @@ class AuditTrail:
             batch[0].done.set_exception(AuditUnavailable(f"the audit record could not be written: {exc}"))
 
     def _commit(self, batch: list[_Pending]) -> None:
-        rows, seq, prev = self._rows(batch, self._seq, self._prev)
-        with self._db.write_conn() as conn:
-            conn.execute(insert(AuditRecord), rows)
+        conn = self._connection()
+        try:
+            with conn.begin():  # the lookup and the insert in one transaction
+                rows, seq, prev = self._rows(conn, batch, self._seq, self._prev)
+                conn.execute(insert(AuditRecord), rows)
+        except Exception:
+            self._conn = None  # a broken connection is not used again
+            conn.close()
+            raise
         self._seq, self._prev = seq, prev
         metrics.AUDIT_RECORDS.inc(len(batch))
         for item in batch:
@@ -175,8 +190,17 @@ class AuditTrail:
                 metrics.EMERGENCY_ACCESS.inc()
             item.done.set_result(None)
 
-    def _rows(self, batch: list[_Pending], seq: int, prev: str) -> tuple[list[dict[str, Any]], int, str]:
-        studies = self._studies({p.access.study for p in batch if p.access.study})
+    def _connection(self) -> Connection:
+        """The writer's own connection, kept: a pool checkout with its ping, per batch, was half of
+        what a lone request paid for its record (0.6 of 1.1 ms on SQLite)."""
+        if self._conn is None:
+            self._conn = self._db.write_engine.connect()
+        return self._conn
+
+    def _rows(
+        self, conn: Connection, batch: list[_Pending], seq: int, prev: str
+    ) -> tuple[list[dict[str, Any]], int, str]:
+        studies = _studies(conn, {p.access.study for p in batch if p.access.study and p.access.patient is None})
         rows = []
         now = utcnow()
         for item in batch:
@@ -210,32 +234,36 @@ class AuditTrail:
             rows.append(values)
         return rows, seq, prev
 
-    def _studies(self, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
-        """study UID -> (its patient ID, its owners, the organizations it is shared with now)."""
-        if not uids:
-            return {}
-        found: dict[str, tuple[str, set[str], set[str]]] = {}
-        named = sorted(uids)[:BATCH]
-        with self._db.engine.connect() as conn:
-            rows = conn.execute(
-                select(Study.study_uid, Study.patient_id, StudyOwner.org_id)
-                .outerjoin(StudyOwner, StudyOwner.study_id == Study.id)
-                .where(Study.study_uid.in_(named))
-            )
-            for uid, patient, org in rows:
-                entry = found.setdefault(uid, (patient, set(), set()))
-                if org is not None:
-                    entry[1].add(org)
-            shares = conn.execute(
-                select(Study.study_uid, Share.to_org)
-                .join(Share, Share.study_id == Study.id)
-                .where(
-                    Study.study_uid.in_(named),
-                    Share.revoked_at.is_(None),
-                    or_(Share.expires_at.is_(None), Share.expires_at > db_now()),
-                )
-            )
-            for uid, org in shares:
-                if uid in found:
-                    found[uid][2].add(org)
-        return {uid: (p, tuple(sorted(o)), tuple(sorted(s))) for uid, (p, o, s) in found.items()}
+
+#: a study's patient, and each organization that owns it or to which it is shared now
+_OWNERS = (
+    select(Study.study_uid, Study.patient_id, StudyOwner.org_id, literal("owner").label("kind"))
+    .outerjoin(StudyOwner, StudyOwner.study_id == Study.id)
+    .where(Study.study_uid.in_(bindparam("uids", expanding=True)))
+)
+_SHARED = (
+    select(Study.study_uid, Study.patient_id, Share.to_org, literal("share").label("kind"))
+    .join(Share, Share.study_id == Study.id)
+    .where(
+        Study.study_uid.in_(bindparam("uids", expanding=True)),
+        Share.revoked_at.is_(None),
+        or_(Share.expires_at.is_(None), Share.expires_at > db_now()),
+    )
+)
+_OWNERS_AND_SHARES = union_all(_OWNERS, _SHARED)
+
+
+def _studies(conn: Connection, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """study UID -> (its patient ID, its owners, the organizations it is shared with now), in one query."""
+    if not uids:
+        return {}
+    patients: dict[str, str] = {}
+    orgs: dict[tuple[str, str], set[str]] = {}
+    for uid, patient, org, kind in conn.execute(_OWNERS_AND_SHARES, {"uids": sorted(uids)[:BATCH]}):
+        patients[uid] = patient
+        if org is not None:
+            orgs.setdefault((uid, kind), set()).add(org)
+    return {
+        uid: (patient, tuple(sorted(orgs.get((uid, "owner"), ()))), tuple(sorted(orgs.get((uid, "share"), ()))))
+        for uid, patient in patients.items()
+    }

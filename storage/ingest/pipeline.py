@@ -120,7 +120,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
             raise
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
 
-    ctx.touched(parsed.study_uid)
+    ctx.touched(parsed.study_uid, parsed.patient_id[:64])
     elapsed = time.perf_counter() - started
     metrics.INSTANCES_STORED.labels(_via(ctx)).inc()
     metrics.BYTES_STORED.labels(_via(ctx)).inc(blob.size)
@@ -177,7 +177,7 @@ def _rejected(ctx: Context, exc: StorageError, what: str) -> None:
 
 
 def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestResult:
-    ctx.touched(parsed.study_uid)
+    ctx.touched(parsed.study_uid, parsed.patient_id[:64])
     metrics.INSTANCES_ALREADY_PRESENT.labels(_via(ctx)).inc()
     event(log, "ingest.already_present", via=_via(ctx), actor=ctx.principal.sub, sop_instance_uid=parsed.sop_uid)
     return _result(Outcome.ALREADY_PRESENT, parsed, size)

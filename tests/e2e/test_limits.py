@@ -41,14 +41,14 @@ def test_one_token_over_its_rate_gets_429_and_others_are_served(limited: tuple[G
     gateway, _, _ = limited
     greedy = gateway.headers(org="hosp-a")
     statuses = [httpx.get(f"{gateway.dicomweb}/studies", headers=greedy).status_code for _ in range(30)]
-    assert statuses[:15] == [200] * 15 and 429 in statuses
+    assert statuses[:10] == [200] * 10 and 429 in statuses, statuses  # bursts of 20, 2 more a second
     refused = httpx.get(f"{gateway.dicomweb}/studies", headers=greedy)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.headers["content-type"] == "application/problem+json"
     assert httpx.get(f"{gateway.dicomweb}/studies", headers=gateway.headers(org="clinic-b")).status_code == 200
     admin = gateway.headers(org=None, roles=("admin",))
     limited_records = httpx.get(f"{gateway.url}/api/audit", params={"outcome": "limited"}, headers=admin).json()
-    assert limited_records and limited_records[0]["actor"] == "clinician@hosp-a"
+    assert limited_records and {r["actor"] for r in limited_records} == {"clinician@hosp-a"}
 
 
 def test_one_ae_over_its_rate_gets_a700_and_others_are_served(limited: tuple[Gateway, RunningScp, Archive]) -> None:
