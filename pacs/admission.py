@@ -22,6 +22,7 @@ import threading
 from collections import Counter
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -85,15 +86,26 @@ class Admission:
         )
         if held < self.per_ae:
             return
-        assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
-        assoc.kill()  # as pynetdicom after its own rejections: the A-ASSOCIATE-RJ leaves before the close
-        ASSOCIATIONS.labels("rejected").inc()
-        event(
-            log,
-            "dimse.assoc.rejected",
-            level=logging.WARNING,
-            calling_ae=calling,
-            called_ae=str(request.called_ae_title).strip(),
-            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
-            reason=f"local limit exceeded: {self.per_ae} associations of this AE title at once (PACS_DICOM_MAX_PER_AE)",
+        reject(
+            assoc,
+            LOCAL_LIMIT_EXCEEDED,
+            f"local limit exceeded: {self.per_ae} associations of this AE title at once (PACS_DICOM_MAX_PER_AE)",
         )
+
+
+def reject(assoc: Association, why: tuple[int, int, int], reason: str) -> None:
+    """Send an A-ASSOCIATE-RJ (`why`: result, source, reason, PS3.8 9.3.4) from EVT_REQUESTED,
+    close, count it and write the one `dimse.assoc.rejected` line that says why."""
+    request = assoc.requestor.primitive
+    assoc.acse.send_reject(*why)
+    assoc.kill()  # as pynetdicom after its own rejections: the A-ASSOCIATE-RJ leaves before the close
+    ASSOCIATIONS.labels("rejected").inc()
+    event(
+        log,
+        "dimse.assoc.rejected",
+        level=logging.WARNING,
+        calling_ae=str(request.calling_ae_title).strip() if request else "",
+        called_ae=str(request.called_ae_title).strip() if request else "",
+        peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        reason=reason,
+    )

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
 
+from pacs.admission import reject
 from pacs.association import state_of
 from storage.access.context import AccessEvent, Channel, Context
 from storage.access.limits import RateLimited
@@ -31,8 +32,6 @@ from storage.access.orgs import org_of_ae
 from storage.access.principal import Principal
 from storage.access.standing import check_node
 from storage.archive import Archive
-from storage.logs import event
-from storage.metrics import ASSOCIATIONS
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +63,7 @@ def on_requested(e: evt.Event, archive: Archive) -> None:
     node = check_node(archive.db, calling, address, certificate_cn(assoc))
     if node.refusal is None:
         return
-    assoc.acse.send_reject(*CALLING_AE_NOT_RECOGNIZED)
-    assoc.kill()
-    ASSOCIATIONS.labels("rejected").inc()
-    event(
-        log,
-        "dimse.assoc.rejected",
-        level=logging.WARNING,
-        calling_ae=calling,
-        called_ae=str(request.called_ae_title).strip(),
-        peer=f"{address}:{assoc.requestor.port}",
-        reason=node.refusal,
-    )
+    reject(assoc, CALLING_AE_NOT_RECOGNIZED, node.refusal)
     archive.audit.submit(  # not waited for: nothing is answered but the rejection
         AccessEvent(calling, node.org, Channel.DIMSE, address, "association", "refused", node.refusal)
     )

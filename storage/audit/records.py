@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Select, select
 
 from storage.access.context import Context
-from storage.audit.chain import Break, verify
+from storage.audit.chain import FIELDS, Break, verify
 from storage.index.db import Database
 from storage.index.models import AuditRecord
 
@@ -40,22 +40,8 @@ class Filters:
     limit: int = 100
 
 
-COLUMNS = (
-    "id",
-    "time",
-    "actor",
-    "org",
-    "source",
-    "channel",
-    "action",
-    "patient",
-    "study",
-    "outcome",
-    "reason",
-    "owner_org",
-    "detail",
-    "hash",
-)
+#: what a search answers: the hashed fields without the chain's own, with the id and the hash
+COLUMNS = ("id", *(f for f in FIELDS if f not in ("chain", "seq", "prev_hash")), "hash")
 
 
 def search(db: Database, ctx: Context, filters: Filters) -> list[dict[str, Any]]:

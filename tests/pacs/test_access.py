@@ -70,7 +70,7 @@ LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 @pytest.fixture(autouse=True)
 def _policy_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pacs.policy")
+    caplog.set_level(logging.INFO, logger="pacs.admission")
 
 
 # ----- what the archive holds -----------------------------------------------------------------
@@ -277,7 +277,7 @@ def _rejected_lines(caplog: pytest.LogCaptureFixture, calling_ae: str) -> list[d
     return [
         r.pacs_fields  # type: ignore[attr-defined]
         for r in caplog.records
-        if r.name == "pacs.policy"
+        if r.name == "pacs.admission"
         and r.getMessage() == "dimse.assoc.rejected"
         and r.pacs_fields["calling_ae"] == calling_ae  # type: ignore[attr-defined]
     ]
