@@ -114,7 +114,7 @@ def admin_headers(gw: Gateway) -> dict[str, str]:
 # ----- schemathesis over /openapi.json ---------------------------------------------------------
 
 #: generated requests per operation, on top of its examples and coverage cases
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 8
 SEED = 20261120
 #: Operations where a request the description calls valid may still be refused, because what
 #: makes it valid is not a property of the request alone: (path pattern, statuses).
