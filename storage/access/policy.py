@@ -70,13 +70,6 @@ def may_write_into(ctx: Context, owners: set[str]) -> bool:
     return principal.is_admin or (principal.org is not None and principal.org in owners)
 
 
-def owner_org_of(ctx: Context, owners: set[str]) -> str | None:
-    """The organization whose study `ctx` reads, when it is not `ctx`'s own (the audit's `owner_org`)."""
-    if ctx.principal.org in owners or not owners:
-        return None
-    return sorted(owners)[0]
-
-
 def may_read(ctx: Context) -> bool:
     """Whether `ctx` may query or retrieve at all (before any study filter).
 
