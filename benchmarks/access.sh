@@ -190,7 +190,7 @@ size = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
 with Session(engine) as session:
     plan = _PLANNERS[STUDY](query, Context(principal, Channel.DICOMWEB, "127.0.0.1"), session, "")
     # as compiled for psycopg (pyformat), a literal % is already doubled: run as is, shown single
-    run = str(plan.stmt.limit(size + 1).offset(offset).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    run = str(plan.page(size + 1, offset).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     print(run.replace("%%", "%") if pg else run)
     conn = session.connection()
     times = []

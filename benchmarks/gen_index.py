@@ -623,7 +623,15 @@ def main() -> int:
             w.write(Study.__table__, studies)
             w.write(
                 StudyOwner.__table__,
-                [{"study_id": s["id"], "org_id": s["org_id"], "created_at": s["created_at"]} for s in studies],
+                [
+                    {
+                        "study_id": s["id"],
+                        "org_id": s["org_id"],
+                        "study_date": s["study_date"],
+                        "created_at": s["created_at"],
+                    }
+                    for s in studies
+                ],
             )
             w.write(Series.__table__, series)
             w.write(Instance.__table__, instances)

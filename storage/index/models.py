@@ -94,12 +94,22 @@ class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
         Index("ix_studies_date_id", "study_date", "id"),  # newest first without a sort (migration 0005)
+        # a name's page chosen by keys from the index alone (migration 0008): SQLite's GLOB uses
+        # this one; PostgreSQL's LIKE 'ABC%' needs text_pattern_ops, so there the pattern index
+        # carries the date and id instead
+        Index("ix_studies_name_date", "patient_name_folded", "study_date").ddl_if(dialect="sqlite"),
+        Index(
+            "ix_studies_patient_name_pattern",
+            "patient_name_folded",
+            "study_date",
+            "id",
+            postgresql_ops={"patient_name_folded": "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
         *(  # PostgreSQL: LIKE 'ABC%' under a non-C collation (migration 0002)
             Index(f"ix_studies_{name}_pattern", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(
                 dialect="postgresql"
             )
             for name, column in (
-                ("patient_name", "patient_name_folded"),
                 ("patient_id", "patient_id"),
                 ("accession", "accession_number"),
             )
@@ -113,7 +123,7 @@ class Study(Base):
     source_ae: Mapped[str] = mapped_column(String(16), default="")
     patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     patient_name: Mapped[str] = mapped_column(Text, default="")
-    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="")  # with the date: ix_studies_name_date
     study_date: Mapped[str] = mapped_column(String(8), default="")  # indexed with id: ix_studies_date_id
     study_time: Mapped[str] = mapped_column(String(16), default="")
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
@@ -138,11 +148,14 @@ class StudyOwner(Base):
     __tablename__ = "study_owners"
     __table_args__ = (
         PrimaryKeyConstraint("study_id", "org_id"),
-        Index("ix_study_owners_org_study", "org_id", "study_id"),
+        # an organization's studies newest first, from the index alone (migration 0008)
+        Index("ix_study_owners_org_date", "org_id", "study_date", "study_id"),
     )
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    #: the study's date, copied: it is set when the study is created and never changes
+    study_date: Mapped[str] = mapped_column(String(8), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

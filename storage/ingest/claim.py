@@ -34,12 +34,17 @@ def claim(ae_title: str, org: str, ctx: Context, *, archive: Archive) -> int:
         raise ValueError(f"AE {title} is {where}: pacs org add {org} --ae {title} first")
     with archive.db.write_conn() as conn:
         rows = conn.execute(
-            select(Study.id, Study.study_uid, Study.patient_id).where(Study.org_id.is_(None), Study.source_ae == title)
+            select(Study.id, Study.study_uid, Study.patient_id, Study.study_date).where(
+                Study.org_id.is_(None), Study.source_ae == title
+            )
         ).all()
         ids = [row.id for row in rows]
         if ids:
             conn.execute(update(Study).where(Study.id.in_(ids)).values(org_id=org))
-            conn.execute(insert(StudyOwner), [{"study_id": i, "org_id": org, "created_at": utcnow()} for i in ids])
+            conn.execute(
+                insert(StudyOwner),
+                [{"study_id": r.id, "org_id": org, "study_date": r.study_date, "created_at": utcnow()} for r in rows],
+            )
             move_to_org(conn, ids, title, org)
     for row in rows:
         ctx.audit.record(ctx.event("claim", "ok", patient=row.patient_id, study=row.study_uid, detail=f"to {org}"))

@@ -324,13 +324,16 @@ def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owners: set[str]
 
 
 _INSERT_OWNER_SQL = {
-    "sqlite": "INSERT OR IGNORE INTO study_owners (study_id, org_id, created_at) VALUES (:s, :o, :t)",
-    "postgresql": "INSERT INTO study_owners (study_id, org_id, created_at) VALUES (:s, :o, :t) ON CONFLICT DO NOTHING",
+    "sqlite": "INSERT OR IGNORE INTO study_owners (study_id, org_id, study_date, created_at)"
+    " SELECT id, :o, study_date, :t FROM studies WHERE id = :s",
+    "postgresql": "INSERT INTO study_owners (study_id, org_id, study_date, created_at)"
+    " SELECT id, :o, study_date, :t FROM studies WHERE id = :s ON CONFLICT DO NOTHING",
 }
 
 
 def _add_owner(conn: Connection, study_id: int, org: str, now: datetime) -> None:
-    """Make `org` an owner of the study (a second sender of the same patient's study co-owns it)."""
+    """Make `org` an owner of the study (a second sender of the same patient's study co-owns it),
+    with the study's date as the study row holds it (the first instance's, never changed)."""
     conn.execute(text(_INSERT_OWNER_SQL[conn.dialect.name]), {"s": study_id, "o": org, "t": now})
 
 

@@ -24,11 +24,11 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Result, exists, func, select, true
+from sqlalchemy import ColumnElement, CursorResult, Result, exists, func, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.access.context import Context
-from storage.access.policy import visible_to
+from storage.access.policy import visible_by_date, visible_to
 from storage.dicom.parse import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
 from storage.index.db import TEXT_AS_BYTES
 from storage.index.models import Instance, PatientIdentity, Series, Study
@@ -130,6 +130,12 @@ class _Plan:
     build: Build
     ignored: tuple[str, ...]
     named: bool = True  # False: `build` unpacks the rows by position and needs no `_records`
+    #: one page of `stmt` (LIMIT, OFFSET) when a plain LIMIT on it is not the fast way (`_keys_first`)
+    paged: Callable[[int, int], Any] | None = None
+
+    def page(self, size: int, offset: int) -> Any:
+        """`stmt` cut to `size` rows from `offset`."""
+        return self.paged(size, offset) if self.paged else self.stmt.limit(size).offset(offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +194,8 @@ def search(
         raise InvalidQuery("limit and offset must not be negative")
     # Core execution on the session's connection: these are column selects, and the ORM's result
     # loading cost as much as the SQL itself for a page of 1,000 rows.
-    result = session.connection().execute(plan.stmt.limit(size + 1).offset(offset))
-    rows = _records(result) if plan.named else list(result.all())
+    result = session.connection().execute(plan.page(size + 1, offset))
+    rows = _records(result) if plan.named else _driver_rows(result)
     return SearchResult(list(plan.build(session, rows[:size])), len(rows) > size, plan.ignored)
 
 
@@ -231,6 +237,17 @@ def _records(result: Result[Any]) -> list[Record]:
     """
     record = _record_type(tuple(result.keys()))
     return list(map(record._make, result.all()))
+
+
+def _driver_rows(result: CursorResult[Any]) -> list[Any]:
+    """The rows of `result` as the database driver gives them, for a plan that reads them by
+    position (the spliced study answers): integers and text (or bytes, `TEXT_AS_BYTES`), which
+    no SQLAlchemy result processor changes, and a `Row` built around each of 1,000 tuples cost
+    as much as fetching them."""
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 @lru_cache(maxsize=64)
@@ -300,20 +317,16 @@ _DEMOGRAPHICS = _IDENTITY_KEYS | {"00100010", "00100030", "00100040"}
 def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     del session
     conditions, ignored = filters(query.keys, STUDY, fuzzy=query.fuzzy)
-    stmt = (
-        select(*splice.STUDY_COLUMNS)
-        .where(visible_to(ctx), *conditions)
-        .order_by(Study.study_date.desc(), Study.id.desc())
-    )
     if query.study_uid is not None:
-        stmt = stmt.where(Study.study_uid == query.study_uid)
+        conditions.append(Study.study_uid == query.study_uid)
+    stmt = select(*splice.STUDY_COLUMNS).where(visible_to(ctx), *conditions).order_by(*_NEWEST_STUDY_FIRST)
     shape = _Shape.of(query, answers.STUDY_DEFAULTS)
     lower = _Lower.of(query, STUDY, STUDY_TAGS)
     if not (query.only_requested or query.include_all or shape.wanted & answers.COMPUTED_PER_BATCH or lower):
         spliced = splice.studies(base_url)
-        return _Plan(
-            stmt.execution_options(**{TEXT_AS_BYTES: True}), lambda _s, rows: spliced(rows), ignored, named=False
-        )
+        paged = _keys_first(ctx, conditions, {TEXT_AS_BYTES: True})
+        stmt = stmt.execution_options(**{TEXT_AS_BYTES: True})
+        return _Plan(stmt, lambda _s, rows: spliced(rows), ignored, named=False, paged=paged)
 
     def build(session: Session, rows: list[Record]) -> Iterator[Match]:
         computed = lookups.computed(session, ctx, rows, shape.wanted)
@@ -325,7 +338,49 @@ def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Pl
             answers.set_value(attrs, "00081190", "UR", f"{base_url}/studies/{row.study_uid}" if base_url else None)
             yield shape.select(attrs)
 
-    return _Plan(stmt, build, ignored)
+    return _Plan(stmt, build, ignored, paged=_keys_first(ctx, conditions, {}))
+
+
+_NEWEST_STUDY_FIRST = (Study.study_date.desc(), Study.id.desc())
+
+
+def _keys_first(
+    ctx: Context, conditions: list[ColumnElement[bool]], options: dict[str, Any]
+) -> Callable[[int, int], Any] | None:
+    """A page of studies chosen by their keys alone, then read: the ids and dates of the page's
+    studies first (from an index where one covers them), and only those studies' rows after.
+
+    `ORDER BY ... LIMIT` on whole rows makes SQLite sort every match with its stored JSON for the
+    first 1,000 of several thousand (a frequent family name), and both databases read every
+    study of an organization before the first page of its list; sorting (id, date) pairs and
+    then reading 1,000 rows by primary key is the same answer for less (benchmarks/README.md,
+    "Access control and audit"). An organization's list with no other condition takes its
+    keys from `visible_by_date` (its owned studies' dates are indexed), every other search
+    from `studies` under `visible_to`. None for a list with no condition of a caller who sees
+    every study: `ix_studies_date_id` read backwards is that page already, and the LIMIT stops
+    it. `search_all` (C-FIND, no page) keeps the plain statement.
+    """
+    by_date = None if conditions else visible_by_date(ctx)
+    if by_date is None and not conditions:
+        return None
+    if by_date is not None:
+        visible = by_date.subquery("visible")
+        keys = select(visible.c.study_pk.label("pk"), visible.c.study_date.label("day"))
+        keys = keys.order_by(visible.c.study_date.desc(), visible.c.study_pk.desc())
+    else:
+        keys = select(Study.id.label("pk"), Study.study_date.label("day")).where(visible_to(ctx), *conditions)
+        keys = keys.order_by(*_NEWEST_STUDY_FIRST)
+
+    def paged(size: int, offset: int) -> Any:
+        chosen = keys.limit(size).offset(offset).subquery("page")
+        return (
+            select(*splice.STUDY_COLUMNS)
+            .join_from(Study, chosen, Study.id == chosen.c.pk)
+            .order_by(chosen.c.day.desc(), chosen.c.pk.desc())
+            .execution_options(**options)
+        )
+
+    return paged
 
 
 def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:

@@ -424,7 +424,7 @@ def test_patient_level_sql_searches_the_identity_indexes(loaded: Loaded) -> None
     """
     engine = loaded.archive.db.engine
     cases = [
-        ("00100010", "POPESCU*", "ix_studies_patient_name_folded"),  # the name the caller's studies say
+        ("00100010", "POPESCU*", "ix_studies_name_date"),  # the name the caller's studies say
         ("00100020", "P001", "ix_patient_identities_patient_id"),
     ]
     if engine.dialect.name == "sqlite":
@@ -435,7 +435,7 @@ def test_patient_level_sql_searches_the_identity_indexes(loaded: Loaded) -> None
             # the name index, or the organization's own study ids (its owners index) when SQLite
             # judges them fewer: either way by index, never a scan of studies or identities
             assert re.search(rf"SEARCH studies USING INDEX {index} \(", plan) or (
-                "SEARCH study_owners USING COVERING INDEX ix_study_owners_org_study" in plan
+                "SEARCH study_owners USING COVERING INDEX ix_study_owners_org_date" in plan
             ), plan
             assert "SEARCH patient_identities USING INTEGER PRIMARY KEY" in plan, plan
             assert "SCAN studies" not in plan and "SCAN patient_identities" not in plan, plan

@@ -52,6 +52,7 @@ class ShareSpec:
 @dataclass(frozen=True)
 class World:
     owners: list[frozenset[str]]  # per study
+    dates: list[str]  # per study: StudyDate, often equal (the order then falls back on arrival)
     shares: list[ShareSpec]
     steps: list[str]  # performing organization per step
     caller: str | None  # an organization, or None for an admin
@@ -61,6 +62,7 @@ class World:
 def worlds(draw: st.DrawFn) -> World:
     n = draw(st.integers(1, 8))
     owners = [frozenset(draw(st.sets(st.sampled_from(ORGS), max_size=2))) for _ in range(n)]
+    dates = [draw(st.sampled_from(["", "20240101", "20250615", "20261207"])) for _ in range(n)]
     shares = draw(
         st.lists(
             st.builds(
@@ -74,7 +76,7 @@ def worlds(draw: st.DrawFn) -> World:
     )
     steps = draw(st.lists(st.sampled_from(ORGS), max_size=5))
     caller = draw(st.one_of(st.none(), st.sampled_from(ORGS)))
-    return World(owners, shares, steps, caller)
+    return World(owners, dates, shares, steps, caller)
 
 
 def allowed_studies(w: World) -> set[int]:
@@ -94,8 +96,13 @@ def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield arch
 
 
+def newest_first(w: World, uids: list[str], allowed: set[int]) -> list[str]:
+    """The order of a study search, in Python: newest StudyDate first, then latest arrival."""
+    return [uids[i] for i in sorted(allowed, key=lambda i: (w.dates[i], i), reverse=True)]
+
+
 def _write(session: Session, w: World) -> list[str]:
-    """The world's rows; the study UIDs by index."""
+    """The world's rows (studies in index order, so arrival order); the study UIDs by index."""
     uids = []
     for i, owners in enumerate(w.owners):
         identity = PatientIdentity(issuer_kind="org", issuer="x", patient_id=f"P{i}", patient_name=f"N{i}")
@@ -107,11 +114,14 @@ def _write(session: Session, w: World) -> list[str]:
             identity_id=identity.id,
             patient_id=f"P{i}",
             patient_name=f"N{i}",
+            study_date=w.dates[i],
             attrs_json=json.dumps(attrs),
         )
         session.add(study)
         session.flush()
-        session.add_all(StudyOwner(study_id=study.id, org_id=org, created_at=NOW) for org in owners)
+        session.add_all(
+            StudyOwner(study_id=study.id, org_id=org, study_date=study.study_date, created_at=NOW) for org in owners
+        )
         uids.append((study.id, study.study_uid))
     for s in w.shares:
         expires = {"expired": NOW - timedelta(hours=1), "later": NOW + timedelta(hours=1)}.get(s.state)
@@ -167,6 +177,17 @@ def test_searches_return_what_the_rule_allows(archive: Archive, w: World) -> Non
 
             qido = search(Query(STUDY), _ctx(w.caller), session=session, limit=100)
             assert {m["0020000D"]["Value"][0] for m in qido.matches} == want
+
+            # pages of 3, with no condition (an organization's keys from `visible_by_date`) and
+            # with one (from `studies` under `visible_to`): the rule's studies, in the rule's order
+            order = newest_first(w, uids, allowed_studies(w))
+            for query in (Query(STUDY), Query(STUDY, {"00100020": "P*"})):
+                paged = [
+                    m["0020000D"]["Value"][0]
+                    for offset in range(0, len(order) + 3, 3)
+                    for m in search(query, _ctx(w.caller), session=session, limit=3, offset=offset).matches
+                ]
+                assert paged == order, query
 
             cfind = search_all(Query(STUDY, {"0020000D": ""}), _node(w.caller), session=session)
             assert {m["0020000D"]["Value"][0] for m in cfind.matches} == want
