@@ -83,7 +83,11 @@ class Wildcard(ColumnElement[bool]):
 
     def __init__(self, column: ColumnElement[Any], pattern: str) -> None:
         self.column = column
-        self.pattern: BindParameter[str] = bindparam(None, pattern, type_=_Pattern(), unique=True)
+        # Sent as a literal, not a parameter: PostgreSQL turns a statement run often (psycopg
+        # prepares it) into a generic plan, and a generic `LIKE $1` cannot use the pattern
+        # index's range for a prefix (a frequent name's page: ~10 -> ~20 ms at 1M instances).
+        # SQLAlchemy still caches the compiled statement and quotes the value when it runs.
+        self.pattern: BindParameter[str] = bindparam(None, pattern, type_=_Pattern(), unique=True, literal_execute=True)
 
 
 @compiles(Wildcard)
