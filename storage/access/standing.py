@@ -14,9 +14,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import Connection, and_, exists, or_, select
+from sqlalchemy import Connection, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from storage.access.principal import Principal
@@ -34,14 +33,28 @@ class Refusal:
 
 def check_token(db: Database, principal: Principal) -> Refusal | None:
     """`token_refusal` on a connection of its own (the gateway's check of every request)."""
-    with db.engine.connect() as conn:
+    with db.statement_engine.connect() as conn:
         return token_refusal(conn, principal)
 
 
 def check_node(db: Database, ae_title: str, address: str, certificate_cn: str | None = None) -> Node:
     """`node_of` on a connection of its own (the SCP's check of every association)."""
-    with db.engine.connect() as conn:
+    with db.statement_engine.connect() as conn:
         return node_of(conn, ae_title, address, certificate_cn)
+
+
+#: revoked by subject since it was issued, revoked by token ID, organization registered, its
+#: disabled time: one statement built once (building it per request cost more than running it)
+_STANDING = select(
+    exists().where(
+        TokenRevocation.kind == "sub",
+        TokenRevocation.value == bindparam("sub"),
+        TokenRevocation.revoked_at >= bindparam("issued"),
+    ),
+    exists().where(TokenRevocation.kind == "jti", TokenRevocation.value == bindparam("jti")),
+    exists().where(Organization.id == bindparam("org")),
+    select(Organization.disabled_at).where(Organization.id == bindparam("org")).scalar_subquery(),
+)
 
 
 def token_refusal(conn: Connection, principal: Principal) -> Refusal | None:
@@ -54,27 +67,21 @@ def token_refusal(conn: Connection, principal: Principal) -> Refusal | None:
         return Refusal("the token carries no role this archive knows (clinician, integrator, admin)")
     if principal.org is None and not principal.is_admin:
         return Refusal("the token names no organization")
-    issued = datetime.fromtimestamp(principal.issued_at, UTC)
-    revocations = [
-        and_(
-            TokenRevocation.kind == "sub",
-            TokenRevocation.value == principal.sub,
-            TokenRevocation.revoked_at >= issued,
-        )
-    ]
-    if principal.token_id:
-        revocations.append(and_(TokenRevocation.kind == "jti", TokenRevocation.value == principal.token_id))
-    columns: list[Any] = [exists().where(or_(*revocations))]
-    if principal.org is not None:
-        columns.append(exists().where(Organization.id == principal.org))
-        columns.append(select(Organization.disabled_at).where(Organization.id == principal.org).scalar_subquery())
-    row = conn.execute(select(*columns)).one()
-    if row[0]:
+    row = conn.execute(
+        _STANDING,
+        {
+            "sub": principal.sub,
+            "issued": datetime.fromtimestamp(principal.issued_at, UTC),
+            "jti": principal.token_id or None,
+            "org": principal.org,
+        },
+    ).one()
+    if row[0] or row[1]:
         return Refusal("the token has been revoked", revoked=True)
     if principal.org is not None:
-        if not row[1]:
+        if not row[2]:
             return Refusal(f"organization {principal.org} is not registered")
-        if row[2] is not None:
+        if row[3] is not None:
             return Refusal(f"organization {principal.org} is disabled")
     return None
 

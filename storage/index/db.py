@@ -99,6 +99,9 @@ class Database:
     writer: sessionmaker[Session]
     write_engine: Engine
     light_engine: Engine
+    #: one statement, no transaction around it (PostgreSQL: autocommit, no BEGIN and ROLLBACK
+    #: round trips): the checks every request and association makes
+    statement_engine: Engine
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 16) -> Database:
@@ -116,6 +119,7 @@ class Database:
             writer=sessionmaker(write_engine, expire_on_commit=False),
             write_engine=write_engine,
             light_engine=light.execution_options(**{WRITE_OPTION: True}),
+            statement_engine=each,
         )
 
     @contextmanager
