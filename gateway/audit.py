@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.access.context import AccessEvent, Channel, Context
@@ -58,7 +61,7 @@ class AuditMiddleware:
             if replaced:
                 return  # the original answer's body, after the 503 that replaced it
             if message["type"] == "http.response.start":
-                if not await _record(scope, channel, int(message["status"])):
+                if not await _recorded(scope, channel, int(message["status"])):
                     replaced = True
                     await _unavailable(send)
                     return
@@ -79,12 +82,48 @@ def _channel(scope: Scope) -> Channel | None:
     return None
 
 
-async def _record(scope: Scope, channel: Channel, status: int) -> bool:
-    """Record the request's access events; False when they could not be committed."""
-    archive = scope["app"].state.archive
+def record_early(request: Request, status: int = 200) -> None:
+    """Start committing the request's record now, as if it will answer `status`.
+
+    For a route that knows its outcome before it has built its answer (a search, once its rows
+    are read): the writer commits while the route serializes, and the answer waits only for
+    what is left. When the answer's status turns out to have another outcome, the middleware
+    records that too, so the trail then holds both (what was read, then how the answer ended).
+    A route outside the audited paths records nothing.
+    """
+    channel = _channel(request.scope)
+    if channel is None:
+        return
+    archive = request.app.state.archive
+    request.state.pacs_audit_early = _Early(
+        outcome_of(status), [archive.audit.submit(a) for a in _events(request.scope, channel, status)]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Early:
+    outcome: str
+    futures: list[Future[None]]
+
+
+async def _recorded(scope: Scope, channel: Channel, status: int) -> bool:
+    """Whether the request's access events are committed (False: the answer must not go out).
+
+    Events submitted early (`record_early`) with this status's outcome are waited for, the
+    others submitted and waited for now.
+    """
+    early: _Early | None = (scope.get("state") or {}).get("pacs_audit_early")
     try:
-        for access in _events(scope, channel, status):
-            await asyncio.wrap_future(archive.audit.submit(access))
+        if early is None or early.outcome != outcome_of(status):
+            archive = scope["app"].state.archive
+            pending = [archive.audit.submit(access) for access in _events(scope, channel, status)]
+        else:
+            pending = early.futures
+        for done in pending:
+            if done.done():  # committed while the route built its answer: no hop through the loop
+                done.result()
+            else:
+                await asyncio.wrap_future(done)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the answer must not go out
         event(log, "audit.request_failed", level=logging.ERROR, path=scope["path"], error=type(exc).__name__)
         return False

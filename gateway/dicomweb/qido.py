@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from gateway.audit import record_early
 from gateway.deps import ArchiveDep, DicomwebContext, SeriesUid, SettingsDep, StudyUid, dicomweb_root
 from gateway.dicomweb import multipart as mp
 from storage.query.keys import IMAGE, SERIES, STUDY, attribute_tag, keyword
@@ -92,6 +93,7 @@ def _search(
     base = dicomweb_root(request, settings)
     with archive.db.read(per_statement=True) as session:
         result = search(query, ctx, session=session, limit=limit, offset=offset, base_url=base)
+    record_early(request)  # the rows are read: the record commits while the answer is built
     response = _xml_response(result.matches) if xml else _json_response(result.to_json())
     for text in warnings + _warnings(result):
         response.headers.append("Warning", f'299 {urlsplit(base).netloc}: "{text}"')

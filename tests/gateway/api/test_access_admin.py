@@ -8,6 +8,7 @@ refused; every request leaves an audit record with the right fields, committed b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -17,7 +18,12 @@ from typing import Any
 import httpx
 import jwt
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from gateway.audit import AuditMiddleware, record_early
 from storage.access.orgs import update_org
 from storage.access.standing import revoke_tokens
 from tests.kit import dicom_factory as f
@@ -232,3 +238,42 @@ def test_disabled_org_in_storage_is_seen_by_the_next_request(gateway: Gateway) -
     with gateway.archive.db.write() as session:
         update_org(session, "hosp-a", disabled=True)
     assert httpx.get(f"{gateway.dicomweb}/studies", headers=token).status_code == 403
+
+
+def test_a_search_records_once_though_its_record_starts_early(gateway: Gateway) -> None:
+    """QIDO-RS starts committing its record once its rows are read (`gateway.audit.record_early`):
+    still one record a request, and none lost when the answer ends otherwise."""
+    seed(gateway.archive, f.ct_dataset(patient_id="P-EARLY"), as_=CT_A)
+    r = call(gateway, "GET", "/dicomweb/studies", DR_A, params={"PatientID": "P-EARLY"})
+    assert r.status_code == 200 and len(r.json()) == 1
+    records = call(
+        gateway, "GET", "/api/audit", params={"patient": "P-EARLY", "action": "GET /dicomweb/studies"}
+    ).json()
+    assert [(x["outcome"], x["actor"]) for x in records] == [("ok", "clinician@hosp-a")], records
+
+
+def test_an_early_record_that_the_answer_contradicts_is_followed_by_the_true_one(gateway: Gateway) -> None:
+    """A route recorded early as answering 200 that then fails: the trail holds both records, the
+    read and then the failed answer, and the client gets the failure."""
+    app = Starlette(routes=[Route("/api/early-then-fail", _early_then_fail)])
+    app.state.archive = gateway.archive
+    assert asyncio.run(_get(AuditMiddleware(app), "/api/early-then-fail")).status_code == 500
+    records = call(gateway, "GET", "/api/audit", params={"action": "GET /api/early-then-fail"}).json()
+    assert sorted(x["outcome"] for x in records) == ["error", "ok"], records
+
+
+async def _get(app: AuditMiddleware, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        return await client.get(path)
+
+
+def _early_then_fail(request: Request) -> Response:
+    record_early(request)
+    return Response(status_code=500)
+
+
+def test_no_record_no_answer_for_a_search_recorded_early(gateway: Gateway) -> None:
+    seed(gateway.archive, f.ct_dataset(patient_id="P-EARLY-503"), as_=CT_A)
+    gateway.archive.audit.close()
+    r = call(gateway, "GET", "/dicomweb/studies", DR_A, params={"PatientID": "P-EARLY-503"})
+    assert r.status_code == 503 and b"P-EARLY-503" not in r.content
