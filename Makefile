@@ -30,8 +30,12 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# two pytest workers by default (the CI machine's two cores): a file's tests stay on one worker,
+# so a module's servers start once; `make test TEST_WORKERS=0` runs in one process
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
