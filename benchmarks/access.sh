@@ -23,7 +23,8 @@
 #                    data folder of its own), WARMUP then AUDIT_RUNS requests each;
 #            STOW-RS INGEST_N small CT instances (tests/kit/dicom_factory.py ct_dataset, 64x64, 10
 #                    studies), one POST /dicomweb/studies per instance (admin token), each file to
-#                    both servers in turn, each into a fresh archive of its own;
+#                    both servers in turn, each into a fresh archive of its own; then the same files
+#                    STOW_BATCH to a request (a modality's or a migration's body), fresh archives again;
 #            C-STORE the same files (and CSTORE_SETS - 1 more sets like them, UIDs of their own) by
 #                    dcmtk storescu, one association per set and server (fresh archives again), the
 #                    servers alternating set by set.
@@ -48,6 +49,8 @@
 #   ORG           the clinician's organization (spital-municipal: ~1/ORGS of the studies, plus shares)
 #   NAME          the name query's value (POPESCU*: the most frequent family name, ~6 % of studies)
 #   RUNS (200) WARMUP (20) ROUNDS (4) AUDIT_RUNS (200) INGEST_N (300) CSTORE_SETS (3)
+#   STOW_BATCH (10): instances per request of the second STOW-RS measure (bodies made from set 1's
+#                 files, STOW_BATCH consecutive files of one study each)
 #   BENCH_DATA    (/tmp/bench-data): pacs-access-sqlite (the 1M index and its data folder),
 #                 pacs-access-postgresql (data folder), *-off (the `off` server's data folders),
 #                 pacs-access-ingest-on / -off (made afresh for every ingest run),
@@ -80,6 +83,7 @@ ROUNDS=${ROUNDS:-4}
 AUDIT_RUNS=${AUDIT_RUNS:-200}
 INGEST_N=${INGEST_N:-300}
 CSTORE_SETS=${CSTORE_SETS:-3}
+STOW_BATCH=${STOW_BATCH:-10}
 PACS_DICOM_PORT=${PACS_DICOM_PORT:-11410}
 PACS_HTTP_PORT=${PACS_HTTP_PORT:-8410}
 PACS_AET=MUNIPACS
@@ -403,7 +407,8 @@ phase_qido() {
   done
 }
 
-declare -A INGEST_URL=()
+declare -A INGEST_URL=() VALS=() BAD=()
+BOUNDARY_USED=
 fresh_ingest_archives() { # BACKEND: empty data folders (and databases) for `on` and `off`; sets INGEST_URL[on|off]
   local s
   for s in on off; do
@@ -426,13 +431,51 @@ ingest_counts() { # BACKEND TEST METRIC STATUS NOTE VALUES...: the row of one se
   record audit "$test" "$backend" "$metric, audit=$s" ms "$inst instances, $aud audit rows" - "$status" "$note" "$@"
 }
 
+make_batches() { # BOUNDARY: set 1's files as STOW-RS bodies of STOW_BATCH instances ($CT_DIR/batches-N/)
+  local dir=$CT_DIR/batches-$STOW_BATCH
+  [ -f "$dir/.done" ] && return 0
+  py "$CT_DIR/files" "$dir" "$STOW_BATCH" "$1" <<'PY'
+import sys
+from pathlib import Path
+files, out, n, boundary = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out.mkdir(parents=True, exist_ok=True)
+names = sorted(files.glob("*.dcm"))  # 10 studies of consecutive files: a batch stays in one study
+for k in range(0, len(names), n):
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
+                    for p in names[k:k + n])
+    (out / f"{k // n + 1:04d}.body").write_bytes(body + f"--{boundary}--\r\n".encode())
+(out / ".done").write_text("")
+PY
+}
+
+# stow_paired NAME BODIES...: POST each body to both servers in turn (alternating which goes first);
+# VALS[on|off] get the curl times (ms), BAD[on|off] the first non-200
+stow_paired() {
+  local k f s order code t; shift
+  local -a files=("$@")
+  for k in "${!files[@]}"; do
+    f=${files[$k]}
+    if ((k % 2)); then order="off on"; else order="on off"; fi
+    for s in $order; do
+      IFS=$'\t' read -r code t <<< "$(curl -s -o /dev/null -w '%{http_code}\t%{time_total}' -X POST \
+        -H "Authorization: Bearer ${S_ADMIN[$s]}" -H "Accept: application/dicom+json" \
+        -H "Content-Type: multipart/related; type=\"application/dicom\"; boundary=$BOUNDARY_USED" \
+        --data-binary "@$f" "${S_DW[$s]}/studies")"
+      [ "$code" = 200 ] || BAD[$s]="HTTP $code"
+      VALS[$s]+="$(awk -v t="$t" 'BEGIN {printf "%.3f", t * 1000}') "
+    done
+  done
+}
+
 phase_audit() {
   local backend r s before after expected who f k code t order boundary rc t0 t1
-  local -a bodies
+  local -a bodies batches
   make_ct
   boundary=$(head -1 "$CT_DIR/.done-1")
   mapfile -t bodies < <(find "$CT_DIR/bodies" -name '*.body' | sort)
   [ "${#bodies[@]}" = "$INGEST_N" ] || die "$CT_DIR holds ${#bodies[@]} bodies, expected $INGEST_N"
+  make_batches "$boundary"
+  mapfile -t batches < <(find "$CT_DIR/batches-$STOW_BATCH" -name '*.body' | sort)
   for backend in $BACKENDS; do
     backend_setup "$backend" || continue
     ensure_index "$backend"
@@ -450,23 +493,23 @@ phase_audit() {
       # STOW-RS, one instance per request, the same file to both (fresh archives), alternating
       fresh_ingest_archives "$backend"
       start_ingest_servers "$backend" "pacs-audit-stow-$backend"
-      local -A vals=() bad=()
-      for k in "${!bodies[@]}"; do
-        f=${bodies[$k]}
-        if ((k % 2)); then order="off on"; else order="on off"; fi
-        for s in $order; do
-          IFS=$'\t' read -r code t <<< "$(curl -s -o /dev/null -w '%{http_code}\t%{time_total}' -X POST \
-            -H "Authorization: Bearer ${S_ADMIN[$s]}" -H "Accept: application/dicom+json" \
-            -H "Content-Type: multipart/related; type=\"application/dicom\"; boundary=$boundary" \
-            --data-binary "@$f" "${S_DW[$s]}/studies")"
-          [ "$code" = 200 ] || bad[$s]="HTTP $code"
-          vals[$s]+="$(awk -v t="$t" 'BEGIN {printf "%.3f", t * 1000}') "
-        done
-      done
+      VALS=() BAD=() BOUNDARY_USED=$boundary
+      stow_paired one "${bodies[@]}"
       for s in on off; do
         # shellcheck disable=SC2086
-        ingest_counts "$s" "$backend" "STOW-RS 1 instance per request" "per request" "${bad[$s]:-ok}" \
-          "round $r; curl time_total, alternating request by request with the other server" ${vals[$s]}
+        ingest_counts "$s" "$backend" "STOW-RS 1 instance per request" "per request" "${BAD[$s]:-ok}" \
+          "round $r; curl time_total, alternating request by request with the other server" ${VALS[$s]}
+      done
+      server_stop on; server_stop off
+      # STOW-RS, STOW_BATCH instances per request (the same files, fresh archives again)
+      fresh_ingest_archives "$backend"
+      start_ingest_servers "$backend" "pacs-audit-stowbatch-$backend"
+      VALS=() BAD=()
+      stow_paired batch "${batches[@]}"
+      for s in on off; do
+        # shellcheck disable=SC2086
+        ingest_counts "$s" "$backend" "STOW-RS $STOW_BATCH instances per request" "per request" "${BAD[$s]:-ok}" \
+          "round $r; curl time_total, alternating request by request with the other server" ${VALS[$s]}
       done
       server_stop on; server_stop off
       # C-STORE, one association per server and set (fresh archives), alternating: on first for odd set + round
@@ -611,7 +654,7 @@ done
 {
   echo "started_utc=$(date -u +%FT%TZ)"
   echo "commit=$REV fingerprint=$(fingerprint)"
-  echo "phases=${PHASES[*]} BACKENDS=$BACKENDS INSTANCES=$INSTANCES ORGS=$ORGS SHARED=$SHARED ORG=$ORG NAME=$NAME RUNS=$RUNS WARMUP=$WARMUP ROUNDS=$ROUNDS AUDIT_RUNS=$AUDIT_RUNS INGEST_N=$INGEST_N CSTORE_SETS=$CSTORE_SETS"
+  echo "phases=${PHASES[*]} BACKENDS=$BACKENDS INSTANCES=$INSTANCES ORGS=$ORGS SHARED=$SHARED ORG=$ORG NAME=$NAME RUNS=$RUNS WARMUP=$WARMUP ROUNDS=$ROUNDS AUDIT_RUNS=$AUDIT_RUNS INGEST_N=$INGEST_N CSTORE_SETS=$CSTORE_SETS STOW_BATCH=$STOW_BATCH"
   echo "nproc=$(nproc) loadavg=$(cut -d' ' -f1-3 /proc/loadavg) cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "busiest processes at start (top, 1 s):"; busiest
 } >> "${TSV%.tsv}.meta"

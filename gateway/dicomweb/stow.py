@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
+from gateway.audit import record_early
 from gateway.deps import ArchiveDep, DicomwebContext, SettingsDep, StudyUid, dicomweb_root
 from gateway.dicomweb.multipart_reader import (
     MultipartError,
@@ -116,6 +117,7 @@ def _store(request: Request, study: str | None, archive: Archive, ctx: Context, 
     if not response.parts:
         raise HTTPException(400, "the multipart body holds no part")
     event(log, "stow.done", sub=ctx.principal.sub, org=ctx.principal.org, **response.counts(), duration_ms=_ms(started))
+    record_early(request, response.http_status)  # what was stored is known: commit while answering
     answer = DicomJSONResponse(response.dataset(), status_code=response.http_status)
     for warning in response.warnings():
         answer.headers.append("Warning", warning)
