@@ -360,19 +360,20 @@ def _keys_first(
     every study: `ix_studies_date_id` read backwards is that page already, and the LIMIT stops
     it. `search_all` (C-FIND, no page) keeps the plain statement.
     """
-    by_date = None if conditions else visible_by_date(ctx)
-    if by_date is None and not conditions:
+    if not conditions and visible_by_date(ctx) is None:
         return None
-    if by_date is not None:
+
+    def keys(newest: int) -> Any:
+        by_date = None if conditions else visible_by_date(ctx, newest)
+        if by_date is None:
+            chosen = select(Study.id.label("pk"), Study.study_date.label("day")).where(visible_to(ctx), *conditions)
+            return chosen.order_by(*_NEWEST_STUDY_FIRST)
         visible = by_date.subquery("visible")
-        keys = select(visible.c.study_pk.label("pk"), visible.c.study_date.label("day"))
-        keys = keys.order_by(visible.c.study_date.desc(), visible.c.study_pk.desc())
-    else:
-        keys = select(Study.id.label("pk"), Study.study_date.label("day")).where(visible_to(ctx), *conditions)
-        keys = keys.order_by(*_NEWEST_STUDY_FIRST)
+        chosen = select(visible.c.study_pk.label("pk"), visible.c.study_date.label("day"))
+        return chosen.order_by(visible.c.study_date.desc(), visible.c.study_pk.desc())
 
     def paged(size: int, offset: int) -> Any:
-        chosen = keys.limit(size).offset(offset).subquery("page")
+        chosen = keys(size + offset).limit(size).offset(offset).subquery("page")
         return (
             select(*splice.STUDY_COLUMNS)
             .join_from(Study, chosen, Study.id == chosen.c.pk)
