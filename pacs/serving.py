@@ -25,6 +25,7 @@ from storage.audit.forward import start_forwarder
 from storage.index.db import redacted
 from storage.index.migrate import upgrade
 from storage.ingest.recovery import recover
+from storage.patients.linker import start_linker
 from storage.settings import Settings
 
 ADMIN_TOKEN_TTL = "7d"
@@ -41,11 +42,12 @@ def serve(settings: Settings, out: Console) -> None:
     _prepare_metrics_dir(settings)
     http = ports.bind(ports.http(settings.http_host, settings.http_port))
     archive = Archive.open(settings)
-    scp = workers = forwarder = None
+    scp = workers = forwarder = linker = None
     try:
         upgrade(archive.db.engine)
         report = recover(archive)
         forwarder = start_forwarder(archive.db, settings, owner=archive.owner)  # None unless PACS_AUDIT_SYSLOG
+        linker = start_linker(archive.db, settings)  # links the identities ingest queues
         if settings.dicom_workers == 1:
             scp = server.start(settings, archive)
         else:
@@ -61,6 +63,8 @@ def serve(settings: Settings, out: Console) -> None:
         uvicorn.Server(config).run(sockets=[http])
     finally:
         http.close()
+        if linker is not None:
+            linker.stop()
         if forwarder is not None:
             forwarder.stop()
         if workers is not None:

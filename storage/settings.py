@@ -82,10 +82,23 @@ class Settings(BaseSettings):
     #: (bursts of 2 seconds' worth); 0: no limit
     dicom_rate_limit: float = Field(default=50.0, ge=0)
 
+    #: the patient index (DESIGN.md "Patients across institutions", storage/patients/model.py):
+    #: a score (bits) at which two identities link, and at which a reviewer is asked; how often
+    #: each `pacs serve` links what ingest queued (seconds)
+    mpi_link_at: float = 25.0
+    mpi_review_at: float = 12.0
+    mpi_interval: float = Field(default=2.0, gt=0, le=3600)
+
     log_level: str = "INFO"
     #: set by `pacs serve` when worker processes share Prometheus metrics through files
     metrics_dir: Path | None = None
     recovery_grace_seconds: int = Field(default=600, ge=0)
+
+    @model_validator(mode="after")
+    def _check_mpi_thresholds(self) -> Settings:
+        if self.mpi_review_at > self.mpi_link_at:
+            raise ValueError("PACS_MPI_REVIEW_AT must not be above PACS_MPI_LINK_AT")
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -119,6 +119,10 @@ class ParsedInstance:
     patient_name: str
     birth_date: str
     sex: str
+    #: PatientAddress (at most 256 characters) and the OtherPatientIDsSequence items, (ID, issuer),
+    #: at most 16: what the patient index compares besides the name
+    patient_address: str
+    other_patient_ids: tuple[tuple[str, str], ...]
     study_date: str
     study_time: str
     accession_number: str
@@ -293,6 +297,22 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+#: bounds on what a peer sends about its patient beyond the key attributes
+MAX_ADDRESS = 256
+MAX_OTHER_IDS = 16
+
+
+def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    """(PatientID, IssuerOfPatientID) of the first `MAX_OTHER_IDS` OtherPatientIDsSequence items."""
+    items = ds.get("OtherPatientIDsSequence") or []
+    found = []
+    for item in list(items)[:MAX_OTHER_IDS]:
+        patient_id = _text(item, "PatientID")[:64]
+        if patient_id:
+            found.append((patient_id, _text(item, "IssuerOfPatientID")[:64]))
+    return tuple(found)
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
@@ -326,6 +346,8 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
         patient_name=name,
         birth_date=_text(ds, "PatientBirthDate")[:8],
         sex=_text(ds, "PatientSex")[:16],
+        patient_address=_text(ds, "PatientAddress")[:MAX_ADDRESS],
+        other_patient_ids=_other_patient_ids(ds),
         study_date=_text(ds, "StudyDate")[:8],
         study_time=_text(ds, "StudyTime")[:16],
         accession_number=_text(ds, "AccessionNumber")[:16],

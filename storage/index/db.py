@@ -171,14 +171,21 @@ def insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], valu
     Two associations storing the first instances of one study race here; the conflict clause
     lets both proceed without an error and both end up on the same row.
     """
+    return insert_or_get_new(conn, model, key, values)[0]
+
+
+def insert_or_get_new(
+    conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]
+) -> tuple[int, bool]:
+    """`insert_or_get`, and whether this call created the row (the one caller that did)."""
     ins = pg_insert(model) if conn.dialect.name == "postgresql" else sqlite_insert(model)
     table = model.__table__
     new_id = conn.scalar(
         ins.values(**key, **values).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
     )
     if new_id is not None:
-        return int(new_id)
-    return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one())
+        return int(new_id), True
+    return int(conn.execute(select(table.c.id).filter_by(**key)).scalar_one()), False
 
 
 def redacted(url: str) -> str:

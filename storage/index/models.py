@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -88,6 +89,91 @@ class PatientIdentity(Base):
     birth_date: Mapped[str] = mapped_column(String(8), default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the master person (`storage.patients.linker` sets it; none until the identity is linked)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
+    #: PatientAddress as first received
+    address: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: a national ID the sender gave (PatientID with issuer RO-CNP, or an OtherPatientIDsSequence
+    #: item), as received; `cnp` is it once checked against the demographics
+    national_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    cnp: Mapped[str | None] = mapped_column(String(13), index=True)
+    #: the first family word, folded (`storage.patients.names.block_key`): whom the model compares
+    block_key: Mapped[str] = mapped_column(String(8), default="", server_default="", index=True)
+
+
+class Person(Base):
+    """A master person: the identities the patient index holds to be one human being.
+
+    A person absorbed by a merge keeps its row with `merged_into` (its ID stays resolvable);
+    the patient's choice about cross-organization sharing is kept here (DESIGN.md).
+    """
+
+    __tablename__ = "persons"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    merged_into: Mapped[int | None] = mapped_column(Id)
+    cross_org_sharing: Mapped[str] = mapped_column(String(8), default="opt-in", server_default="opt-in")
+    consent_recorded_by: Mapped[str | None] = mapped_column(String(256))
+    consent_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_note: Mapped[str | None] = mapped_column(Text)
+
+
+class LinkQueueItem(Base):
+    """An identity the linker has yet to compare (queued by ingest in its own transaction)."""
+
+    __tablename__ = "link_queue"
+
+    identity_id: Mapped[int] = mapped_column(
+        ForeignKey("patient_identities.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class LinkCandidate(Base):
+    """A pair the model could not decide: a reviewer accepts (links) or rejects it."""
+
+    __tablename__ = "link_candidates"
+    __table_args__ = (UniqueConstraint("identity_a", "identity_b", name="uq_link_candidate_pair"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    identity_a: Mapped[int] = mapped_column(ForeignKey("patient_identities.id", ondelete="CASCADE"))
+    identity_b: Mapped[int] = mapped_column(ForeignKey("patient_identities.id", ondelete="CASCADE"), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    reasons: Mapped[str] = mapped_column(Text, default="[]")
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(256))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LinkDecision(Base):
+    """A person's decision about a pair, which the model never overrides: `same` or `apart`."""
+
+    __tablename__ = "link_decisions"
+    __table_args__ = (PrimaryKeyConstraint("identity_a", "identity_b"),)
+
+    identity_a: Mapped[int] = mapped_column(ForeignKey("patient_identities.id", ondelete="CASCADE"))
+    identity_b: Mapped[int] = mapped_column(ForeignKey("patient_identities.id", ondelete="CASCADE"), index=True)
+    decision: Mapped[str] = mapped_column(String(8))
+    decided_by: Mapped[str] = mapped_column(String(256))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LinkEvent(Base):
+    """The history of a person's links: what linked or split it, by which rule or whom, when."""
+
+    __tablename__ = "link_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    person_id: Mapped[int] = mapped_column(Id, index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    identity_a: Mapped[int | None] = mapped_column(Id)
+    identity_b: Mapped[int | None] = mapped_column(Id)
+    rule: Mapped[str] = mapped_column(String(16), default="")
+    score: Mapped[float | None] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(256), default="")
 
 
 class Study(Base):

@@ -261,7 +261,14 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
         key = identities.identity_key(
             p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
         )
-        identity_id = identities.upsert(conn, key, identities.Demographics(p.patient_name, p.birth_date, p.sex))
+        demographics = identities.Demographics(
+            p.patient_name,
+            p.birth_date,
+            p.sex,
+            p.patient_address,
+            identities.national_id_of(p.patient_id, p.issuer_of_patient_id, p.other_patient_ids),
+        )
+        identity_id = identities.upsert(conn, key, demographics)
         study_id = _upsert_study(conn, p, identity_id, ctx)
         owners = set()
     if ctx.principal.org is not None and ctx.principal.org not in owners:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from storage.dicom.charset import fold
-from storage.index.db import insert_or_get
-from storage.index.models import PatientIdentity, Study, utcnow
+from storage.index.db import insert_or_get_new
+from storage.index.models import LinkQueueItem, PatientIdentity, Study, utcnow
+from storage.patients import cnp
 
 #: issuer kinds, in the order they are chosen
 DICOM, ORG, AE, NONE = "dicom", "org", "ae", "none"
@@ -38,6 +39,17 @@ class Demographics:
     patient_name: str
     birth_date: str
     sex: str
+    address: str = ""
+    #: a national ID the sender gave (`national_id_of`), unchecked
+    national_id: str = ""
+
+
+def national_id_of(patient_id: str, issuer: str, other_ids: tuple[tuple[str, str], ...]) -> str:
+    """The CNP a sender gave, unchecked: PatientID issued by `RO-CNP`, else the first
+    OtherPatientIDsSequence item so issued (DESIGN.md "Patients across institutions")."""
+    if issuer == cnp.ISSUER:
+        return patient_id
+    return next((value for value, item_issuer in other_ids if item_issuer == cnp.ISSUER), "")
 
 
 def identity_key(patient_id: str, issuer: str, *, study_uid: str, org: str | None, sender: str) -> IdentityKey:
@@ -52,8 +64,13 @@ def identity_key(patient_id: str, issuer: str, *, study_uid: str, org: str | Non
 
 
 def upsert(conn: Connection, key: IdentityKey, demographics: Demographics) -> int:
-    """The id of the identity `key`, created with `demographics` if it is new (race-free)."""
-    return insert_or_get(
+    """The id of the identity `key`, created with `demographics` if it is new (race-free).
+
+    A new identity with a patient ID is queued for the patient index's linker in the caller's
+    transaction (`storage.patients.linker`): linking never slows ingest, and is never lost.
+    """
+    now = utcnow()
+    identity_id, created = insert_or_get_new(
         conn,
         PatientIdentity,
         asdict(key),
@@ -62,9 +79,14 @@ def upsert(conn: Connection, key: IdentityKey, demographics: Demographics) -> in
             "patient_name_folded": fold(demographics.patient_name),
             "birth_date": demographics.birth_date,
             "sex": demographics.sex,
-            "created_at": utcnow(),
+            "address": demographics.address,
+            "national_id": demographics.national_id[:64],
+            "created_at": now,
         },
     )
+    if created and key.issuer_kind != NONE:
+        conn.execute(insert(LinkQueueItem).values(identity_id=identity_id, queued_at=now))
+    return identity_id
 
 
 def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str) -> None:
@@ -83,13 +105,15 @@ def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str)
             PatientIdentity.patient_name,
             PatientIdentity.birth_date,
             PatientIdentity.sex,
+            PatientIdentity.address,
+            PatientIdentity.national_id,
         )
         .join(PatientIdentity, PatientIdentity.id == Study.identity_id)
         .where(Study.id.in_(study_ids), PatientIdentity.issuer_kind == AE, PatientIdentity.issuer == ae_title)
     ).all()
     old: set[int] = set()
-    for study_id, identity_id, patient_id, name, birth_date, sex in rows:
-        new_id = upsert(conn, IdentityKey(ORG, org, patient_id), Demographics(name, birth_date, sex))
+    for study_id, identity_id, patient_id, *demographics in rows:
+        new_id = upsert(conn, IdentityKey(ORG, org, patient_id), Demographics(*demographics))
         conn.execute(update(Study).where(Study.id == study_id).values(identity_id=new_id))
         old.add(identity_id)
     for identity_id in old:

@@ -1,0 +1,293 @@
+"""The patient index's linker: each queued identity compared with its block, linked or queued for review.
+
+Ingest queues a new identity in its own transaction (`identities.upsert`). A linker runs in
+every `pacs serve` (`Linker`, a daemon thread) and takes queued identities one transaction
+each: the identity's linking fields are filled (`block_key`, a checked `cnp`), it gets a person
+of its own if it has none, it is compared (`model.compare`) with the identities that share its
+CNP, its block key (first family word) or its birth date, at most `MAX_COMPARED` of them, and
+the verdicts are applied; then it leaves the queue in the same commit. So a killed process
+leaves it queued, and nothing is linked twice. Linkers of several processes take turns: on
+PostgreSQL a transaction-level advisory lock serializes them (a merge reads and moves two
+persons), on SQLite the write transaction does.
+
+A link merges two persons (the lower ID survives, the other is kept with `merged_into`), unless
+the merged person would hold two different CNPs or a pair a person has decided `apart`: then
+the pair goes to review. Two identities of one issuer are two records by that issuer's own
+decision and are never compared. People's decisions (`link_decisions`) win over the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from storage.index.db import Database
+from storage.index.models import LinkCandidate, LinkDecision, LinkEvent, LinkQueueItem, PatientIdentity, Person, utcnow
+from storage.logs import event
+from storage.patients import cnp, names
+from storage.patients.identities import NONE
+from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare, parse_address
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: the most identities one identity is compared with (its blocks' first ones)
+MAX_COMPARED = 200
+#: PostgreSQL advisory lock key of the linkers (any constant; "MPI" in ASCII)
+_LOCK = 0x4D5049
+SAME, APART = "same", "apart"
+
+_IDENTITY = select(
+    PatientIdentity.id,
+    PatientIdentity.issuer_kind,
+    PatientIdentity.issuer,
+    PatientIdentity.patient_id,
+    PatientIdentity.patient_name,
+    PatientIdentity.birth_date,
+    PatientIdentity.sex,
+    PatientIdentity.address,
+    PatientIdentity.national_id,
+    PatientIdentity.person_id,
+)
+
+
+def demographics_of(row: Any) -> Demographics:
+    """What the model compares of an identity row (`_IDENTITY`'s columns)."""
+    return Demographics(
+        names.parse(row.patient_name),
+        row.birth_date,
+        row.sex,
+        parse_address(row.address) if row.address else None,
+        cnp.valid_for(row.national_id, sex=row.sex, birth_date=row.birth_date) if row.national_id else None,
+    )
+
+
+def link_next(db: Database, model: Model) -> bool:
+    """Link the identity queued first, in one transaction; False when the queue is empty."""
+    with db.write_conn() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        identity_id = conn.scalar(select(LinkQueueItem.identity_id).order_by(LinkQueueItem.queued_at).limit(1))
+        if identity_id is None:
+            return False
+        link_identity(conn, identity_id, model)
+        conn.execute(delete(LinkQueueItem).where(LinkQueueItem.identity_id == identity_id))
+    return True
+
+
+def link_pending(db: Database, model: Model, *, limit: int = 1000) -> int:
+    """Link queued identities until the queue is empty or `limit` are done; how many were."""
+    done = 0
+    while done < limit and link_next(db, model):
+        done += 1
+    return done
+
+
+def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
+    """Fill the identity's linking fields, give it a person, and apply its verdicts."""
+    row = conn.execute(_IDENTITY.where(PatientIdentity.id == identity_id)).first()
+    if row is None or row.issuer_kind == NONE:
+        return
+    mine = demographics_of(row)
+    block = names.block_key(mine.name)
+    person = row.person_id or new_person(conn)
+    conn.execute(
+        update(PatientIdentity)
+        .where(PatientIdentity.id == identity_id)
+        .values(block_key=block, cnp=mine.cnp.value if mine.cnp else None, person_id=person)
+    )
+    decisions = _decisions_of(conn, identity_id)
+    for other in conn.execute(_block_of(row, mine, block)).all():
+        if other.person_id == person:
+            continue
+        decided = decisions.get(other.id)
+        if decided == APART:
+            continue
+        verdict = Verdict(LINK, "manual", 0.0) if decided == SAME else compare(mine, demographics_of(other), model)
+        if verdict.decision == LINK:
+            person = _link_or_review(conn, identity_id, person, other, verdict)
+        elif verdict.decision == REVIEW:
+            add_candidate(conn, identity_id, other.id, verdict)
+
+
+def _block_of(row: Any, mine: Demographics, block: str) -> Any:
+    """The identities `row` is compared with: the same CNP, block key or birth date, another issuer."""
+    same: list[Any] = []
+    if mine.cnp is not None:
+        same.append(PatientIdentity.cnp == mine.cnp.value)
+    if block:
+        same.append(PatientIdentity.block_key == block)
+    if len(row.birth_date) == 8:
+        same.append(PatientIdentity.birth_date == row.birth_date)
+    if not same:
+        return _IDENTITY.where(PatientIdentity.id.is_(None))
+    return (
+        _IDENTITY.where(
+            or_(*same),
+            PatientIdentity.id != row.id,
+            PatientIdentity.issuer_kind != NONE,
+            ~and_(PatientIdentity.issuer_kind == row.issuer_kind, PatientIdentity.issuer == row.issuer),
+        )
+        .order_by(PatientIdentity.id)
+        .limit(MAX_COMPARED)
+    )
+
+
+def _link_or_review(conn: Connection, identity_id: int, person: int, other: Any, verdict: Verdict) -> int:
+    """Merge `other`'s person into `person` (the survivor's ID), or review the pair when the
+    merged person would hold two CNPs or a pair decided apart."""
+    theirs = conn.scalar(select(PatientIdentity.person_id).where(PatientIdentity.id == other.id))
+    if theirs == person:  # joined this person by an earlier link of this turn
+        return person
+    theirs = theirs or new_person(conn, identities=[other.id])
+    blocked = merge_conflict(conn, person, theirs)
+    if blocked is not None:
+        add_candidate(conn, identity_id, other.id, verdict, why=blocked)
+        return person
+    return merge(conn, person, theirs, identity_id, other.id, rule=verdict.rule, score=verdict.score, actor="linker")
+
+
+def new_person(conn: Connection, identities: list[int] | None = None) -> int:
+    """A new person, holding `identities` if given."""
+    person = int(conn.execute(insert(Person).values(created_at=utcnow()).returning(Person.id)).scalar_one())
+    if identities:
+        conn.execute(update(PatientIdentity).where(PatientIdentity.id.in_(identities)).values(person_id=person))
+    return person
+
+
+def merge_conflict(conn: Connection, one: int, other: int) -> str | None:
+    """Why persons `one` and `other` cannot be one (two different CNPs, a pair decided apart), or None."""
+    members = conn.execute(
+        select(PatientIdentity.id, PatientIdentity.person_id, PatientIdentity.cnp).where(
+            PatientIdentity.person_id.in_([one, other])
+        )
+    ).all()
+    cnps = {m.cnp for m in members if m.cnp}
+    if len(cnps) > 1:
+        return "the two persons hold different CNPs"
+    left = [m.id for m in members if m.person_id == one]
+    right = [m.id for m in members if m.person_id == other]
+    apart = conn.scalar(
+        select(LinkDecision.identity_a).where(
+            LinkDecision.decision == APART,
+            or_(
+                and_(LinkDecision.identity_a.in_(left), LinkDecision.identity_b.in_(right)),
+                and_(LinkDecision.identity_a.in_(right), LinkDecision.identity_b.in_(left)),
+            ),
+        )
+    )
+    return "a reviewer decided that two of their identities are two people" if apart is not None else None
+
+
+def merge(
+    conn: Connection, one: int, other: int, a: int | None, b: int | None, *, rule: str, score: float, actor: str
+) -> int:
+    """Make persons `one` and `other` one (the lower ID survives); the survivor's ID."""
+    keep, gone = min(one, other), max(one, other)
+    if keep == gone:
+        return keep
+    conn.execute(update(PatientIdentity).where(PatientIdentity.person_id == gone).values(person_id=keep))
+    conn.execute(update(Person).where(Person.id == gone).values(merged_into=keep))
+    conn.execute(update(Person).where(Person.merged_into == gone).values(merged_into=keep))
+    record(conn, keep, "link", a, b, rule=rule, score=score, actor=actor)
+    event(log, "mpi.linked", person=keep, merged=gone, rule=rule, score=None if score in (float("inf"),) else score)
+    return keep
+
+
+def add_candidate(conn: Connection, a: int, b: int, verdict: Verdict, why: str | None = None) -> None:
+    """Queue the pair for review (once: a pair already reviewed or queued stays as it is)."""
+    low, high = min(a, b), max(a, b)
+    reasons = [asdict(r) for r in verdict.reasons]
+    if why:
+        reasons.append({"field": "merge", "level": why, "weight": 0.0})
+    ins = pg_insert(LinkCandidate) if conn.dialect.name == "postgresql" else sqlite_insert(LinkCandidate)
+    score = verdict.score if verdict.score not in (float("inf"), float("-inf")) else 0.0
+    conn.execute(
+        ins.values(
+            identity_a=low,
+            identity_b=high,
+            score=score,
+            reasons=json.dumps(reasons),
+            status="open",
+            created_at=utcnow(),
+        ).on_conflict_do_nothing(index_elements=["identity_a", "identity_b"])
+    )
+
+
+def decide(conn: Connection, a: int, b: int, decision: str, actor: str) -> None:
+    """Keep a person's decision about the pair (it replaces an earlier one)."""
+    low, high = min(a, b), max(a, b)
+    conn.execute(delete(LinkDecision).where(LinkDecision.identity_a == low, LinkDecision.identity_b == high))
+    conn.execute(
+        insert(LinkDecision).values(
+            identity_a=low, identity_b=high, decision=decision, decided_by=actor, decided_at=utcnow()
+        )
+    )
+
+
+def record(
+    conn: Connection,
+    person: int,
+    action: str,
+    a: int | None,
+    b: int | None,
+    *,
+    rule: str = "",
+    score: float | None = None,
+    actor: str = "",
+) -> None:
+    """One entry of a person's link history."""
+    finite = score if score is not None and abs(score) != float("inf") else None
+    conn.execute(
+        insert(LinkEvent).values(
+            time=utcnow(), person_id=person, action=action, identity_a=a, identity_b=b, rule=rule, score=finite,
+            actor=actor[:256],
+        )
+    )  # fmt: skip
+
+
+def _decisions_of(conn: Connection, identity_id: int) -> dict[int, str]:
+    rows = conn.execute(
+        select(LinkDecision.identity_a, LinkDecision.identity_b, LinkDecision.decision).where(
+            or_(LinkDecision.identity_a == identity_id, LinkDecision.identity_b == identity_id)
+        )
+    ).all()
+    return {(b if a == identity_id else a): decision for a, b, decision in rows}
+
+
+class Linker:
+    """Links what ingest queues, from a daemon thread of this process, every `interval` seconds."""
+
+    def __init__(self, db: Database, model: Model, interval: float) -> None:
+        self._db, self._model, self._interval = db, model, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mpi-linker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                link_pending(self._db, self._model, limit=200)
+            except Exception as exc:  # noqa: BLE001 - the queue keeps the identity; the next turn retries
+                event(log, "mpi.link_failed", level=logging.ERROR, error=type(exc).__name__)
+            self._stop.wait(self._interval)
+
+
+def start_linker(db: Database, settings: Settings) -> Linker:
+    """The linker of this process, started, with the thresholds of `settings`."""
+    linker = Linker(db, Model(link_at=settings.mpi_link_at, review_at=settings.mpi_review_at), settings.mpi_interval)
+    linker.start()
+    return linker
