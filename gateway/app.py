@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from gateway import health, problems
 from gateway.api import audit as audit_api
-from gateway.api import orgs, shares, worklist
+from gateway.api import orgs, patients, shares, worklist
 from gateway.audit import AuditMiddleware
 from gateway.auth import Authenticator, get_principal
 from gateway.compression import GzipJsonMiddleware
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     for module in (capabilities, qido, wado, stow, delete):
         app.include_router(module.router, prefix=DICOMWEB, dependencies=authenticated, responses=problems.COMMON)
     app.include_router(wado_uri.router, dependencies=authenticated, responses=problems.COMMON)
-    for module in (worklist, orgs, shares, audit_api):
+    for module in (worklist, orgs, shares, patients, audit_api):
         app.include_router(module.router, dependencies=authenticated, responses=problems.COMMON)
     _add_api_docs(app, authenticated)
     return app

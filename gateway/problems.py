@@ -10,7 +10,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from storage.errors import CannotTranscode, NotAuthorized, NotFound, OutOfResources, RejectedInput, StorageError
+from storage.errors import (
+    CannotTranscode,
+    Conflict,
+    NotAuthorized,
+    NotFound,
+    OutOfResources,
+    RejectedInput,
+    StorageError,
+)
 
 PROBLEM = "application/problem+json"
 _PROBLEM_BODY = {PROBLEM: {"schema": {"type": "object"}}}
@@ -48,6 +56,8 @@ def http_status(exc: StorageError) -> int:
         return 406
     if isinstance(exc, NotAuthorized):
         return 403
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, OutOfResources):
         return 503
     return 500

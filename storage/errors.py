@@ -116,6 +116,13 @@ class NotFound(StorageError):
     reason = "not_found"
 
 
+class Conflict(StorageError):
+    """The request contradicts what the archive holds (HTTP 409)."""
+
+    status = 0xC000
+    reason = "conflict"
+
+
 class NotAuthorized(StorageError):
     status = 0x0124  # PS3.7 C.5: Refused: Not Authorized
     reason = "not_authorized"

@@ -30,12 +30,16 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy import delete, insert, select
 
 from gateway.openapi import describe
 from storage.access import shares
 from storage.access.orgs import AeSpec, add_org, update_org
 from storage.access.tokens import ALGORITHM, ISSUER, signing_key
 from storage.archive import Archive
+from storage.index.models import LinkCandidate, PatientIdentity
+from storage.patients.linker import link_pending
+from storage.patients.model import Model
 from storage.settings import Settings
 from tests.kit import dicom_factory as f
 from tests.kit.backends import BACKENDS, module_archive
@@ -111,6 +115,7 @@ def _populate(gateway: Gateway, archive: Archive) -> World:
     def stow_b() -> bytes:
         return f.to_bytes(f.ct_dataset(study_uid=study_b[0], patient_name=PATIENT_B[0], patient_id=PATIENT_B[1]))
 
+    link_pending(archive.db, Model())  # every identity in a person of its own
     return World(
         gateway=gateway,
         study_a=str(a.StudyInstanceUID),
@@ -191,7 +196,7 @@ def expected(method: str, path: str, caller: str) -> str:
         if method == "POST":
             return WRITE_REFUSED if org_a else ALLOWED
         return HIDDEN if org_a and not emergency else ALLOWED
-    if path.startswith(("/api/orgs", "/api/audit")):
+    if path.startswith(("/api/orgs", "/api/audit", "/api/identities", "/api/persons", "/api/links", "/api/link-")):
         return FORBIDDEN
     if path.startswith("/api/worklist"):
         integrator = caller == "integrator-a"
@@ -227,11 +232,15 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         "share_id": str(987654321 if missing else w.share_b),
         "org_id": "no-such-org" if missing else CLINIC_B,
         "ae_title": "NO-SUCH-AE" if missing else "SPARE-B",
+        "person_id": str(987654321 if missing else _person_of(w, PATIENT_B[1])),
+        "candidate_id": str(987654321 if missing or "{candidate_id}" not in path else _fresh_candidate(w)),
     }
     url = w.gateway.url + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
     params: dict[str, str] = {}
     if path == "/wado":
         params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    if path == "/api/identities":
+        params = {"issuer": f"urn:pacs:org:{CLINIC_B}", "patient_id": "nobody" if missing else PATIENT_B[1]}
     body: dict[str, Any] = {}
     if method == "POST" and path.startswith("/dicomweb"):
         boundary = uuid.uuid4().hex
@@ -265,7 +274,42 @@ def _json_body(method: str, path: str, study: str) -> dict[str, Any]:
         return {"ae_title": "SPARE-B"}
     if path == "/api/shares":
         return {"study_instance_uid": study, "to_org": THIRD, "reason": "referral"}
+    if path == "/api/links":
+        return {"a": _ref(HOSP_A, PATIENT_A[1]), "b": _ref(CLINIC_B, PATIENT_B[1])}
+    if path == "/api/persons/{person_id}/unlink":
+        return _ref(CLINIC_B, PATIENT_B[1])
+    if path.startswith("/api/link-candidates/"):
+        return {}
     raise AssertionError(f"{method} {path}: no request body for it in the access matrix")
+
+
+def _ref(org: str, patient_id: str) -> dict[str, str]:
+    return {"issuer": f"urn:pacs:org:{org}", "patient_id": patient_id}
+
+
+def _person_of(world: World, patient_id: str) -> int:
+    """The person an identity is in now (an admin's link or unlink in an earlier cell moves it)."""
+    with world.gateway.archive.db.engine.connect() as conn:
+        person = conn.scalar(select(PatientIdentity.person_id).where(PatientIdentity.patient_id == patient_id))
+    assert person is not None
+    return int(person)
+
+
+def _fresh_candidate(world: World) -> int:
+    """An open review candidate between A's and B's patients (an admin's accept or reject in an
+    earlier cell decided the last one)."""
+    with world.gateway.archive.db.write_conn() as conn:
+        a, b = (
+            conn.scalar(select(PatientIdentity.id).where(PatientIdentity.patient_id == pid))
+            for pid in (PATIENT_A[1], PATIENT_B[1])
+        )
+        conn.execute(delete(LinkCandidate))
+        made = conn.execute(
+            insert(LinkCandidate)
+            .values(identity_a=min(a, b), identity_b=max(a, b), score=13.0, reasons="[]", status="open")
+            .returning(LinkCandidate.id)
+        )
+        return int(made.scalar_one())
 
 
 def _routes(app_description: dict[str, Any]) -> list[tuple[str, str]]:
