@@ -296,6 +296,32 @@ ensure_index() { # BACKEND: the 1M index, reused when it holds exactly the data 
     "$(jq -r 'if .reused then "reused" else "generated: \(.seconds_total) s" end' <<< "$summary")" \
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
   GENERATED[$backend]=1
+  drain_links "$backend"
+}
+
+drain_links() { # BACKEND: link what the patient index has queued (an index upgraded to 0009 queues
+  # every identity it held), so that no server's linker works in the background of a measurement
+  local out
+  out=$(py "$URL" <<'PY'
+import sys, time
+from storage.index.db import Database
+from storage.index.migrate import upgrade
+from storage.patients.linker import link_pending
+from storage.patients.model import Model
+db = Database.connect(sys.argv[1])
+upgrade(db.engine)
+t0, done = time.perf_counter(), 0
+while True:
+    n = link_pending(db, Model(), limit=5000)
+    done += n
+    if n == 0:
+        break
+print(f"{done} {time.perf_counter() - t0:.1f}")
+db.dispose()
+PY
+  ) || die "linking the queued identities failed on $1"
+  read -r n secs <<< "$out"
+  [ "$n" = 0 ] || record link "patient index: identities queued by the upgrade, linked" "$1" wall s "$n identities" - ok "" "$secs"
 }
 
 # ---------------------------------------------------------------- servers

@@ -95,8 +95,9 @@ def record_early(request: Request, status: int = 200) -> None:
     if channel is None:
         return
     archive = request.app.state.archive
+    # a route runs in a worker thread, which may commit the record itself (no hop to the writer)
     request.state.pacs_audit_early = _Early(
-        outcome_of(status), [archive.audit.submit(a) for a in _events(request.scope, channel, status)]
+        outcome_of(status), [archive.audit.submit(a, lead=True) for a in _events(request.scope, channel, status)]
     )
 
 

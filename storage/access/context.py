@@ -57,12 +57,12 @@ class AuditRecorder(Protocol):
 
     `record` returns once the event is kept and raises (an `OutOfResources`) when it cannot
     be: the operation it records must then fail. `submit` is the same for a caller that waits
-    on its own terms (the gateway's event loop).
+    on its own terms: the gateway's event loop, or with `lead` a thread that may commit itself.
     """
 
     def record(self, access: AccessEvent) -> None: ...
 
-    def submit(self, access: AccessEvent) -> Future[None]: ...
+    def submit(self, access: AccessEvent, *, lead: bool = False) -> Future[None]: ...
 
     def close(self) -> None: ...
 
@@ -71,8 +71,8 @@ class _NoAudit:
     def record(self, access: AccessEvent) -> None:
         del access
 
-    def submit(self, access: AccessEvent) -> Future[None]:
-        del access
+    def submit(self, access: AccessEvent, *, lead: bool = False) -> Future[None]:
+        del access, lead
         done: Future[None] = Future()
         done.set_result(None)
         return done

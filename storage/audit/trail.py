@@ -6,16 +6,17 @@ and raises `AuditUnavailable` when it could not be; callers answer after it. Wri
 transaction per event would cost every request a commit; instead one writer thread per process
 takes whatever events are waiting, commits them in one transaction, and wakes their callers
 (group commit, as databases do with their own log): under load a batch grows, and a lone
-request pays one small commit. The writer also fills in, for events that name a study, the
-study's patient and, for a read across organizations, the study's owner (one query per batch),
-so that the request paths do not look them up.
+request pays one small commit. A caller that may block commits in its own thread when nobody
+else is committing (`submit(lead=True)`), taking the others' waiting records along. The writer
+also fills in, for events that name a study, the study's patient and, for a read across
+organizations, the study's owner (one query per batch), so that the request paths do not look
+them up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import secrets
 import socket
 import threading
@@ -81,10 +82,13 @@ class AuditTrail:
 
     def __init__(self, db: Database, owner: str | None = None) -> None:
         self._db = db
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        #: records not yet committed, in arrival order; whoever leads (`_leading`) commits them
+        self._waiting: list[_Pending] = []
         self._chain = f"{owner or f'{socket.gethostname()}:{os.getpid()}'}:{secrets.token_hex(4)}"
         self._seq, self._prev = 0, GENESIS
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._leading = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self._conn: Connection | None = None
@@ -93,18 +97,34 @@ class AuditTrail:
     def chain(self) -> str:
         return self._chain
 
-    def submit(self, access: AccessEvent) -> Future[None]:
-        """Queue `access`; the future completes once its row is committed (or fails)."""
+    def submit(self, access: AccessEvent, *, lead: bool = False) -> Future[None]:
+        """Queue `access`; the future completes once its row is committed (or fails).
+
+        With `lead`, a caller that may block (a worker thread, not the event loop) commits in
+        its own thread when no commit is under way, and returns with its record committed: no
+        hand-off to the writer thread and back, whose wake-ups and turns at the interpreter
+        lock cost a lone request more than the commit itself. Records queued meanwhile by
+        others go in the same transaction (group commit); once its own is in, the caller hands
+        what is left to the writer thread.
+        """
         done: Future[None] = Future()
-        if self._closed:
-            done.set_exception(AuditUnavailable("the audit trail of this process is closed"))
-            return done
-        self._start()
-        self._queue.put(_Pending(access, done))
+        pending = _Pending(access, done)
+        with self._lock:
+            if self._closed:
+                done.set_exception(AuditUnavailable("the audit trail of this process is closed"))
+                return done
+            self._waiting.append(pending)
+            if self._leading or not lead:
+                self._start()
+                if not self._leading:
+                    self._wake.notify()
+                return done
+            self._leading = True
+        self._lead(pending)
         return done
 
     def record(self, access: AccessEvent) -> None:
-        """Record `access` and return once it is committed.
+        """Record `access` and return once it is committed (from a thread that may block).
 
         Raises
         ------
@@ -112,7 +132,7 @@ class AuditTrail:
             The record could not be committed in time: the caller must not answer success.
         """
         try:
-            self.submit(access).result(timeout=WAIT_SECONDS)
+            self.submit(access, lead=True).result(timeout=WAIT_SECONDS)
         except AuditUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a timeout or the database's error, in one meaning
@@ -120,45 +140,63 @@ class AuditTrail:
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
-        self._closed = True
-        thread = self._thread
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
         if thread is not None:
-            self._queue.put(None)
             thread.join(timeout=WAIT_SECONDS)
+        else:
+            with self._lock:
+                leftover = not self._leading and bool(self._waiting)
+                if leftover:
+                    self._leading = True
+            if leftover:
+                self._lead(None)
 
     def _start(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                thread.start()
-                self._thread = thread
+        """Start the writer thread, once (the caller holds `_lock`)."""
+        if self._thread is None and not self._closed:
+            thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            thread.start()
+            self._thread = thread
 
     def _run(self) -> None:
         try:
             self._loop()
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            with self._lock:
+                conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
 
     def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+        """The writer thread: lead whenever records wait and nobody else leads; stop once closed
+        and nothing waits."""
+        while True:
+            with self._lock:
+                while self._leading or not self._waiting:
+                    if self._closed and not self._waiting and not self._leading:
+                        return
+                    self._wake.wait(timeout=1.0)
+                self._leading = True
+            self._lead(None)
+
+    def _lead(self, own: _Pending | None) -> None:
+        """Commit waiting records, a batch at a time, until `own` is committed (or, for the
+        writer thread, until none wait); then give up the lead, waking the writer thread for
+        what is left."""
+        while True:
+            with self._lock:
+                batch = self._waiting[:BATCH]
+                del self._waiting[:BATCH]
+                if not batch or (own is not None and own.done.done()):
+                    self._waiting[0:0] = batch
+                    self._leading = False
+                    if self._waiting:
+                        self._start()
+                        self._wake.notify()
+                    return
             self._write(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
