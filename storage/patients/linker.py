@@ -44,7 +44,8 @@ MAX_COMPARED = 200
 _LOCK = 0x4D5049
 SAME, APART = "same", "apart"
 
-_IDENTITY = select(
+#: what the linker and the admin API read of an identity
+IDENTITY_COLUMNS = (
     PatientIdentity.id,
     PatientIdentity.issuer_kind,
     PatientIdentity.issuer,
@@ -54,8 +55,10 @@ _IDENTITY = select(
     PatientIdentity.sex,
     PatientIdentity.address,
     PatientIdentity.national_id,
+    PatientIdentity.cnp,
     PatientIdentity.person_id,
 )
+_IDENTITY = select(*IDENTITY_COLUMNS)
 
 
 def demographics_of(row: Any) -> Demographics:

@@ -230,14 +230,17 @@ def parse_address(text: str) -> Address | None:
 
 def address_level(a: Address | None, b: Address | None) -> str:
     """exact: the same house (number and postcode, or number and the same street words);
-    similar: the same postcode or mostly the same words; different; missing."""
+    similar: the same postcode or mostly the same words; different; missing unless both sides
+    have words or both a postcode (a lone house number says nothing)."""
     if a is None or b is None:
         return "missing"
-    words = token_set_ratio(" ".join(a.words), " ".join(b.words)) if a.words and b.words else 0.0
-    same_number = bool(a.number) and a.number == b.number
+    words = token_set_ratio(" ".join(a.words), " ".join(b.words)) if a.words and b.words else None
     same_postcode = bool(a.postcode) and a.postcode == b.postcode
-    if same_number and (same_postcode or words >= 90):
+    if words is None and not (a.postcode and b.postcode):
+        return "missing"
+    same_number = bool(a.number) and a.number == b.number
+    if same_number and (same_postcode or (words is not None and words >= 90)):
         return "exact"
-    if same_postcode or words >= 80:
+    if same_postcode or (words is not None and words >= 80):
         return "similar"
     return "different"

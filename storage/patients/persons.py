@@ -67,17 +67,7 @@ class IdentityView:
     cnp: str | None
 
 
-_COLUMNS = (
-    PatientIdentity.id,
-    PatientIdentity.issuer_kind,
-    PatientIdentity.issuer,
-    PatientIdentity.patient_id,
-    PatientIdentity.person_id,
-    PatientIdentity.patient_name,
-    PatientIdentity.birth_date,
-    PatientIdentity.sex,
-    PatientIdentity.cnp,
-)
+_COLUMNS = linker.IDENTITY_COLUMNS
 
 
 def _view(row: Any) -> IdentityView:
