@@ -22,7 +22,8 @@ from storage.dicom.charset import fold
 PARTICLES = frozenset({"DE", "DI", "DA", "DEL", "DELLA", "DER", "DEN", "DOS", "DAS", "DU", "LA", "LE", "VAN", "VON"})
 #: titles sometimes typed into a name field instead of the prefix component
 TITLES = frozenset({"DR", "PROF", "ING", "EC", "AV", "JR", "SR", "MR", "MRS", "MS"})
-_SEPARATORS = re.compile(r"[\s\-.,'’]+")
+#: between words; `^` and `=` too, which full-width forms (＾, ＝) become only once folded
+_SEPARATORS = re.compile(r"[\s\-.,'’^=]+")
 #: the most tokens kept of a part (a peer controls the name: every count has a bound)
 MAX_TOKENS = 6
 

@@ -47,6 +47,10 @@ def test_block_key_is_the_first_family_word_cut_to_eight_letters() -> None:
     assert block_key(parse("")) == ""
 
 
+def test_full_width_separators_fold_into_separators() -> None:
+    assert parse("POPESCU ＾ANA").tokens == ("POPESCU", "ANA")  # a full-width ^ is a word break, not a letter
+
+
 @given(st.text(max_size=500))
 def test_any_text_gives_a_bounded_name_without_separators(text: str) -> None:
     name = parse(text)
