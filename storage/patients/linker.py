@@ -24,7 +24,7 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, case, delete, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -38,7 +38,8 @@ from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: the most identities one identity is compared with (its blocks' first ones)
+#: the most identities one identity is compared with: those of the same CNP first, then of the
+#: same birth date, then of the same first family word
 MAX_COMPARED = 200
 #: PostgreSQL advisory lock key of the linkers (any constant; "MPI" in ASCII)
 _LOCK = 0x4D5049
@@ -122,13 +123,13 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
 
 def _block_of(row: Any, mine: Demographics, block: str) -> Any:
     """The identities `row` is compared with: the same CNP, block key or birth date, another issuer."""
-    same: list[Any] = []
-    if mine.cnp is not None:
+    same: list[Any] = []  # strongest key first: it orders the block, so a large name block never
+    if mine.cnp is not None:  # crowds out the same CNP or birth date under the limit
         same.append(PatientIdentity.cnp == mine.cnp.value)
-    if block:
-        same.append(PatientIdentity.block_key == block)
     if len(row.birth_date) == 8:
         same.append(PatientIdentity.birth_date == row.birth_date)
+    if block:
+        same.append(PatientIdentity.block_key == block)
     if not same:
         return _IDENTITY.where(PatientIdentity.id.is_(None))
     return (
@@ -138,7 +139,7 @@ def _block_of(row: Any, mine: Demographics, block: str) -> Any:
             PatientIdentity.issuer_kind != NONE,
             ~and_(PatientIdentity.issuer_kind == row.issuer_kind, PatientIdentity.issuer == row.issuer),
         )
-        .order_by(PatientIdentity.id)
+        .order_by(*(case((key, 0), else_=1) for key in same), PatientIdentity.id)
         .limit(MAX_COMPARED)
     )
 

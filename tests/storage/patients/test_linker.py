@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select
 
 from storage.archive import Archive
 from storage.index.models import LinkCandidate, LinkQueueItem, PatientIdentity, Study, utcnow
-from storage.patients import cnp, persons
+from storage.patients import cnp, linker, persons
 from storage.patients.linker import link_pending
 from storage.patients.model import Model
 from tests.kit import dicom_factory as f
@@ -193,3 +193,18 @@ def test_linkers_of_two_processes_link_each_identity_once(registered: Archive) -
     for k in range(12):
         assert person_of(registered, f"H-P{k}") == person_of(registered, f"C-P{k}")
     assert len({person_of(registered, f"H-P{k}") for k in range(12)}) == 12
+
+
+def test_a_large_name_block_never_crowds_out_the_same_birth_date(
+    registered: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks are compared up to MAX_COMPARED identities (here 3): those born the same day come
+    before the rest of a frequent family name's block."""
+    monkeypatch.setattr(linker, "MAX_COMPARED", 3)
+    for k, given_name in enumerate(["ION", "VASILE", "GHEORGHE", "MIHAI"]):
+        seed(registered, patient(f"C-B{k}", f"POPESCU^{given_name}", birth=f"19{50 + k}0101", sex="M"), as_=US_B)
+    seed(registered, patient("C-B9", "POPESCU^ANA", address=HOME), as_=US_B)  # the last of the block
+    link_pending(registered.db, Model())
+    seed(registered, patient("H-B9", "Popescu^Ana", address=HOME), as_=CT_A)
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-B9") == person_of(registered, "C-B9")
