@@ -146,13 +146,19 @@ class AuditTrail:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=WAIT_SECONDS)
-        else:
-            with self._lock:
-                leftover = not self._leading and bool(self._waiting)
-                if leftover:
-                    self._leading = True
+            return
+        with self._lock:  # no writer thread: every record so far was committed by its caller
+            leftover = not self._leading and bool(self._waiting)
             if leftover:
-                self._lead(None)
+                self._leading = True
+        if leftover:
+            self._lead(None)
+        with self._lock:
+            conn = None if self._leading else self._conn  # a leader still committing keeps it
+            if conn is not None:
+                self._conn = None
+        if conn is not None:
+            conn.close()
 
     def _start(self) -> None:
         """Start the writer thread, once (the caller holds `_lock`)."""
