@@ -83,19 +83,20 @@ def _channel(scope: Scope) -> Channel | None:
 
 
 def record_early(request: Request, status: int = 200) -> None:
-    """Start committing the request's record now, as if it will answer `status`.
+    """Commit the request's record now, as if it will answer `status`.
 
     For a route that knows its outcome before it has built its answer (a search, once its rows
-    are read): the writer commits while the route serializes, and the answer waits only for
-    what is left. When the answer's status turns out to have another outcome, the middleware
-    records that too, so the trail then holds both (what was read, then how the answer ended).
-    A route outside the audited paths records nothing.
+    are read; STOW-RS, once its last part is stored). The route's worker thread commits it
+    itself when no other commit is under way (`AuditTrail.submit(lead=True)`), so the answer
+    does not wait for a hand-off to the writer thread and back through the event loop. When the
+    answer's status turns out to have another outcome, the middleware records that too, so the
+    trail then holds both (what was read, then how the answer ended). A route outside the
+    audited paths records nothing.
     """
     channel = _channel(request.scope)
     if channel is None:
         return
     archive = request.app.state.archive
-    # a route runs in a worker thread, which may commit the record itself (no hop to the writer)
     request.state.pacs_audit_early = _Early(
         outcome_of(status), [archive.audit.submit(a, lead=True) for a in _events(request.scope, channel, status)]
     )
