@@ -80,7 +80,12 @@ class FileBlobStore:
                 yield chunk
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Remove the object, and any temporary file a writer of it left (a process killed
+        between writing and renaming it): recovery deletes by key, and must leave nothing."""
+        final = self._path(key)
+        final.unlink(missing_ok=True)
+        for leftover in final.parent.glob(f".{final.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

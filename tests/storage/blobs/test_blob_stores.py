@@ -112,3 +112,19 @@ def test_blob_keys_helper_sees_fs_objects(tmp_path: Path) -> None:
 
     A.blobs.put("ab/cd/x.dcm", io.BytesIO(b"1"), 1)
     assert blob_keys(A) == {"ab/cd/x.dcm"}  # type: ignore[arg-type]
+
+
+def test_deleting_a_key_removes_what_a_killed_writer_of_it_left(tmp_path: Path) -> None:
+    """kill -9 between writing a blob's temporary file and renaming it leaves `.<name>.<x>.tmp`
+    beside where the object would be; start-up recovery deletes the pending key, and must take
+    that file too (found by tests/e2e/test_crash_recovery.py when the kill landed there)."""
+    store = FileBlobStore(tmp_path / "objects")
+    key = new_key()
+    other = new_key()
+    store.put(other, io.BytesIO(b"kept"), 4)
+    final = tmp_path / "objects" / key
+    final.parent.mkdir(parents=True, exist_ok=True)
+    (final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp").write_bytes(b"half a blob")
+    store.delete(key)
+    root = tmp_path / "objects"
+    assert {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files} == {other}
