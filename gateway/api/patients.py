@@ -102,15 +102,7 @@ def identity(
 def person(person_id: RowId, archive: ArchiveDep, ctx: ApiContext) -> Person:
     require_admin(ctx, "persons")
     with archive.db.read() as session:
-        view = persons.person(session, person_id)
-    return Person(
-        person_id=view.person_id,
-        merged_into=view.merged_into,
-        identities=[_identity(i) for i in view.identities],
-        studies=view.studies,
-        links=view.links,
-        cross_org_sharing=view.cross_org_sharing,
-    )
+        return Person.model_validate(persons.person(session, person_id), from_attributes=True)
 
 
 @router.post("/persons/{person_id}/unlink", summary="Split an identity off its person", responses=_RESPONSES)
@@ -141,19 +133,7 @@ def candidates(
     require_admin(ctx, "link-candidates")
     with archive.db.read() as session:
         views = persons.candidates(session, status, limit, offset)
-    return [
-        Candidate(
-            id=v.id,
-            a=_identity(v.a),
-            b=_identity(v.b),
-            score=v.score,
-            reasons=v.reasons,
-            status=v.status,
-            created_at=v.created_at,
-            decided_by=v.decided_by,
-        )
-        for v in views
-    ]
+    return [Candidate.model_validate(v, from_attributes=True) for v in views]
 
 
 @router.post("/link-candidates/{candidate_id}/accept", summary="Link the pair", responses=_LINK_RESPONSES)

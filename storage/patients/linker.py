@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from dataclasses import asdict
 from typing import Any
@@ -201,7 +202,7 @@ def merge(
     conn.execute(update(Person).where(Person.id == gone).values(merged_into=keep))
     conn.execute(update(Person).where(Person.merged_into == gone).values(merged_into=keep))
     record(conn, keep, "link", a, b, rule=rule, score=score, actor=actor)
-    event(log, "mpi.linked", person=keep, merged=gone, rule=rule, score=None if score in (float("inf"),) else score)
+    event(log, "mpi.linked", person=keep, merged=gone, rule=rule, score=score if math.isfinite(score) else None)
     return keep
 
 
@@ -212,7 +213,7 @@ def add_candidate(conn: Connection, a: int, b: int, verdict: Verdict, why: str |
     if why:
         reasons.append({"field": "merge", "level": why, "weight": 0.0})
     ins = pg_insert(LinkCandidate) if conn.dialect.name == "postgresql" else sqlite_insert(LinkCandidate)
-    score = verdict.score if verdict.score not in (float("inf"), float("-inf")) else 0.0
+    score = verdict.score if math.isfinite(verdict.score) else 0.0
     conn.execute(
         ins.values(
             identity_a=low,
@@ -248,7 +249,7 @@ def record(
     actor: str = "",
 ) -> None:
     """One entry of a person's link history."""
-    finite = score if score is not None and abs(score) != float("inf") else None
+    finite = score if score is not None and math.isfinite(score) else None
     conn.execute(
         insert(LinkEvent).values(
             time=utcnow(), person_id=person, action=action, identity_a=a, identity_b=b, rule=rule, score=finite,
