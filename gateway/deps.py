@@ -77,6 +77,7 @@ def _context_of(channel: Channel) -> Callable[[Request, Principal], Awaitable[Co
             request.app.state.archive.audit,
             emergency=_emergency_reason(request, principal, channel),
             note=RequestNote(),
+            care_relationship=request.app.state.archive.settings.care_relationship,
         )
         request.state.pacs_context = ctx  # for its audit record (gateway.audit)
         return ctx

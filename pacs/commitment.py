@@ -253,7 +253,12 @@ class Reporter:
                         calling_ae=pending.principal.sub,
                         previous_owner=pending.previous_owner,
                     )
-                ctx = Context(pending.principal, Channel.DIMSE, audit=self.archive.audit)
+                ctx = Context(
+                    pending.principal,
+                    Channel.DIMSE,
+                    audit=self.archive.audit,
+                    care_relationship=self.archive.settings.care_relationship,
+                )
                 self._spawn(_Job(pending.id, ctx, pending.request, pending.attempts))
             if self._stop.wait(SWEEP_SECONDS):
                 return

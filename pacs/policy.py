@@ -49,7 +49,13 @@ def context_for(assoc: Association, archive: Archive) -> Context:
         with archive.db.read() as session:
             org = org_of_ae(session, calling_ae)
         principal = Principal.dicom_node(calling_ae, org)
-        state.context = Context(principal, Channel.DIMSE, str(assoc.requestor.address), archive.audit)
+        state.context = Context(
+            principal,
+            Channel.DIMSE,
+            str(assoc.requestor.address),
+            archive.audit,
+            care_relationship=archive.settings.care_relationship,
+        )
     return state.context
 
 

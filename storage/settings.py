@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     mpi_link_at: float = 25.0
     mpi_review_at: float = 12.0
     mpi_interval: float = Field(default=2.0, gt=0, le=3600)
+    #: a provider also sees the other organizations' studies of a person of whom it holds a
+    #: study or an open worklist step, unless the person opted out (DESIGN.md); false: shares only
+    care_relationship: bool = True
 
     log_level: str = "INFO"
     #: set by `pacs serve` when worker processes share Prometheus metrics through files

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import PRINTABLE, ApiContext, ArchiveDep, RowId
 from storage.access.policy import require_admin
+from storage.patients import consent as consents
 from storage.patients import persons
 
 router = APIRouter(prefix="/api", tags=["Patient index (admin)"])
@@ -65,10 +66,32 @@ class Person(BaseModel):
     studies: list[dict[str, Any]]
     links: list[dict[str, Any]]
     cross_org_sharing: str
+    consents: list[Consent] = Field(description="every choice recorded, oldest first; the last is in force")
 
 
 class Linked(BaseModel):
     person_id: int
+
+
+class NewConsent(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cross_org_sharing: Literal["opt-out", "opt-in"] = Field(
+        description="opt-out: only the organizations that sent the person's studies, and explicit "
+        "shares, see them; opt-in: so do the organizations that care for the person"
+    )
+    recorded_by: Annotated[
+        str, Field(min_length=1, max_length=256, pattern=PRINTABLE, examples=["front desk, Dr. Ionescu"])
+    ] = Field(description="who took the patient's choice")
+    note: Annotated[str, Field(max_length=2000, pattern=PRINTABLE)] | None = None
+
+
+class Consent(BaseModel):
+    person_id: int = Field(description="the person the choice holds for (the survivor, for a merged ID)")
+    cross_org_sharing: str
+    recorded_by: str
+    recorded_at: datetime
+    note: str | None
 
 
 class Candidate(BaseModel):
@@ -103,6 +126,19 @@ def person(person_id: RowId, archive: ArchiveDep, ctx: ApiContext) -> Person:
     require_admin(ctx, "persons")
     with archive.db.read() as session:
         return Person.model_validate(persons.person(session, person_id), from_attributes=True)
+
+
+@router.put(
+    "/persons/{person_id}/consent",
+    summary="Record the patient's choice about cross-organization sharing",
+    responses={**_RESPONSES, 403: {"description": "The caller is neither an admin nor an integrator"}},
+)
+def consent(person_id: RowId, spec: NewConsent, archive: ArchiveDep, ctx: ApiContext) -> Consent:
+    """In force at once on every channel. An integrator records it for a person its organization
+    cares for (holds a study of, or has an open worklist step for); another person is 404."""
+    with archive.db.write_conn() as conn:
+        view = consents.record(conn, ctx, person_id, spec.cross_org_sharing, spec.recorded_by, spec.note)
+    return Consent.model_validate(view, from_attributes=True)
 
 
 @router.post("/persons/{person_id}/unlink", summary="Split an identity off its person", responses=_RESPONSES)

@@ -50,6 +50,9 @@ class AccessEvent:
     study: str | None = None
     #: an emergency access's reason (the `PACS-Emergency-Access` header)
     reason: str | None = None
+    #: whether the caller's context let it see studies by care relationship (the audit trail
+    #: then names the patient and owner of a study the caller reached that way)
+    care_relationship: bool = False
 
 
 class AuditRecorder(Protocol):
@@ -117,6 +120,9 @@ class Context:
     #: set for an HTTP request, whose one audit record the gateway writes: refusals and the
     #: studies a write touched go there instead of into records of their own
     note: RequestNote | None = None
+    #: whether a provider also sees the studies of the persons it cares for
+    #: (`PACS_CARE_RELATIONSHIP`, `storage.access.policy.care_of`)
+    care_relationship: bool = True
 
     def event(self, action: str, outcome: str, **fields: str | None) -> AccessEvent:
         """An access event of this context (actor, organization, channel, source filled in)."""
@@ -128,6 +134,7 @@ class Context:
             action=action,
             outcome=outcome,
             reason=self.emergency or None,
+            care_relationship=self.care_relationship,
             **fields,  # type: ignore[arg-type]
         )
 

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, bindparam, insert, literal, or_, select, unio
 
 from storage import metrics
 from storage.access.context import AccessEvent
+from storage.access.policy import care_of
 from storage.audit.chain import GENESIS, record_hash
 from storage.errors import OutOfResources
 from storage.index.db import Database, db_now
@@ -245,12 +246,14 @@ class AuditTrail:
         self, conn: Connection, batch: list[_Pending], seq: int, prev: str
     ) -> tuple[list[dict[str, Any]], int, str]:
         studies = _studies(conn, {p.access.study for p in batch if p.access.study and p.access.patient is None})
+        cared = _cared(conn, batch, studies)
         rows = []
         now = utcnow()
         for item in batch:
             a = item.access
             patient, owners, shared = studies.get(a.study or "", (None, (), ()))
-            if not _saw(a, owners, shared):
+            by_care = (a.org, a.study) in cared
+            if not (_saw(a, owners, shared) or by_care):
                 patient, owners = None, ()  # a request that named a study it cannot see read nothing of it
             seq += 1
             values: dict[str, Any] = {
@@ -268,7 +271,7 @@ class AuditTrail:
                 "outcome": a.outcome,
                 "reason": a.reason,
                 "owner_org": None if not owners or a.org in owners else owners[0],
-                "detail": a.detail[:2000],
+                "detail": (a.detail or ("by care relationship" if by_care else ""))[:2000],
             }
             for name, limit in _LIMITS.items():
                 if isinstance(values[name], str):
@@ -295,6 +298,26 @@ _SHARED = (
     )
 )
 _OWNERS_AND_SHARES = union_all(_OWNERS, _SHARED)
+
+
+def _cared(
+    conn: Connection, batch: list[_Pending], studies: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]
+) -> set[tuple[str | None, str | None]]:
+    """The (organization, study UID) of the batch's successful reads of a study the caller's
+    organization neither owns nor was shared, but reaches by care relationship
+    (`storage.access.policy.care_of`): one query per such organization, none in most batches."""
+    asked: dict[str, set[str]] = {}
+    for item in batch:
+        a = item.access
+        if a.study in studies and a.org and a.outcome == "ok" and a.care_relationship and not a.reason:
+            _, owners, shared = studies[a.study]
+            if owners and a.org not in owners and a.org not in shared:
+                asked.setdefault(a.org, set()).add(a.study)
+    found: set[tuple[str | None, str | None]] = set()
+    for org, uids in asked.items():
+        rows = conn.scalars(select(Study.study_uid).where(Study.study_uid.in_(sorted(uids)), care_of(org)))
+        found.update((org, uid) for uid in rows)
+    return found
 
 
 def _studies(conn: Connection, uids: set[str]) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:

@@ -101,6 +101,10 @@ class PatientIdentity(Base):
     block_key: Mapped[str] = mapped_column(String(8), default="", server_default="", index=True)
 
 
+#: a person's choice about cross-organization sharing (`Person.cross_org_sharing`)
+OPT_IN, OPT_OUT = "opt-in", "opt-out"
+
+
 class Person(Base):
     """A master person: the identities the patient index holds to be one human being.
 
@@ -113,10 +117,26 @@ class Person(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     merged_into: Mapped[int | None] = mapped_column(Id)
-    cross_org_sharing: Mapped[str] = mapped_column(String(8), default="opt-in", server_default="opt-in")
+    cross_org_sharing: Mapped[str] = mapped_column(String(8), default="opt-in", server_default="opt-in", index=True)
     consent_recorded_by: Mapped[str | None] = mapped_column(String(256))
     consent_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     consent_note: Mapped[str | None] = mapped_column(Text)
+
+
+class ConsentRecord(Base):
+    """A person's choice about cross-organization sharing, as recorded (the newest is in force,
+    on `Person`): who recorded it for the patient, through which account and organization, when."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    person_id: Mapped[int] = mapped_column(Id, index=True)
+    cross_org_sharing: Mapped[str] = mapped_column(String(8))
+    recorded_by: Mapped[str] = mapped_column(String(256))
+    note: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(256))
+    org: Mapped[str | None] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class LinkQueueItem(Base):
@@ -236,6 +256,9 @@ class StudyOwner(Base):
         PrimaryKeyConstraint("study_id", "org_id"),
         # an organization's studies newest first, from the index alone (migration 0008)
         Index("ix_study_owners_org_date", "org_id", "study_date", "study_id"),
+        # the persons an organization cares for, and their studies (migration 0010)
+        Index("ix_study_owners_org_person", "org_id", "person_id"),
+        Index("ix_study_owners_person_date", "person_id", "study_date", "study_id"),
     )
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
@@ -243,6 +266,9 @@ class StudyOwner(Base):
     #: the study's date, copied: it is set when the study is created and never changes
     study_date: Mapped[str] = mapped_column(String(8), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the person of the study's identity, copied for the care relationship: set by ingest and
+    #: kept by the patient index (`storage.patients.linker.follow_persons`) at every link and split
+    person_id: Mapped[int | None] = mapped_column(Id)
 
 
 class Share(Base):

@@ -331,16 +331,26 @@ def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owners: set[str]
 
 
 _INSERT_OWNER_SQL = {
-    "sqlite": "INSERT OR IGNORE INTO study_owners (study_id, org_id, study_date, created_at)"
-    " SELECT id, :o, study_date, :t FROM studies WHERE id = :s",
-    "postgresql": "INSERT INTO study_owners (study_id, org_id, study_date, created_at)"
-    " SELECT id, :o, study_date, :t FROM studies WHERE id = :s ON CONFLICT DO NOTHING",
+    "sqlite": "INSERT OR IGNORE INTO study_owners (study_id, org_id, study_date, person_id, created_at)"
+    " SELECT s.id, :o, s.study_date, i.person_id, :t FROM studies s"
+    " JOIN patient_identities i ON i.id = s.identity_id WHERE s.id = :s",
+    "postgresql": "INSERT INTO study_owners (study_id, org_id, study_date, person_id, created_at)"
+    " SELECT s.id, :o, s.study_date, i.person_id, :t FROM studies s"
+    " JOIN patient_identities i ON i.id = s.identity_id WHERE s.id = :s ON CONFLICT DO NOTHING",
 }
+#: PostgreSQL: hold the study's identity against a concurrent link until this commits, so that the
+#: person copied onto the owner row is the one the linker leaves (`linker.follow_persons`)
+_LOCK_IDENTITY = text(
+    "SELECT 1 FROM patient_identities WHERE id = (SELECT identity_id FROM studies WHERE id = :s) FOR SHARE"
+)
 
 
 def _add_owner(conn: Connection, study_id: int, org: str, now: datetime) -> None:
     """Make `org` an owner of the study (a second sender of the same patient's study co-owns it),
-    with the study's date as the study row holds it (the first instance's, never changed)."""
+    with the study's date as the study row holds it (the first instance's, never changed) and
+    the person of its identity (for the care relationship, `storage.access.policy.care_of`)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_IDENTITY, {"s": study_id})
     conn.execute(text(_INSERT_OWNER_SQL[conn.dialect.name]), {"s": study_id, "o": org, "t": now})
 
 

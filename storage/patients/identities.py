@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from storage.dicom.charset import fold
 from storage.index.db import insert_or_get_new
-from storage.index.models import LinkQueueItem, PatientIdentity, Study, utcnow
+from storage.index.models import LinkQueueItem, PatientIdentity, Study, StudyOwner, utcnow
 from storage.patients import cnp
 
 #: issuer kinds, in the order they are chosen
@@ -112,11 +112,32 @@ def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str)
         .where(Study.id.in_(study_ids), PatientIdentity.issuer_kind == AE, PatientIdentity.issuer == ae_title)
     ).all()
     old: set[int] = set()
+    new: set[int] = set()
     for study_id, identity_id, patient_id, *demographics in rows:
         new_id = upsert(conn, IdentityKey(ORG, org, patient_id), Demographics(*demographics))
         conn.execute(update(Study).where(Study.id == study_id).values(identity_id=new_id))
         old.add(identity_id)
+        new.add(new_id)
+    follow_persons(conn, sorted(new))
     for identity_id in old:
         still_used = conn.scalar(select(Study.id).where(Study.identity_id == identity_id).limit(1))
         if still_used is None:
             conn.execute(delete(PatientIdentity).where(PatientIdentity.id == identity_id))
+
+
+def follow_persons(conn: Connection, identities: list[int]) -> None:
+    """Copy the person of each of `identities` onto the owner rows of its studies
+    (`StudyOwner.person_id`, which the care relationship reads), after the identities changed person.
+
+    Race-free with ingest: an ingest adding an owner row first takes a share lock on the study's
+    identity (`storage.ingest.pipeline._add_owner`), so the identity's update here waits for it
+    to commit and this statement, run after, sees its row; or it reads the person set here.
+    """
+    person_of = (
+        select(PatientIdentity.person_id)
+        .join(Study, Study.identity_id == PatientIdentity.id)
+        .where(Study.id == StudyOwner.study_id)
+        .scalar_subquery()
+    )
+    studies = select(Study.id).where(Study.identity_id.in_(identities))
+    conn.execute(update(StudyOwner).where(StudyOwner.study_id.in_(studies)).values(person_id=person_of))

@@ -30,10 +30,21 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storage.index.db import Database
-from storage.index.models import LinkCandidate, LinkDecision, LinkEvent, LinkQueueItem, PatientIdentity, Person, utcnow
+from storage.index.models import (
+    OPT_IN,
+    OPT_OUT,
+    LinkCandidate,
+    LinkDecision,
+    LinkEvent,
+    LinkQueueItem,
+    PatientIdentity,
+    Person,
+    StudyOwner,
+    utcnow,
+)
 from storage.logs import event
 from storage.patients import cnp, names
-from storage.patients.identities import NONE
+from storage.patients.identities import NONE, follow_persons
 from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare, parse_address
 from storage.settings import Settings
 
@@ -108,6 +119,8 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
         .where(PatientIdentity.id == identity_id)
         .values(block_key=block, cnp=mine.cnp.value if mine.cnp else None, person_id=person)
     )
+    if row.person_id != person:
+        follow_persons(conn, [identity_id])
     decisions = _decisions_of(conn, identity_id)
     for other in conn.execute(_block_of(row, mine, block)).all():
         if other.person_id == person:
@@ -159,11 +172,14 @@ def _link_or_review(conn: Connection, identity_id: int, person: int, other: Any,
     return merge(conn, person, theirs, identity_id, other.id, rule=verdict.rule, score=verdict.score, actor="linker")
 
 
-def new_person(conn: Connection, identities: list[int] | None = None) -> int:
-    """A new person, holding `identities` if given."""
-    person = int(conn.execute(insert(Person).values(created_at=utcnow()).returning(Person.id)).scalar_one())
+def new_person(conn: Connection, identities: list[int] | None = None, *, sharing: str = OPT_IN) -> int:
+    """A new person, holding `identities` if given, with the choice `sharing` about
+    cross-organization sharing (a split keeps the patient's choice on both sides)."""
+    values = {"created_at": utcnow(), "cross_org_sharing": sharing}
+    person = int(conn.execute(insert(Person).values(**values).returning(Person.id)).scalar_one())
     if identities:
         conn.execute(update(PatientIdentity).where(PatientIdentity.id.in_(identities)).values(person_id=person))
+        follow_persons(conn, identities)
     return person
 
 
@@ -199,8 +215,13 @@ def merge(
     if keep == gone:
         return keep
     conn.execute(update(PatientIdentity).where(PatientIdentity.person_id == gone).values(person_id=keep))
+    conn.execute(update(StudyOwner).where(StudyOwner.person_id == gone).values(person_id=keep))
     conn.execute(update(Person).where(Person.id == gone).values(merged_into=keep))
     conn.execute(update(Person).where(Person.merged_into == gone).values(merged_into=keep))
+    # one person, one choice: an opt-out of either side holds for the whole person
+    opted_out = select(Person.id).where(Person.id.in_([keep, gone]), Person.cross_org_sharing == OPT_OUT)
+    if conn.scalar(opted_out.limit(1)) is not None:
+        conn.execute(update(Person).where(Person.id == keep).values(cross_org_sharing=OPT_OUT))
     record(conn, keep, "link", a, b, rule=rule, score=score, actor=actor)
     event(log, "mpi.linked", person=keep, merged=gone, rule=rule, score=score if math.isfinite(score) else None)
     return keep

@@ -126,10 +126,20 @@ def compare(a: Demographics, b: Demographics, model: Model | None = None) -> Ver
 
 
 def _maybe_twins(a: Demographics, b: Demographics, birth: str) -> bool:
-    """Born the same day, with given names that share no word: twins share a family name, a
-    birth date and an address, which the score counts as independent evidence, and their given
-    names are often near (CRISTIAN and CRISTINA: Jaro-Winkler 0.975). Never linked unseen."""
-    return birth == "exact" and bool(a.name.given and b.name.given) and not set(a.name.given) & set(b.name.given)
+    """Born the same day, with given names that share no word, or that each have a word the
+    other lacks: twins share a family name, a birth date and an address, which the score counts
+    as independent evidence, and their given names are often near (CRISTIAN and CRISTINA:
+    Jaro-Winkler 0.975) or share one of two (ANA MARIA and ANA ELENA). Never linked unseen. One
+    name that is the other's first words (ANA MARIA and ANA, a form with room for one) is not a
+    twin's, nor a name whose components one sender swapped."""
+    mine, theirs = set(a.name.given), set(b.name.given)
+    if birth != "exact" or not (mine and theirs) or _swapped(a.name, b.name):
+        return False
+    return not mine & theirs or bool(mine - theirs and theirs - mine)
+
+
+def _swapped(a: PersonName, b: PersonName) -> bool:
+    return a.split and b.split and a.family == b.given and a.given == b.family and a.family != a.given
 
 
 # ----- names ----------------------------------------------------------------------------
@@ -151,7 +161,7 @@ def token_level(a: tuple[str, ...], b: tuple[str, ...]) -> str:
 def _family_level(a: PersonName, b: PersonName) -> str:
     if not (a.split and b.split):  # one side sent no ^: its words may be family or given
         return _unsplit_level(a, b, "family")
-    if a.family == b.given and a.given == b.family and a.family != a.given:
+    if _swapped(a, b):
         return "close"  # the components swapped by one sender
     return token_level(a.family, b.family)
 
@@ -159,7 +169,7 @@ def _family_level(a: PersonName, b: PersonName) -> str:
 def _given_level(a: PersonName, b: PersonName) -> str:
     if not (a.split and b.split):
         return _unsplit_level(a, b, "given")
-    if a.family == b.given and a.given == b.family and a.family != a.given:
+    if _swapped(a, b):
         return "close"
     return token_level(a.given, b.given)
 

@@ -24,8 +24,8 @@ from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, NotFound
-from storage.index.models import LinkCandidate, LinkEvent, PatientIdentity, Person, Study, StudyOwner, utcnow
-from storage.patients import linker
+from storage.index.models import OPT_IN, LinkCandidate, LinkEvent, PatientIdentity, Person, Study, StudyOwner, utcnow
+from storage.patients import consent, linker
 from storage.patients.identities import AE, DICOM, ORG
 
 ORG_PREFIX, AE_PREFIX = "urn:pacs:org:", "urn:pacs:ae:"
@@ -116,6 +116,7 @@ class PersonView:
     studies: list[dict[str, Any]]
     links: list[dict[str, Any]]
     cross_org_sharing: str
+    consents: list[consent.ConsentView]
 
 
 def person(session: Session, person_id: int) -> PersonView:
@@ -157,7 +158,10 @@ def person(session: Session, person_id: int) -> PersonView:
         }
         for e in events
     ]
-    return PersonView(found.id, found.merged_into, identities, list(by_uid.values()), links, found.cross_org_sharing)
+    choices = consent.history(session.connection(), found.id)
+    return PersonView(
+        found.id, found.merged_into, identities, list(by_uid.values()), links, found.cross_org_sharing, choices
+    )
 
 
 def link(conn: Connection, actor: str, a: tuple[str, str], b: tuple[str, str]) -> int:
@@ -206,7 +210,8 @@ def unlink(conn: Connection, actor: str, person_id: int, issuer: str, patient_id
         return person_id
     for other in others:
         linker.decide(conn, row.id, other, linker.APART, actor)
-    new = linker.new_person(conn, identities=[row.id])
+    sharing = conn.scalar(select(Person.cross_org_sharing).where(Person.id == person_id)) or OPT_IN
+    new = linker.new_person(conn, identities=[row.id], sharing=sharing)  # the patient's choice holds on both sides
     linker.record(conn, person_id, "unlink", row.id, None, rule="manual", actor=actor)
     linker.record(conn, new, "unlink", row.id, None, rule="manual", actor=actor)
     return new

@@ -34,6 +34,7 @@ from storage.index.db import TEXT_AS_BYTES
 from storage.index.models import Instance, PatientIdentity, Series, Study
 from storage.query import answers, lookups, splice
 from storage.query.keys import IMAGE, PATIENT, SERIES, STUDY, filters
+from storage.query.linked import across_links
 from storage.query.matching import InvalidQuery
 
 #: answers are cut here whatever the caller asks (PS3.18 8.3.4.4)
@@ -270,7 +271,9 @@ def _patients(query: Query, ctx: Context, session: Session, base_url: str) -> _P
     """
     del session, base_url
     name = {tag: v for tag, v in query.keys.items() if tag == NAME}
-    conditions, ignored = filters({t: v for t, v in query.keys.items() if t != NAME}, PATIENT, fuzzy=query.fuzzy)
+    keys, linked = across_links(query.keys, ctx, PatientIdentity.id)
+    conditions, ignored = filters({t: v for t, v in keys.items() if t != NAME}, PATIENT, fuzzy=query.fuzzy)
+    conditions.extend(() if linked is None else (linked,))
     has_visible_study: ColumnElement[bool]
     if name:  # driven by the studies' name index: the identities of the visible studies so named
         by_name, _ = filters(name, STUDY, fuzzy=query.fuzzy)
@@ -314,9 +317,19 @@ _IDENTITY_KEYS = frozenset({"00100020", "00100021"})
 _DEMOGRAPHICS = _IDENTITY_KEYS | {"00100010", "00100030", "00100040"}
 
 
+def _filters(query: Query, ctx: Context, level: str) -> tuple[list[ColumnElement[bool]], tuple[str, ...]]:
+    """`keys.filters` of the query's keys at `level` (STUDY and below), a patient named with its
+    issuer matched across the person's linked identities (`storage.query.linked`)."""
+    keys, linked = across_links(query.keys, ctx, Study.identity_id)
+    conditions, ignored = filters(keys, level, fuzzy=query.fuzzy)
+    if linked is not None:
+        conditions.append(linked)
+    return conditions, ignored
+
+
 def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     del session
-    conditions, ignored = filters(query.keys, STUDY, fuzzy=query.fuzzy)
+    conditions, ignored = _filters(query, ctx, STUDY)
     if query.study_uid is not None:
         conditions.append(Study.study_uid == query.study_uid)
     stmt = select(*splice.STUDY_COLUMNS).where(visible_to(ctx), *conditions).order_by(*_NEWEST_STUDY_FIRST)
@@ -385,7 +398,7 @@ def _keys_first(
 
 
 def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
-    conditions, ignored = filters(query.keys, SERIES, fuzzy=query.fuzzy)
+    conditions, ignored = _filters(query, ctx, SERIES)
     stmt = (
         select(
             Series.id.label("series_pk"),
@@ -482,7 +495,7 @@ def _reads_subset(query: Query, wanted: frozenset[str]) -> bool:
 
 
 def _instances(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
-    conditions, ignored = filters(query.keys, IMAGE, fuzzy=query.fuzzy)
+    conditions, ignored = _filters(query, ctx, IMAGE)
     shape = _Shape.of(query, _instance_defaults(query))
     subset = _reads_subset(query, shape.wanted)
     json_column = func.coalesce(Instance.attrs_json, Instance.dicom_json) if subset else Instance.dicom_json

@@ -29,6 +29,7 @@ from storage.dicom.charset import fold
 from storage.dicom.uids import is_uid
 from storage.errors import NotFound, RejectedInput
 from storage.index.models import ApplicationEntity, Organization, ScheduledProcedureStep, utcnow
+from storage.patients import identities
 from storage.query import matching as m
 from storage.query.matching import InvalidQuery
 from storage.settings import AE_TITLE_RE
@@ -236,10 +237,24 @@ def create_step(spec: NewStep, ctx: Context, *, session: Session) -> Step:
     row.created_at = row.updated_at = utcnow()
     session.add(row)
     session.flush()
+    _give_identity(session, row)
     row.scheduled_procedure_step_id = row.scheduled_procedure_step_id or str(row.id)
     row.requested_procedure_id = row.requested_procedure_id or str(row.id)
     session.flush()
     return _view(row)
+
+
+def _give_identity(session: Session, row: ScheduledProcedureStep) -> None:
+    """Make the step's patient an identity of the patient index (queued for linking, as ingest
+    does), so that the performing organization's care relationship with the person holds from
+    the order on, before any image arrives (`storage.access.policy`)."""
+    if not row.patient_id:
+        return
+    key = identities.identity_key(
+        row.patient_id, row.issuer_of_patient_id, study_uid=row.study_instance_uid, org=row.org_id, sender=""
+    )
+    demographics = identities.Demographics(row.patient_name, row.patient_birth_date, row.patient_sex)
+    identities.upsert(session.connection(), key, demographics)
 
 
 def list_steps(

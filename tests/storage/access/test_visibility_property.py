@@ -1,12 +1,15 @@
-"""Property: for random organizations, studies, owners, shares and worklist steps, what a search
-returns equals what DESIGN.md's rule allows, on both backends.
+"""Property: for random organizations, studies, owners, shares, linked persons, consents and
+worklist steps, what a search returns equals what DESIGN.md's rule allows, on both backends.
 
 The searches are the ones the edges answer with: `search` (QIDO-RS, pages), `search_all`
 (C-FIND, every level it serves here: PATIENT and STUDY) and `find_worklist` (the Modality
 Worklist). The rule is written here again, in Python, independently of `visible_to`'s SQL: an
 admin sees every study; an organization the studies it owns and those shared with it that are
-neither revoked nor expired; nobody else anything; a worklist step is its performing
-organization's. Each example is written into one transaction that is rolled back after it.
+neither revoked nor expired, and, with the care relationship on, every owned study of a person
+of whom it owns a study or has an open worklist step, unless that person opted out; nobody else
+anything; a worklist step is its performing organization's. A query naming a patient with its
+issuer finds the person's other visible studies when the caller sees one of that identity's.
+Each example is written into one transaction that is rolled back after it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from storage.archive import Archive
 from storage.index.models import (
     Organization,
     PatientIdentity,
+    Person,
     ScheduledProcedureStep,
     Share,
     Study,
@@ -50,12 +54,22 @@ class ShareSpec:
 
 
 @dataclass(frozen=True)
+class StepSpec:
+    org: str  # the performing organization
+    study: int | None  # the study whose patient it is for, or None for a patient of its own
+    status: str
+
+
+@dataclass(frozen=True)
 class World:
     owners: list[frozenset[str]]  # per study
     dates: list[str]  # per study: StudyDate, often equal (the order then falls back on arrival)
     shares: list[ShareSpec]
-    steps: list[str]  # performing organization per step
+    steps: list[StepSpec]
     caller: str | None  # an organization, or None for an admin
+    persons: list[int | None]  # per study: the person its identity is linked to (None: not yet linked)
+    opted_out: frozenset[int]  # persons who opted out of cross-organization sharing
+    care: bool  # PACS_CARE_RELATIONSHIP
 
 
 @st.composite
@@ -74,9 +88,21 @@ def worlds(draw: st.DrawFn) -> World:
             max_size=6,
         )
     )
-    steps = draw(st.lists(st.sampled_from(ORGS), max_size=5))
+    steps = draw(
+        st.lists(
+            st.builds(
+                StepSpec,
+                st.sampled_from(ORGS),
+                st.one_of(st.none(), st.integers(0, n - 1)),
+                st.sampled_from(["SCHEDULED", "STARTED", "COMPLETED", "DISCONTINUED"]),
+            ),
+            max_size=5,
+        )
+    )
     caller = draw(st.one_of(st.none(), st.sampled_from(ORGS)))
-    return World(owners, dates, shares, steps, caller)
+    persons = [draw(st.one_of(st.none(), st.integers(0, 2))) for _ in range(n)]
+    opted_out = frozenset(draw(st.sets(st.integers(0, 2), max_size=2)))
+    return World(owners, dates, shares, steps, caller, persons, opted_out, draw(st.booleans()))
 
 
 def allowed_studies(w: World) -> set[int]:
@@ -84,7 +110,29 @@ def allowed_studies(w: World) -> set[int]:
     if w.caller is None:
         return set(range(len(w.owners)))
     shared = {s.study for s in w.shares if s.to_org == w.caller and s.state in ("active", "later")}
-    return {i for i, owners in enumerate(w.owners) if w.caller in owners} | shared
+    owned = {i for i, owners in enumerate(w.owners) if w.caller in owners}
+    if not w.care:
+        return owned | shared
+    cared = {w.persons[i] for i in owned} | {
+        w.persons[s.study]
+        for s in w.steps
+        if s.org == w.caller and s.study is not None and s.status in ("SCHEDULED", "STARTED")
+    }
+    reached = {
+        i
+        for i, person in enumerate(w.persons)
+        if person is not None and person in cared and person not in w.opted_out and w.owners[i]
+    }
+    return owned | shared | reached
+
+
+def across_links(w: World, named: int) -> set[int]:
+    """What a query naming study `named`'s patient ID and issuer finds, in Python."""
+    allowed = allowed_studies(w)
+    person = w.persons[named]
+    if named not in allowed or person is None:
+        return allowed & {named}
+    return {i for i in allowed if w.persons[i] == person}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -104,8 +152,17 @@ def newest_first(w: World, uids: list[str], allowed: set[int]) -> list[str]:
 def _write(session: Session, w: World) -> list[str]:
     """The world's rows (studies in index order, so arrival order); the study UIDs by index."""
     uids = []
+    person_ids = {}
+    for p in sorted({p for p in w.persons if p is not None}):
+        person = Person(created_at=NOW, cross_org_sharing="opt-out" if p in w.opted_out else "opt-in")
+        session.add(person)
+        session.flush()
+        person_ids[p] = person.id
     for i, owners in enumerate(w.owners):
-        identity = PatientIdentity(issuer_kind="org", issuer="x", patient_id=f"P{i}", patient_name=f"N{i}")
+        person_id = None if w.persons[i] is None else person_ids[w.persons[i]]
+        identity = PatientIdentity(
+            issuer_kind="dicom", issuer="x", patient_id=f"P{i}", patient_name=f"N{i}", person_id=person_id
+        )
         session.add(identity)
         session.flush()
         attrs = {"0020000D": {"vr": "UI", "Value": [f"1.2.3.{i}"]}, "00100020": {"vr": "LO", "Value": [f"P{i}"]}}
@@ -120,7 +177,8 @@ def _write(session: Session, w: World) -> list[str]:
         session.add(study)
         session.flush()
         session.add_all(
-            StudyOwner(study_id=study.id, org_id=org, study_date=study.study_date, created_at=NOW) for org in owners
+            StudyOwner(study_id=study.id, org_id=org, study_date=study.study_date, person_id=person_id, created_at=NOW)
+            for org in owners
         )
         uids.append((study.id, study.study_uid))
     for s in w.shares:
@@ -137,32 +195,35 @@ def _write(session: Session, w: World) -> list[str]:
                 revoked_at=NOW if s.state == "revoked" else None,
             )
         )
-    for j, org in enumerate(w.steps):
+    for j, step in enumerate(w.steps):
         session.add(
             ScheduledProcedureStep(
-                org_id=org,
+                org_id=step.org,
                 patient_name=f"W{j}",
-                patient_id=f"W{j}",
+                patient_id=f"W{j}" if step.study is None else f"P{step.study}",
+                issuer_of_patient_id="x",
                 study_instance_uid=f"1.2.4.{j}",
                 modality="CT",
                 scheduled_procedure_step_start_date="20261207",
+                status=step.status,
             )
         )
     session.flush()
     return [uid for _, uid in uids]
 
 
-def _ctx(caller: str | None) -> Context:
+def _ctx(caller: str | None, care: bool = True) -> Context:
     if caller is None:
-        return Context(Principal("admin", None, frozenset({Role.ADMIN})), Channel.DICOMWEB)
-    return Context(Principal(f"dr@{caller}", caller, frozenset({Role.CLINICIAN})), Channel.DICOMWEB)
+        return Context(Principal("admin", None, frozenset({Role.ADMIN})), Channel.DICOMWEB, care_relationship=care)
+    principal = Principal(f"dr@{caller}", caller, frozenset({Role.CLINICIAN}))
+    return Context(principal, Channel.DICOMWEB, care_relationship=care)
 
 
-def _node(caller: str | None) -> Context:
+def _node(caller: str | None, care: bool = True) -> Context:
     """The same organization as a DICOM node (C-FIND and the worklist); an admin stays an admin."""
     if caller is None:
-        return _ctx(None)
-    return Context(Principal.dicom_node("AE", caller), Channel.DIMSE)
+        return _ctx(None, care)
+    return Context(Principal.dicom_node("AE", caller), Channel.DIMSE, care_relationship=care)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -175,7 +236,7 @@ def test_searches_return_what_the_rule_allows(archive: Archive, w: World) -> Non
             uids = _write(session, w)
             want = {uids[i] for i in allowed_studies(w)}
 
-            qido = search(Query(STUDY), _ctx(w.caller), session=session, limit=100)
+            qido = search(Query(STUDY), _ctx(w.caller, w.care), session=session, limit=100)
             assert {m["0020000D"]["Value"][0] for m in qido.matches} == want
 
             # pages of 3, with no condition (an organization's keys from `visible_by_date`) and
@@ -185,21 +246,36 @@ def test_searches_return_what_the_rule_allows(archive: Archive, w: World) -> Non
                 paged = [
                     m["0020000D"]["Value"][0]
                     for offset in range(0, len(order) + 3, 3)
-                    for m in search(query, _ctx(w.caller), session=session, limit=3, offset=offset).matches
+                    for m in search(query, _ctx(w.caller, w.care), session=session, limit=3, offset=offset).matches
                 ]
                 assert paged == order, query
 
-            cfind = search_all(Query(STUDY, {"0020000D": ""}), _node(w.caller), session=session)
+            cfind = search_all(Query(STUDY, {"0020000D": ""}), _node(w.caller, w.care), session=session)
             assert {m["0020000D"]["Value"][0] for m in cfind.matches} == want
 
-            patients = search_all(Query(PATIENT, {"00100020": ""}), _node(w.caller), session=session)
+            patients = search_all(Query(PATIENT, {"00100020": ""}), _node(w.caller, w.care), session=session)
             got_patients = {m["00100020"]["Value"][0] for m in patients.matches}
             assert got_patients == {f"P{i}" for i in allowed_studies(w)}
 
+            for named in range(len(uids)):  # across links: QIDO at STUDY level, C-FIND at PATIENT level
+                keys = {"00100020": f"P{named}", "00100021": "x"}
+                linked = search(Query(STUDY, keys), _ctx(w.caller, w.care), session=session, limit=100)
+                assert {m["0020000D"]["Value"][0] for m in linked.matches} == {
+                    uids[i] for i in across_links(w, named)
+                }, named
+                linked_patients = search_all(Query(PATIENT, keys), _node(w.caller, w.care), session=session)
+                assert {m["00100020"]["Value"][0] for m in linked_patients.matches} == {
+                    f"P{i}" for i in across_links(w, named)
+                }, named
+
             identifier = Dataset()
             identifier.PatientID = ""
-            steps = find_worklist(identifier, _node(w.caller), session=session)
-            expected_steps = {f"W{j}" for j, org in enumerate(w.steps) if w.caller is None or org == w.caller}
+            steps = find_worklist(identifier, _node(w.caller, w.care), session=session)
+            expected_steps = {
+                f"W{j}" if s.study is None else f"P{s.study}"
+                for j, s in enumerate(w.steps)
+                if (w.caller is None or s.org == w.caller) and s.status == "SCHEDULED"
+            }
             assert {str(d.PatientID) for d in steps} == expected_steps
         finally:
             session.close()

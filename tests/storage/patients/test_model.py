@@ -83,6 +83,23 @@ def test_twins_are_never_linked_unseen_whatever_else_agrees() -> None:
     assert verdict.score >= Model().link_at and verdict.decision == REVIEW and verdict.rule == "twins"
 
 
+def test_twins_whose_double_given_names_share_one_are_reviewed_not_linked() -> None:
+    # found by benchmarks/linkage: ION VASILE and ION CRISTIAN, twins at one address, were linked
+    home = "Str. Lapusneanu 12, Iasi 700057"
+    a = person("PETRAU^ION VASILE", sex="M", address=home)
+    b = person("PETRAU^ION CRISTIAN", sex="M", address=home)
+    verdict = compare(a, b)
+    assert verdict.score >= Model().link_at and (verdict.decision, verdict.rule) == (REVIEW, "twins")
+
+
+def test_a_double_given_name_cut_to_its_first_word_or_swapped_components_still_link() -> None:
+    home = "Str. Lapusneanu 12, Iasi 700057"
+    full = person("POPESCU^ANA MARIA", address=home)
+    assert compare(full, person("POPESCU^ANA", address=home)).decision == LINK
+    swapped = compare(person("ANA^POPESCU", address=home), person("POPESCU^ANA", address=home))
+    assert (swapped.decision, swapped.rule) == (LINK, "score")
+
+
 def test_two_valid_cnps_decide_alone() -> None:
     one, other = with_check("285031707001"), with_check("285031707002")
     same = compare(person("POPESCU^ANA", cnp=one), person("IONESCU^MARIA", cnp=one))
