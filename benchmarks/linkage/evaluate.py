@@ -49,7 +49,9 @@ from storage.patients import identities, linker  # noqa: E402
 from storage.patients.model import Model  # noqa: E402
 
 
-def load(db: Database, rows: list[dict[str, str]], model: Model, batch: int) -> tuple[dict[int, dict[str, str]], float, float]:  # noqa: E501
+def load(
+    db: Database, rows: list[dict[str, str]], model: Model, batch: int
+) -> tuple[dict[int, dict[str, str]], float, float]:  # noqa: E501
     """Insert and link `rows`; {identity id: row}, seconds inserting, seconds linking."""
     by_id: dict[int, dict[str, str]] = {}
     inserting = linking = 0.0
@@ -57,9 +59,15 @@ def load(db: Database, rows: list[dict[str, str]], model: Model, batch: int) -> 
         t0 = time.perf_counter()
         with db.write_conn() as conn:
             for row in rows[start : start + batch]:
-                key = identities.IdentityKey(row.get("issuer_kind") or identities.DICOM, row["issuer"], row["patient_id"])
+                key = identities.IdentityKey(
+                    row.get("issuer_kind") or identities.DICOM, row["issuer"], row["patient_id"]
+                )
                 demographics = identities.Demographics(
-                    row["patient_name"], row["birth_date"], row["sex"], row.get("address", ""), row.get("national_id", "")
+                    row["patient_name"],
+                    row["birth_date"],
+                    row["sex"],
+                    row.get("address", ""),
+                    row.get("national_id", ""),
                 )
                 by_id[identities.upsert(conn, key, demographics)] = row
         t1 = time.perf_counter()
@@ -70,11 +78,13 @@ def load(db: Database, rows: list[dict[str, str]], model: Model, batch: int) -> 
         linking += t2 - t1
         done = min(start + batch, len(rows))
         if done % (batch * 20) == 0 or done == len(rows):
-            print(f"  {done}/{len(rows)} linked, {done / max(linking, 1e-9):.0f} identities/s", file=sys.stderr)
+            sys.stderr.write(f"  {done}/{len(rows)} linked, {done / max(linking, 1e-9):.0f} identities/s\n")
     return by_id, inserting, linking
 
 
-def score(by_id: dict[int, dict[str, str]], person_of: dict[int, int], candidates: list[tuple[int, int, str]]) -> dict[str, Any]:  # noqa: E501
+def score(
+    by_id: dict[int, dict[str, str]], person_of: dict[int, int], candidates: list[tuple[int, int, str]]
+) -> dict[str, Any]:  # noqa: E501
     """Pairs, precision, recall and the review queue (see the module's docstring)."""
     truth = {i: row["truth_person"] for i, row in by_id.items()}
     members: dict[int, list[int]] = defaultdict(list)
@@ -155,7 +165,8 @@ def score(by_id: dict[int, dict[str, str]], person_of: dict[int, int], candidate
 def read_back(db: Database) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
     """Each identity's person, and the open candidates with their reasons (the fields' levels)."""
     with db.read() as session:
-        person_of = {i: p for i, p in session.execute(select(PatientIdentity.id, PatientIdentity.person_id))}
+        rows = session.execute(select(PatientIdentity.id, PatientIdentity.person_id)).all()
+        person_of = {row.id: row.person_id for row in rows}
         candidates = []
         for a, b, reasons in session.execute(
             select(LinkCandidate.identity_a, LinkCandidate.identity_b, LinkCandidate.reasons).where(
@@ -167,12 +178,19 @@ def read_back(db: Database) -> tuple[dict[int, int], list[tuple[int, int, str]]]
     return person_of, candidates
 
 
-def queue_causes(by_id: dict[int, dict[str, str]], candidates: list[tuple[int, int, str]], top: int = 8) -> dict[str, list[Any]]:  # noqa: E501
+def queue_causes(
+    by_id: dict[int, dict[str, str]], candidates: list[tuple[int, int, str]], top: int = 8
+) -> dict[str, list[Any]]:  # noqa: E501
     """The commonest field levels of the true and the false candidates (why a pair is in review)."""
     out: dict[str, Counter[str]] = {"true": Counter(), "false": Counter()}
     for a, b, levels in candidates:
         out["true" if by_id[a]["truth_person"] == by_id[b]["truth_person"] else "false"][levels] += 1
     return {k: [[levels, n] for levels, n in c.most_common(top)] for k, c in out.items()}
+
+
+def say(text: str) -> None:
+    """One line (or block) of the report on standard output."""
+    sys.stdout.write(text + "\n")
 
 
 def git_commit() -> str:
@@ -197,7 +215,9 @@ def table(label: str, r: dict[str, Any]) -> str:
     return "\n".join([head, line, row])
 
 
-def run(rows: list[dict[str, str]], *, db_dir: Path | None, model: Model, batch: int) -> tuple[dict[str, Any], dict[int, dict[str, str]]]:  # noqa: E501
+def run(
+    rows: list[dict[str, str]], *, db_dir: Path | None, model: Model, batch: int
+) -> tuple[dict[str, Any], dict[int, dict[str, str]]]:  # noqa: E501
     with tempfile.TemporaryDirectory(prefix="linkage-") as tmp:
         folder = db_dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -238,8 +258,9 @@ def describe(by_id: dict[int, dict[str, str]], result: dict[str, Any], limit: in
         for a, b in pairs[:limit]:
             for i in (a, b):
                 r = by_id[i]
-                out.append(f"   {r['truth_person']:>6} {r['issuer']:<16} {r['patient_name']:<34} {r['birth_date']:<8} "
-                           f"{r['sex']:<1} {r['national_id']:<13} {r['address'][:50]:<50} [{r.get('noise', '')}]")  # fmt: skip
+                who = f"{r['truth_person']:>6} {r['issuer']:<16} {r['patient_name']:<34} {r['birth_date']:<8}"
+                what = f"{r['sex']:<1} {r['national_id']:<13} {r['address'][:50]:<50} [{r.get('noise', '')}]"
+                out.append(f"   {who} {what}")
             out.append("")
     return "\n".join(out)
 
@@ -247,7 +268,9 @@ def describe(by_id: dict[int, dict[str, str]], result: dict[str, Any], limit: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, required=True)
-    parser.add_argument("--db", type=Path, default=None, help="an empty folder for the SQLite index (default: a temp dir)")
+    parser.add_argument(
+        "--db", type=Path, default=None, help="an empty folder for the SQLite index (default: a temp dir)"
+    )
     parser.add_argument("--link-at", type=float, default=None)
     parser.add_argument("--review-at", type=float, default=None)
     parser.add_argument("--batch", type=int, default=100, help="identities per ingest transaction before linking")
@@ -263,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         review_at=defaults.review_at if args.review_at is None else args.review_at,
     )
     result, by_id = run(rows, db_dir=args.db, model=model, batch=args.batch)
-    print(table(args.label or args.csv.name, result))
+    say(table(args.label or args.csv.name, result))
     if args.show:
-        print(describe(by_id, result, args.show))
+        say(describe(by_id, result, args.show))
         for kind, causes in result["queue_causes"].items():
-            print(f"{kind} candidates, commonest levels: " + "; ".join(f"{n} x [{levels}]" for levels, n in causes))
+            say(f"{kind} candidates, commonest levels: " + "; ".join(f"{n} x [{levels}]" for levels, n in causes))
     if args.json:
         public = {k: v for k, v in result.items() if not k.startswith("_")}
         public.update(csv=str(args.csv), label=args.label or args.csv.name)

@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     result, by_id = evaluate.run(rows, db_dir=args.db, model=model, batch=args.batch)
     # what the ID field would have added: true pairs left to review or missed that agree on it
     same_id = sum(1 for x, y in result["_missed"] if by_id[x]["soc_sec_id"] == by_id[y]["soc_sec_id"])
-    print(evaluate.table("FEBRL4 (A + B)", result))
-    print(f"missed true pairs: {result['missed_pairs']}, of which soc_sec_id equal: {same_id}")
+    evaluate.say(evaluate.table("FEBRL4 (A + B)", result))
+    evaluate.say(f"missed true pairs: {result['missed_pairs']}, of which soc_sec_id equal: {same_id}")
     if args.show:
-        print(evaluate.describe(by_id, result, args.show))
+        evaluate.say(evaluate.describe(by_id, result, args.show))
     if args.json:
         public = {k: v for k, v in result.items() if not k.startswith("_")}
         public.update(label="FEBRL4", order=args.order, missed_with_equal_soc_sec_id=same_id)

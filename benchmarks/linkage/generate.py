@@ -33,7 +33,7 @@ import argparse
 import csv
 import random
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -105,7 +105,7 @@ STREETS = [
     ("Str.", "Mihai Eminescu", "700093"), ("Bd.", "Nicolae Iorga", "700582"), ("Str.", "Gării", "700038"),
     ("Str.", "Octav Băncilă", "700010"), ("Bd.", "Socola", "700190"), ("Șos.", "Bucium", "700265"),
     ("Str.", "Aurel Vlaicu", "700439"), ("Str.", "Cantemir", "700233"), ("Str.", "Palat", "700032"),
-    ("Calea", "Chișinăului", "700180"), ("Aleea", "Grigore Ghica Vodă", "700469"), ("Str.", "Pantelimon Halipa", "700614"),
+    ("Calea", "Chișinăului", "700180"), ("Aleea", "Grigore Ghica Vodă", "700469"), ("Str.", "Pantelimon Halipa", "700614"),  # noqa: E501
     ("Str.", "Sfântul Lazăr", "700045"), ("Str.", "Elena Doamna", "700398"), ("Str.", "Ion Creangă", "700317"),
     ("Str.", "14 Decembrie 1989", "700124"), ("Aleea", "Sucidava", "700735"), ("Str.", "Fabricii", "700390"),
     ("Bd.", "Chimiei", "700291"), ("Str.", "Tătărași", "700308"), ("Str.", "Vasile Conta", "700106"),
@@ -119,14 +119,18 @@ LOCALITIES = [
     ("Rediu", "707390", True), ("Ciurea", "707115", True), ("Lețcani", "707280", True),
 ]  # fmt: skip
 #: more of the city's streets: named after people and things, with their own postcodes
-_STREET_PEOPLE = """
+_STREET_PEOPLE = (
+    """
 Mihail Kogălniceanu|Vasile Alecsandri|Costache Negruzzi|Ion Neculce|Grigore Ureche|Miron Costin|Dimitrie Cantemir
 Petru Rareș|Bogdan Vodă|Dragoș Vodă|Ștefan Luchian|Nicolae Bălcescu|Avram Iancu|Mihail Sadoveanu|George Coșbuc
 Garabet Ibrăileanu|Titu Maiorescu|Gheorghe Asachi|Anastasie Fătu|Ion Ionescu de la Brad|Alexandru Lăpușneanu
 Sf. Andrei|Sf. Sava|Sf. Teodor|Sf. Gheorghe|Vasile Pârvan|Emil Racoviță|Constantin Negri|Gavriil Musicescu
 Ciprian Porumbescu|Eugen Ionescu|Tudor Arghezi|Lucian Blaga|Liviu Rebreanu|Octavian Goga|Ion Luca Caragiale
 Nicolae Gane|Veronica Micle|Elena Cuza|Doamna Stanca|Aurel Vlaicu|Henri Coandă|Traian Vuia|Gheorghe Doja
-""".replace("\n", "|").strip("|").split("|")
+""".replace("\n", "|")
+    .strip("|")
+    .split("|")
+)
 _STREET_THINGS = """
 Teilor Plopilor Salcâmilor Castanilor Florilor Livezii Morii Viilor Pădurii Izvorului Fântânilor Crinului
 Trandafirilor Liliacului Zorilor Luncii Păcii Unirii Libertății Muncii Sportului Școlii Ogorului Cerbului
@@ -197,8 +201,8 @@ class Issuer:
 
 
 ISSUERS = [
-    Issuer("dicom", "1.2.40.0.13.1.1", 0.30, 0.9, (0.55, 0.15, 0.30), 0.003, 0.003, 0.75, 0.85, 0.8, 0.01, 0.01, "H{:07d}"),
-    Issuer("dicom", "1.2.40.0.13.1.2", 0.20, 0.95, (0.20, 0.50, 0.30), 0.003, 0.01, 0.60, 0.80, 0.6, 0.02, 0.01, "{:08d}"),
+    Issuer("dicom", "1.2.40.0.13.1.1", 0.30, 0.9, (0.55, 0.15, 0.30), 0.003, 0.003, 0.75, 0.85, 0.8, 0.01, 0.01, "H{:07d}"),  # noqa: E501
+    Issuer("dicom", "1.2.40.0.13.1.2", 0.20, 0.95, (0.20, 0.50, 0.30), 0.003, 0.01, 0.60, 0.80, 0.6, 0.02, 0.01, "{:08d}"),  # noqa: E501
     Issuer("org", "CLINIC-A", 0.15, 0.4, (0.70, 0.05, 0.25), 0.005, 0.01, 0.45, 0.65, 0.5, 0.03, 0.02, "CA-{:06d}"),
     Issuer("org", "CLINIC-B", 0.12, 0.6, (0.30, 0.10, 0.60), 0.08, 0.02, 0.30, 0.55, 0.3, 0.04, 0.03, "B{:06d}"),
     Issuer("dicom", "IMAGISTICA-D", 0.13, 1.0, (0.00, 0.00, 1.00), 0.01, 0.25, 0.35, 0.50, 0.2, 0.06, 0.05, "D{:05d}"),
@@ -391,7 +395,9 @@ class Recorder:
                 return out.capitalize() if word[:1].isupper() else out
         return word
 
-    def record(self, person: Person, issuer: Issuer, *, later: bool, married: str, moved: Home | None) -> tuple[dict[str, str], list[str]]:  # noqa: E501
+    def record(
+        self, person: Person, issuer: Issuer, *, later: bool, married: str, moved: Home | None
+    ) -> tuple[dict[str, str], list[str]]:  # noqa: E501
         rng = self.rng
         noise: list[str] = []
         # ---- name
@@ -478,7 +484,9 @@ class Recorder:
             r = rng.random()
             if r < 0.015:
                 k = rng.randrange(13)
-                national_id = national_id[:k] + str((int(national_id[k]) + rng.randint(1, 9)) % 10) + national_id[k + 1 :]
+                national_id = (
+                    national_id[:k] + str((int(national_id[k]) + rng.randint(1, 9)) % 10) + national_id[k + 1 :]
+                )
                 noise.append("cnp-digit")
             elif r < 0.02:
                 national_id = national_id[:12]
@@ -516,8 +524,14 @@ class Recorder:
             words[k] = self.typo(words[k])
             street = " ".join(words)
             noise.append("address-typo")
-        long_types = {"Str.": "Strada", "Bd.": "Bulevardul", "Șos.": "Șoseaua", "Calea": "Calea", "Aleea": "Aleea",
-                      "Intr.": "Intrarea"}
+        long_types = {
+            "Str.": "Strada",
+            "Bd.": "Bulevardul",
+            "Șos.": "Șoseaua",
+            "Calea": "Calea",
+            "Aleea": "Aleea",
+            "Intr.": "Intrarea",
+        }
         if rng.random() < issuer.formal:
             parts = [f"{home.street_type} {street} nr. {home.number}"]
             if home.block:
@@ -637,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     persons = len({r["truth_person"] for r in rows})
-    print(f"{len(rows)} identities of {persons} persons -> {args.out}", file=sys.stderr)
+    sys.stderr.write(f"{len(rows)} identities of {persons} persons -> {args.out}\n")
     return 0
 
 

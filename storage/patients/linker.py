@@ -45,7 +45,7 @@ from storage.index.models import (
 from storage.logs import event
 from storage.patients import cnp, names
 from storage.patients.identities import NONE, follow_persons
-from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare, parse_address
+from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare, contradiction, parse_address
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ MAX_COMPARED = 200
 #: PostgreSQL advisory lock key of the linkers (any constant; "MPI" in ASCII)
 _LOCK = 0x4D5049
 SAME, APART = "same", "apart"
+#: the identities of each side a merge compares pairwise (`merge_conflict`)
+MAX_CROSS_CHECKED = 50
+#: why a merge of two persons is refused even by hand
+CNP_CONFLICT = "the two persons hold different CNPs"
 
 #: what the linker and the admin API read of an identity
 IDENTITY_COLUMNS = (
@@ -184,27 +188,41 @@ def new_person(conn: Connection, identities: list[int] | None = None, *, sharing
 
 
 def merge_conflict(conn: Connection, one: int, other: int) -> str | None:
-    """Why persons `one` and `other` cannot be one (two different CNPs, a pair decided apart), or None."""
-    members = conn.execute(
-        select(PatientIdentity.id, PatientIdentity.person_id, PatientIdentity.cnp).where(
-            PatientIdentity.person_id.in_([one, other])
-        )
-    ).all()
+    """Why persons `one` and `other` cannot be one, or None: two different CNPs, a pair decided
+    apart, or a pair of their identities that contradict each other (`model.contradiction`:
+    other birth dates, possible twins), compared for up to `MAX_CROSS_CHECKED` identities a side."""
+    members = conn.execute(_IDENTITY.where(PatientIdentity.person_id.in_([one, other]))).all()
     cnps = {m.cnp for m in members if m.cnp}
     if len(cnps) > 1:
-        return "the two persons hold different CNPs"
-    left = [m.id for m in members if m.person_id == one]
-    right = [m.id for m in members if m.person_id == other]
+        return CNP_CONFLICT
+    left = [m for m in members if m.person_id == one]
+    right = [m for m in members if m.person_id == other]
     apart = conn.scalar(
         select(LinkDecision.identity_a).where(
             LinkDecision.decision == APART,
             or_(
-                and_(LinkDecision.identity_a.in_(left), LinkDecision.identity_b.in_(right)),
-                and_(LinkDecision.identity_a.in_(right), LinkDecision.identity_b.in_(left)),
+                and_(
+                    LinkDecision.identity_a.in_([m.id for m in left]),
+                    LinkDecision.identity_b.in_([m.id for m in right]),
+                ),
+                and_(
+                    LinkDecision.identity_a.in_([m.id for m in right]),
+                    LinkDecision.identity_b.in_([m.id for m in left]),
+                ),
             ),
         )
     )
-    return "a reviewer decided that two of their identities are two people" if apart is not None else None
+    if apart is not None:
+        return "a reviewer decided that two of their identities are two people"
+    if cnps and {m.cnp for m in left} & {m.cnp for m in right} & cnps:
+        return None  # one CNP on both sides: one person by the deterministic rule
+    theirs = [demographics_of(m) for m in right[:MAX_CROSS_CHECKED]]
+    for mine in (demographics_of(m) for m in left[:MAX_CROSS_CHECKED]):
+        for other_side in theirs:
+            why = contradiction(mine, other_side)
+            if why is not None:
+                return why
+    return None
 
 
 def merge(

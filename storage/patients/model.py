@@ -120,12 +120,12 @@ def compare(a: Demographics, b: Demographics, model: Model | None = None) -> Ver
     )
     score = round(sum(r.weight for r in reasons), 3)
     decision = LINK if score >= model.link_at else REVIEW if score >= model.review_at else APART
-    if decision == LINK and _maybe_twins(a, b, levels["birth_date"]):
+    if decision == LINK and maybe_twins(a, b, levels["birth_date"]):
         return Verdict(REVIEW, "twins", score, reasons)
     return Verdict(decision, "score", score, reasons)
 
 
-def _maybe_twins(a: Demographics, b: Demographics, birth: str) -> bool:
+def maybe_twins(a: Demographics, b: Demographics, birth: str) -> bool:
     """Born the same day, with given names that share no word, or that each have a word the
     other lacks: twins share a family name, a birth date and an address, which the score counts
     as independent evidence, and their given names are often near (CRISTIAN and CRISTINA:
@@ -136,6 +136,24 @@ def _maybe_twins(a: Demographics, b: Demographics, birth: str) -> bool:
     if birth != "exact" or not (mine and theirs) or _swapped(a.name, b.name):
         return False
     return not mine & theirs or bool(mine - theirs and theirs - mine)
+
+
+def contradiction(a: Demographics, b: Demographics) -> str | None:
+    """Why `a` and `b` cannot be one person whatever their score says, or None: two different
+    CNPs, birth dates that differ by more than a slip, or what may be twins (`maybe_twins`).
+
+    The linker asks it of every pair a merge would join (`linker.merge_conflict`), not only of
+    the pair that scored: links chain, and a record with little on it (no birth date, a given
+    name cut to one word) can score high against each of two people (twins whose double names
+    two senders both cut to their first word) and would join them."""
+    if a.cnp is not None and b.cnp is not None and a.cnp.value != b.cnp.value:
+        return "two of their identities hold different CNPs"
+    birth = birth_date_level(a.birth_date, b.birth_date)
+    if birth == "different":
+        return "two of their identities have different birth dates"
+    if maybe_twins(a, b, birth):
+        return "two of their identities may be twins (one birth date, other given names)"
+    return None
 
 
 def _swapped(a: PersonName, b: PersonName) -> bool:

@@ -184,7 +184,7 @@ def _link_rows(conn: Connection, one: Any, other: Any, actor: str) -> int:
     linker.decide(conn, one.id, other.id, linker.SAME, actor)
     if first == second:
         return first
-    if linker.merge_conflict(conn, first, second) == "the two persons hold different CNPs":
+    if linker.merge_conflict(conn, first, second) == linker.CNP_CONFLICT:
         raise LinkConflict("the two identities' persons hold different CNPs: they are two people")
     return linker.merge(conn, first, second, one.id, other.id, rule="manual", score=0.0, actor=actor)
 

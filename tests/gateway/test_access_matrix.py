@@ -38,6 +38,7 @@ from storage.access.orgs import AeSpec, add_org, update_org
 from storage.access.tokens import ALGORITHM, ISSUER, signing_key
 from storage.archive import Archive
 from storage.index.models import LinkCandidate, PatientIdentity
+from storage.patients import persons
 from storage.patients.linker import link_pending
 from storage.patients.model import Model
 from storage.settings import Settings
@@ -196,6 +197,8 @@ def expected(method: str, path: str, caller: str) -> str:
         if method == "POST":
             return WRITE_REFUSED if org_a else ALLOWED
         return HIDDEN if org_a and not emergency else ALLOWED
+    if path == "/api/persons/{person_id}/consent":  # an integrator, for a person its organization cares for
+        return HIDDEN if caller == "integrator-a" else FORBIDDEN
     if path.startswith(("/api/orgs", "/api/audit", "/api/identities", "/api/persons", "/api/links", "/api/link-")):
         return FORBIDDEN
     if path.startswith("/api/worklist"):
@@ -252,7 +255,7 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         )
         headers = {**headers, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
         body = {"content": content}
-    elif method in ("POST", "PATCH"):
+    elif method in ("POST", "PATCH", "PUT"):
         body = {"json": _json_body(method, path, study)}
     response = httpx.request(method, url, params=params, headers=headers, timeout=30, **body)
     if method == "DELETE" and path == "/api/orgs/{org_id}/aes/{ae_title}" and response.status_code == 204:
@@ -280,6 +283,8 @@ def _json_body(method: str, path: str, study: str) -> dict[str, Any]:
         return _ref(CLINIC_B, PATIENT_B[1])
     if path.startswith("/api/link-candidates/"):
         return {}
+    if path == "/api/persons/{person_id}/consent":
+        return {"cross_org_sharing": "opt-in", "recorded_by": "front desk"}
     raise AssertionError(f"{method} {path}: no request body for it in the access matrix")
 
 
@@ -293,6 +298,15 @@ def _person_of(world: World, patient_id: str) -> int:
         person = conn.scalar(select(PatientIdentity.person_id).where(PatientIdentity.patient_id == patient_id))
     assert person is not None
     return int(person)
+
+
+def _apart(world: World) -> None:
+    """A's and B's patients as two persons again: the matrix's admin cells link them (and, by care
+    relationship, each organization would then see the other's study of that person)."""
+    person = _person_of(world, PATIENT_B[1])
+    if person == _person_of(world, PATIENT_A[1]):
+        with world.gateway.archive.db.write_conn() as conn:
+            persons.unlink(conn, "test", person, f"urn:pacs:org:{CLINIC_B}", PATIENT_B[1])
 
 
 def _fresh_candidate(world: World) -> int:
@@ -374,6 +388,7 @@ def test_the_matrix_reaches_every_cell_kind(world: World) -> None:
 
 def test_what_hosp_a_searches_holds_only_its_own(world: World) -> None:
     """QIDO-RS at every level, as hosp-a's clinician: its study, nothing of clinic-b's."""
+    _apart(world)
     heads = callers(world.gateway.settings)["clinician-a"]
     found = httpx.get(f"{world.gateway.dicomweb}/studies", headers=heads).json()
     uids = {s["0020000D"]["Value"][0] for s in found}

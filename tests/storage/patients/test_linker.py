@@ -132,6 +132,25 @@ def test_a_person_never_holds_two_cnps_through_a_third_identity(registered: Arch
     assert open_candidates(registered) == 1
 
 
+def test_a_record_that_fits_two_twins_joins_neither_to_the_other(registered: Archive) -> None:
+    """Twins NICOLAE IONUT and NICOLAE CRISTIAN, one birth date, one home: reviewed, not linked.
+    A third record, VASILE^NICOLAE (a form with room for one given name), scores as a link with
+    each; linking it to both would make the twins one person: the merge's check of every pair
+    it joins sends the second link to review instead."""
+    twins = {"birth": "20180329", "sex": "M", "address": HOME}
+    seed(registered, patient("H-9", "VASILE^NICOLAE IONUT", **twins), as_=CT_A)
+    seed(registered, patient("C-9", "VASILE^NICOLAE CRISTIAN", **twins), as_=US_B)
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-9") != person_of(registered, "C-9")
+    seed(registered, patient("N-9", "VASILE^NICOLAE", issuer="urn:oid:1.2.3", **twins), as_=US_B)
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-9") != person_of(registered, "C-9")
+    assert person_of(registered, "N-9") in {person_of(registered, "H-9"), person_of(registered, "C-9")}
+    with registered.db.read() as session:
+        reasons = [r["level"] for c in persons.candidates(session) for r in c.reasons if r["field"] == "merge"]
+    assert reasons == ["two of their identities may be twins (one birth date, other given names)"]
+
+
 def test_decisions_survive_rescoring_and_an_unlink_moves_no_study(registered: Archive) -> None:
     seed(registered, patient("H-6", "POPESCU^ANA", address=HOME), as_=CT_A)
     seed(registered, patient("C-6", "POPESCU^ANA", address=HOME), as_=US_B)
