@@ -11,8 +11,11 @@ another. The master patient index links identities into persons; it never rewrit
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storage.dicom.charset import fold
 from storage.index.db import insert_or_get_new
@@ -66,27 +69,54 @@ def identity_key(patient_id: str, issuer: str, *, study_uid: str, org: str | Non
 def upsert(conn: Connection, key: IdentityKey, demographics: Demographics) -> int:
     """The id of the identity `key`, created with `demographics` if it is new (race-free).
 
-    A new identity with a patient ID is queued for the patient index's linker in the caller's
-    transaction (`storage.patients.linker`): linking never slows ingest, and is never lost.
+    Called once per new study. A new identity with a patient ID is queued for the patient
+    index's linker in the caller's transaction (`storage.patients.linker`): linking never slows
+    ingest, and is never lost. An existing identity whose new study says something else of its
+    patient (a corrected name, a birth date or CNP now given, an address) takes the newer values
+    and is queued again, so the index scores what the institution says now; its links stay
+    (the linker adds links, only a person splits one).
     """
     now = utcnow()
-    identity_id, created = insert_or_get_new(
-        conn,
-        PatientIdentity,
-        asdict(key),
-        {
-            "patient_name": demographics.patient_name,
-            "patient_name_folded": fold(demographics.patient_name),
-            "birth_date": demographics.birth_date,
-            "sex": demographics.sex,
-            "address": demographics.address,
-            "national_id": demographics.national_id[:64],
-            "created_at": now,
-        },
-    )
-    if created and key.issuer_kind != NONE:
-        conn.execute(insert(LinkQueueItem).values(identity_id=identity_id, queued_at=now))
+    values = _columns(demographics)
+    identity_id, created = insert_or_get_new(conn, PatientIdentity, asdict(key), values | {"created_at": now})
+    if key.issuer_kind == NONE:
+        return identity_id
+    if not created:
+        kept = conn.execute(select(*_DEMOGRAPHICS).where(PatientIdentity.id == identity_id)).one()
+        changed = {name: value for name, value in values.items() if value and value != getattr(kept, name)}
+        if not changed:
+            return identity_id
+        conn.execute(update(PatientIdentity).where(PatientIdentity.id == identity_id).values(**changed))
+    _queue(conn, identity_id, now)
     return identity_id
+
+
+def _queue(conn: Connection, identity_id: int, now: datetime) -> None:
+    """Queue the identity for the linker, once (two ingests of one identity may both queue it)."""
+    ins = pg_insert(LinkQueueItem) if conn.dialect.name == "postgresql" else sqlite_insert(LinkQueueItem)
+    conn.execute(ins.values(identity_id=identity_id, queued_at=now).on_conflict_do_nothing())
+
+
+#: the demographics an identity keeps (what `upsert` compares when a new study of it arrives)
+_DEMOGRAPHICS = (
+    PatientIdentity.patient_name,
+    PatientIdentity.patient_name_folded,
+    PatientIdentity.birth_date,
+    PatientIdentity.sex,
+    PatientIdentity.address,
+    PatientIdentity.national_id,
+)
+
+
+def _columns(demographics: Demographics) -> dict[str, str]:
+    return {
+        "patient_name": demographics.patient_name,
+        "patient_name_folded": fold(demographics.patient_name),
+        "birth_date": demographics.birth_date,
+        "sex": demographics.sex,
+        "address": demographics.address,
+        "national_id": demographics.national_id[:64],
+    }
 
 
 def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str) -> None:

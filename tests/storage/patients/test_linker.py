@@ -151,6 +151,25 @@ def test_a_record_that_fits_two_twins_joins_neither_to_the_other(registered: Arc
     assert reasons == ["two of their identities may be twins (one birth date, other given names)"]
 
 
+def test_a_later_study_that_says_more_of_its_patient_is_linked_again(registered: Archive) -> None:
+    """Name, birth date and sex alone are reviewed; the hospital's next study of the patient
+    carries the address the clinic has: the identity takes it, is queued again and links."""
+    seed(registered, patient("H-10", "DUMITRU^ANA"), as_=CT_A)
+    seed(registered, patient("C-10", "DUMITRU^ANA", address=HOME), as_=US_B)
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-10") != person_of(registered, "C-10")
+    seed(registered, patient("H-10", "DUMITRU^ANA", address=HOME), as_=CT_A)  # a new study, the same identity
+    with registered.db.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(LinkQueueItem)) == 1
+        kept = conn.scalar(select(PatientIdentity.address).where(PatientIdentity.patient_id == "H-10"))
+    assert kept == HOME
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-10") == person_of(registered, "C-10")
+    seed(registered, patient("H-10", "DUMITRU^ANA"), as_=CT_A)  # says less: nothing changes, nothing queued
+    with registered.db.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(LinkQueueItem)) == 0
+
+
 def test_decisions_survive_rescoring_and_an_unlink_moves_no_study(registered: Archive) -> None:
     seed(registered, patient("H-6", "POPESCU^ANA", address=HOME), as_=CT_A)
     seed(registered, patient("C-6", "POPESCU^ANA", address=HOME), as_=US_B)
