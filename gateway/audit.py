@@ -156,6 +156,7 @@ def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
         detail=f"HTTP {status}" + (f": {detail}" if detail else ""),
         patient=query.get("PatientID") or query.get("00100020") or None,
         reason=(ctx.emergency or None) if ctx is not None else None,
+        care_relationship=ctx.care_relationship if ctx is not None else False,
     )
     if not studies:
         return [base]

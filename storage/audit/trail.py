@@ -271,7 +271,7 @@ class AuditTrail:
                 "outcome": a.outcome,
                 "reason": a.reason,
                 "owner_org": None if not owners or a.org in owners else owners[0],
-                "detail": (a.detail or ("by care relationship" if by_care else ""))[:2000],
+                "detail": "; ".join(filter(None, (a.detail, "by care relationship" if by_care else "")))[:2000],
             }
             for name, limit in _LIMITS.items():
                 if isinstance(values[name], str):

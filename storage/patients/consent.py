@@ -108,7 +108,7 @@ def history(conn: Connection, person_id: int) -> list[ConsentView]:
         .where((ConsentRecord.person_id == person_id) | ConsentRecord.person_id.in_(absorbed))
         .order_by(ConsentRecord.time, ConsentRecord.id)
     ).all()
-    return [ConsentView(r.person_id, r.cross_org_sharing, r.recorded_by, r.time, r.note) for (r,) in rows]
+    return [ConsentView(r.person_id, r.cross_org_sharing, r.recorded_by, r.time, r.note) for r in rows]
 
 
 def _cares_for(conn: Connection, org: str | None, person: int) -> bool:

@@ -126,6 +126,8 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
     if row.person_id != person:
         follow_persons(conn, [identity_id])
     decisions = _decisions_of(conn, identity_id)
+    reviews: dict[int, Verdict] = {}
+    merged = False
     for other in conn.execute(_block_of(row, mine, block)).all():
         if other.person_id == person:
             continue
@@ -134,9 +136,47 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
             continue
         verdict = Verdict(LINK, "manual", 0.0) if decided == SAME else compare(mine, demographics_of(other), model)
         if verdict.decision == LINK:
+            before = person
             person = _link_or_review(conn, identity_id, person, other, verdict)
+            merged = merged or person != before or other.person_id is not None
         elif verdict.decision == REVIEW:
-            add_candidate(conn, identity_id, other.id, verdict)
+            reviews[other.id] = verdict
+    _ask_once_per_person(conn, identity_id, person, reviews)
+    if merged:
+        _close_settled(conn, person)
+
+
+def _ask_once_per_person(conn: Connection, identity_id: int, person: int, reviews: dict[int, Verdict]) -> None:
+    """Queue one review per other person, the best-scoring of its identities: a reviewer decides
+    whether this identity is that person once, not once per record the person has (and not at
+    all for one this turn's links made its own)."""
+    if not reviews:
+        return
+    rows = conn.execute(select(PatientIdentity.id, PatientIdentity.person_id).where(PatientIdentity.id.in_(reviews)))
+    persons_of: dict[int, int | None] = {r.id: r.person_id for r in rows}
+    best: dict[int | None, int] = {}
+    for other, verdict in reviews.items():
+        theirs = persons_of.get(other)
+        if theirs == person:
+            continue
+        if theirs not in best or verdict.score > reviews[best[theirs]].score:
+            best[theirs] = other
+    for other in best.values():
+        add_candidate(conn, identity_id, other, reviews[other])
+
+
+def _close_settled(conn: Connection, person: int) -> None:
+    """Close the open candidates a link has settled: both sides now in `person`."""
+    members = select(PatientIdentity.id).where(PatientIdentity.person_id == person)
+    conn.execute(
+        update(LinkCandidate)
+        .where(
+            LinkCandidate.status == "open",
+            LinkCandidate.identity_a.in_(members),
+            LinkCandidate.identity_b.in_(members),
+        )
+        .values(status="settled", decided_by="linker", decided_at=utcnow())
+    )
 
 
 def _block_of(row: Any, mine: Demographics, block: str) -> Any:
