@@ -49,6 +49,12 @@ from storage.patients import identities, linker  # noqa: E402
 from storage.patients.model import Model  # noqa: E402
 
 
+def _other_ids(text: str) -> tuple[tuple[str, str], ...]:
+    """A row's `other_ids` ("ISSUER=VALUE;..."), as OtherPatientIDsSequence items (value, issuer)."""
+    items = (part.split("=", 1) for part in text.split(";") if "=" in part)
+    return tuple((value, issuer) for issuer, value in items)
+
+
 def load(
     db: Database, rows: list[dict[str, str]], model: Model, batch: int
 ) -> tuple[dict[int, dict[str, str]], float, float]:  # noqa: E501
@@ -68,6 +74,7 @@ def load(
                     row["sex"],
                     row.get("address", ""),
                     row.get("national_id", ""),
+                    _other_ids(row.get("other_ids", "")),
                 )
                 by_id[identities.upsert(conn, key, demographics)] = row
         t1 = time.perf_counter()

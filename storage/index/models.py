@@ -99,6 +99,24 @@ class PatientIdentity(Base):
     cnp: Mapped[str | None] = mapped_column(String(13), index=True)
     #: the first family word, folded (`storage.patients.names.block_key`): whom the model compares
     block_key: Mapped[str] = mapped_column(String(8), default="", server_default="", index=True)
+    #: other identifiers the sender named (OtherPatientIDsSequence, the CNP aside): JSON
+    #: [[issuer, value], ...], compared by the model; indexed in `identity_aliases`
+    other_ids: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class IdentityAlias(Base):
+    """An identifier an identity is known by, for the linker's blocking: its own (issuer, patient
+    ID) when the issuer is a DICOM one, and each other identifier its sender named."""
+
+    __tablename__ = "identity_aliases"
+    __table_args__ = (
+        PrimaryKeyConstraint("identity_id", "issuer", "value"),
+        Index("ix_identity_aliases_issuer_value", "issuer", "value"),
+    )
+
+    identity_id: Mapped[int] = mapped_column(ForeignKey("patient_identities.id", ondelete="CASCADE"))
+    issuer: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(64))
 
 
 #: a person's choice about cross-organization sharing (`Person.cross_org_sharing`)

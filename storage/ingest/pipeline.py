@@ -267,6 +267,7 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
             p.sex,
             p.patient_address,
             identities.national_id_of(p.patient_id, p.issuer_of_patient_id, p.other_patient_ids),
+            p.other_patient_ids,
         )
         identity_id = identities.upsert(conn, key, demographics)
         study_id = _upsert_study(conn, p, identity_id, ctx)

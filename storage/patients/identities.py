@@ -10,6 +10,7 @@ another. The master patient index links identities into persons; it never rewrit
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -19,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storage.dicom.charset import fold
 from storage.index.db import insert_or_get_new
-from storage.index.models import LinkQueueItem, PatientIdentity, Study, StudyOwner, utcnow
+from storage.index.models import IdentityAlias, LinkQueueItem, PatientIdentity, Study, StudyOwner, utcnow
 from storage.patients import cnp
 
 #: issuer kinds, in the order they are chosen
@@ -45,6 +46,28 @@ class Demographics:
     address: str = ""
     #: a national ID the sender gave (`national_id_of`), unchecked
     national_id: str = ""
+    #: OtherPatientIDsSequence as parsed: (PatientID, IssuerOfPatientID) items
+    other_ids: tuple[tuple[str, str], ...] = ()
+
+
+#: the most other identifiers an identity keeps
+MAX_OTHER_IDS = 8
+
+
+def other_identifiers(items: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The (issuer, value) pairs of OtherPatientIDsSequence items the patient index compares:
+    those with an issuer (a value without one means nothing across institutions), the CNP aside
+    (it has its own rule), at most `MAX_OTHER_IDS`, sorted."""
+    kept = {(issuer, value) for value, issuer in items if issuer and value and issuer != cnp.ISSUER}
+    return sorted(kept)[:MAX_OTHER_IDS]
+
+
+def encode_other_ids(pairs: list[tuple[str, str]]) -> str:
+    return json.dumps(pairs) if pairs else ""
+
+
+def decode_other_ids(text: str) -> list[tuple[str, str]]:
+    return [(str(i), str(v)) for i, v in json.loads(text)] if text else []
 
 
 def national_id_of(patient_id: str, issuer: str, other_ids: tuple[tuple[str, str], ...]) -> str:
@@ -72,29 +95,32 @@ def upsert(conn: Connection, key: IdentityKey, demographics: Demographics) -> in
     Called once per new study. A new identity with a patient ID is queued for the patient
     index's linker in the caller's transaction (`storage.patients.linker`): linking never slows
     ingest, and is never lost. An existing identity whose new study says something else of its
-    patient (a corrected name, a birth date or CNP now given, an address) takes the newer values
-    and is queued again, so the index scores what the institution says now; its links stay
-    (the linker adds links, only a person splits one).
+    patient (a corrected name, a birth date or CNP now given, an address, another identifier)
+    takes the newer values and is queued again, so the index scores what the institution says
+    now; its links stay (the linker adds links, only a person splits one).
     """
     now = utcnow()
     values = _columns(demographics)
     identity_id, created = insert_or_get_new(conn, PatientIdentity, asdict(key), values | {"created_at": now})
     if key.issuer_kind == NONE:
         return identity_id
-    if not created:
+    others = other_identifiers(demographics.other_ids)
+    if created:
+        own = [(key.issuer, key.patient_id)] if key.issuer_kind == DICOM and len(key.issuer) <= 64 else []
+        _add_aliases(conn, identity_id, own + others)
+    else:
         kept = conn.execute(select(*_DEMOGRAPHICS).where(PatientIdentity.id == identity_id)).one()
         changed = {name: value for name, value in values.items() if value and value != getattr(kept, name)}
+        known = decode_other_ids(kept.other_ids)
+        added = [pair for pair in others if pair not in known]
+        if added:
+            changed["other_ids"] = encode_other_ids(sorted(known + added)[:MAX_OTHER_IDS])
+            _add_aliases(conn, identity_id, added)
         if not changed:
             return identity_id
         conn.execute(update(PatientIdentity).where(PatientIdentity.id == identity_id).values(**changed))
     _queue(conn, identity_id, now)
     return identity_id
-
-
-def _queue(conn: Connection, identity_id: int, now: datetime) -> None:
-    """Queue the identity for the linker, once (two ingests of one identity may both queue it)."""
-    ins = pg_insert(LinkQueueItem) if conn.dialect.name == "postgresql" else sqlite_insert(LinkQueueItem)
-    conn.execute(ins.values(identity_id=identity_id, queued_at=now).on_conflict_do_nothing())
 
 
 #: the demographics an identity keeps (what `upsert` compares when a new study of it arrives)
@@ -105,6 +131,7 @@ _DEMOGRAPHICS = (
     PatientIdentity.sex,
     PatientIdentity.address,
     PatientIdentity.national_id,
+    PatientIdentity.other_ids,
 )
 
 
@@ -116,7 +143,23 @@ def _columns(demographics: Demographics) -> dict[str, str]:
         "sex": demographics.sex,
         "address": demographics.address,
         "national_id": demographics.national_id[:64],
+        "other_ids": encode_other_ids(other_identifiers(demographics.other_ids)),
     }
+
+
+def _add_aliases(conn: Connection, identity_id: int, pairs: list[tuple[str, str]]) -> None:
+    """Index the identity under each (issuer, value), once."""
+    if not pairs:
+        return
+    ins = pg_insert(IdentityAlias) if conn.dialect.name == "postgresql" else sqlite_insert(IdentityAlias)
+    rows = [{"identity_id": identity_id, "issuer": issuer[:64], "value": value[:64]} for issuer, value in pairs]
+    conn.execute(ins.on_conflict_do_nothing(), rows)
+
+
+def _queue(conn: Connection, identity_id: int, now: datetime) -> None:
+    """Queue the identity for the linker, once (two ingests of one identity may both queue it)."""
+    ins = pg_insert(LinkQueueItem) if conn.dialect.name == "postgresql" else sqlite_insert(LinkQueueItem)
+    conn.execute(ins.values(identity_id=identity_id, queued_at=now).on_conflict_do_nothing())
 
 
 def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str) -> None:
@@ -137,14 +180,17 @@ def move_to_org(conn: Connection, study_ids: list[int], ae_title: str, org: str)
             PatientIdentity.sex,
             PatientIdentity.address,
             PatientIdentity.national_id,
+            PatientIdentity.other_ids,
         )
         .join(PatientIdentity, PatientIdentity.id == Study.identity_id)
         .where(Study.id.in_(study_ids), PatientIdentity.issuer_kind == AE, PatientIdentity.issuer == ae_title)
     ).all()
     old: set[int] = set()
     new: set[int] = set()
-    for study_id, identity_id, patient_id, *demographics in rows:
-        new_id = upsert(conn, IdentityKey(ORG, org, patient_id), Demographics(*demographics))
+    for study_id, identity_id, patient_id, name, birth_date, sex, address, national_id, other_ids in rows:
+        items = tuple((value, issuer) for issuer, value in decode_other_ids(other_ids))
+        demographics = Demographics(name, birth_date, sex, address, national_id, items)
+        new_id = upsert(conn, IdentityKey(ORG, org, patient_id), demographics)
         conn.execute(update(Study).where(Study.id == study_id).values(identity_id=new_id))
         old.add(identity_id)
         new.add(new_id)

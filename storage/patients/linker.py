@@ -33,6 +33,7 @@ from storage.index.db import Database
 from storage.index.models import (
     OPT_IN,
     OPT_OUT,
+    IdentityAlias,
     LinkCandidate,
     LinkDecision,
     LinkEvent,
@@ -44,7 +45,7 @@ from storage.index.models import (
 )
 from storage.logs import event
 from storage.patients import cnp, names
-from storage.patients.identities import NONE, follow_persons
+from storage.patients.identities import DICOM, NONE, decode_other_ids, follow_persons
 from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare, contradiction, parse_address
 from storage.settings import Settings
 
@@ -74,6 +75,7 @@ IDENTITY_COLUMNS = (
     PatientIdentity.national_id,
     PatientIdentity.cnp,
     PatientIdentity.person_id,
+    PatientIdentity.other_ids,
 )
 _IDENTITY = select(*IDENTITY_COLUMNS)
 
@@ -86,7 +88,15 @@ def demographics_of(row: Any) -> Demographics:
         row.sex,
         parse_address(row.address) if row.address else None,
         cnp.valid_for(row.national_id, sex=row.sex, birth_date=row.birth_date) if row.national_id else None,
+        identifiers_of(row),
     )
+
+
+def identifiers_of(row: Any) -> frozenset[tuple[str, str]]:
+    """The (issuer, value) identifiers an identity row is known by: its other identifiers, and
+    its own key when its issuer is a DICOM one (another sender may name it as another ID)."""
+    own = {(row.issuer, row.patient_id)} if row.issuer_kind == DICOM else set()
+    return frozenset(own | set(decode_other_ids(row.other_ids)))
 
 
 def link_next(db: Database, model: Model) -> bool:
@@ -186,6 +196,11 @@ def _block_of(row: Any, mine: Demographics, block: str) -> Any:
         same.append(PatientIdentity.cnp == mine.cnp.value)
     if len(row.birth_date) == 8:
         same.append(PatientIdentity.birth_date == row.birth_date)
+    if mine.identifiers:  # another identifier in common (the CNP's rule aside): right after the CNP
+        known_as = or_(*(and_(IdentityAlias.issuer == i, IdentityAlias.value == v) for i, v in mine.identifiers))
+        same.insert(
+            int(mine.cnp is not None), PatientIdentity.id.in_(select(IdentityAlias.identity_id).where(known_as))
+        )
     if block:
         same.append(PatientIdentity.block_key == block)
     if not same:

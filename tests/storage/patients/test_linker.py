@@ -46,6 +46,7 @@ def patient(
     address: str = "",
     issuer: str | None = None,
     other_cnp: str | None = None,
+    other_id: tuple[str, str] | None = None,
 ) -> Dataset:
     ds = f.ct_dataset(patient_id=patient_id, patient_name=name, issuer=issuer)
     ds.PatientBirthDate, ds.PatientSex = birth, sex
@@ -56,6 +57,10 @@ def patient(
         item.PatientID, item.IssuerOfPatientID = other_cnp, "RO-CNP"
         item.TypeOfPatientID = "TEXT"
         ds.OtherPatientIDsSequence = [item]
+    if other_id:
+        item = Dataset()
+        item.PatientID, item.IssuerOfPatientID = other_id
+        ds.OtherPatientIDsSequence = [*ds.get("OtherPatientIDsSequence", []), item]
     return ds
 
 
@@ -168,6 +173,27 @@ def test_a_later_study_that_says_more_of_its_patient_is_linked_again(registered:
     seed(registered, patient("H-10", "DUMITRU^ANA"), as_=CT_A)  # says less: nothing changes, nothing queued
     with registered.db.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(LinkQueueItem)) == 0
+
+
+def test_another_identifier_in_common_links_what_the_names_alone_would_not(registered: Archive) -> None:
+    """An insurance number both senders give (OtherPatientIDsSequence, issuer RO-CNAS) links a
+    typed name without a birth date; a clinic that gives the hospital's own ID of the patient
+    links to the hospital's identity; two numbers of one issuer that differ count against."""
+    seed(registered, patient("H-11", "MUNTEANU^ELENA", other_id=("CNAS-771", "RO-CNAS")), as_=CT_A)
+    seed(registered, patient("C-11", "MUNTEANU^ELNA", birth="", other_id=("CNAS-771", "RO-CNAS")), as_=US_B)
+    seed(registered, patient("H-12", "RUSU^IOANA", issuer="1.2.40.0.13.1.1"), as_=CT_A)
+    seed(registered, patient("C-12", "RUSU^IOANA MARIA", birth="", other_id=("H-12", "1.2.40.0.13.1.1")), as_=US_B)
+    seed(registered, patient("H-13", "STAN^ANA", other_id=("CNAS-1", "RO-CNAS")), as_=CT_A)
+    seed(registered, patient("C-13", "STAN^ANA", other_id=("CNAS-2", "RO-CNAS")), as_=US_B)
+    link_pending(registered.db, Model())
+    assert person_of(registered, "H-11") == person_of(registered, "C-11")
+    assert person_of(registered, "H-12") == person_of(registered, "C-12")
+    assert person_of(registered, "H-13") != person_of(registered, "C-13")
+    with registered.db.read() as session:
+        (candidate,) = persons.candidates(session)  # 24.7 - 4.3: reviewed, with the reason
+    assert {"field": "identifier", "level": "different"}.items() <= next(
+        r for r in candidate.reasons if r["field"] == "identifier"
+    ).items()
 
 
 def test_decisions_survive_rescoring_and_an_unlink_moves_no_study(registered: Archive) -> None:

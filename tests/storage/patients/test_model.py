@@ -24,6 +24,7 @@ from storage.patients.model import (
     address_level,
     birth_date_level,
     compare,
+    identifier_level,
     parse_address,
     token_level,
 )
@@ -150,3 +151,11 @@ def test_any_input_gives_a_verdict(name: str, birth: str, address: str) -> None:
     verdict = compare(one, person("POPESCU^ANA"))
     assert verdict.decision in (LINK, REVIEW, APART)
     assert compare(one, one).score >= compare(one, person("ZZZ^QQQ", birth="20010101")).score
+
+
+def test_another_identifier_agrees_disagrees_or_says_nothing() -> None:
+    cnas = ("RO-CNAS", "771")
+    assert identifier_level(frozenset({cnas}), frozenset({cnas, ("X", "1")})) == "exact"
+    assert identifier_level(frozenset({cnas}), frozenset({("RO-CNAS", "772")})) == "different"
+    assert identifier_level(frozenset({cnas}), frozenset({("X", "771")})) == "missing"
+    assert identifier_level(frozenset(), frozenset({cnas})) == "missing"
