@@ -18,14 +18,13 @@ import uvicorn
 from rich.console import Console
 from uvicorn.importer import import_from_string
 
-from pacs import ports, server
+from pacs import linking, ports, server
 from storage.access.tokens import issue, parse_ttl
 from storage.archive import Archive
 from storage.audit.forward import start_forwarder
 from storage.index.db import redacted
 from storage.index.migrate import upgrade
 from storage.ingest.recovery import recover
-from storage.patients.linker import start_linker
 from storage.settings import Settings
 
 ADMIN_TOKEN_TTL = "7d"
@@ -47,7 +46,7 @@ def serve(settings: Settings, out: Console) -> None:
         upgrade(archive.db.engine)
         report = recover(archive)
         forwarder = start_forwarder(archive.db, settings, owner=archive.owner)  # None unless PACS_AUDIT_SYSLOG
-        linker = start_linker(archive.db, settings)  # links the identities ingest queues
+        linker = linking.start(settings)  # links the identities ingest queues, in a process of its own
         if settings.dicom_workers == 1:
             scp = server.start(settings, archive)
         else:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -361,32 +362,20 @@ def _decisions_of(conn: Connection, identity_id: int) -> dict[int, str]:
     return {(b if a == identity_id else a): decision for a, b, decision in rows}
 
 
-class Linker:
-    """Links what ingest queues, from a daemon thread of this process, every `interval` seconds."""
-
-    def __init__(self, db: Database, model: Model, interval: float) -> None:
-        self._db, self._model, self._interval = db, model, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mpi-linker", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                link_pending(self._db, self._model, limit=200)
-            except Exception as exc:  # noqa: BLE001 - the queue keeps the identity; the next turn retries
-                event(log, "mpi.link_failed", level=logging.ERROR, error=type(exc).__name__)
-            self._stop.wait(self._interval)
+def model_of(settings: Settings) -> Model:
+    """The model with the thresholds of `settings` (`PACS_MPI_LINK_AT`, `PACS_MPI_REVIEW_AT`)."""
+    return Model(link_at=settings.mpi_link_at, review_at=settings.mpi_review_at)
 
 
-def start_linker(db: Database, settings: Settings) -> Linker:
-    """The linker of this process, started, with the thresholds of `settings`."""
-    linker = Linker(db, Model(link_at=settings.mpi_link_at, review_at=settings.mpi_review_at), settings.mpi_interval)
-    linker.start()
-    return linker
+def link_until(db: Database, model: Model, interval: float, stopped: Callable[[], bool]) -> None:
+    """Link what ingest queues, a turn every `interval` seconds, until `stopped()` (the loop of the
+    linker process `pacs serve` runs, `pacs.linking`)."""
+    while not stopped():
+        try:
+            while link_pending(db, model, limit=200) and not stopped():
+                pass
+        except Exception as exc:  # noqa: BLE001 - the queue keeps the identity; the next turn retries
+            event(log, "mpi.link_failed", level=logging.ERROR, error=type(exc).__name__)
+        deadline = time.monotonic() + interval
+        while not stopped() and time.monotonic() < deadline:
+            time.sleep(min(0.2, interval))
