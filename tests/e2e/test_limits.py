@@ -40,10 +40,12 @@ def limited(tmp_path: Path) -> Iterator[tuple[Gateway, RunningScp, Archive]]:
 def test_one_token_over_its_rate_gets_429_and_others_are_served(limited: tuple[Gateway, RunningScp, Archive]) -> None:
     gateway, _, _ = limited
     greedy = gateway.headers(org="hosp-a")
-    statuses = [httpx.get(f"{gateway.dicomweb}/studies", headers=greedy).status_code for _ in range(30)]
+    answers = [httpx.get(f"{gateway.dicomweb}/studies", headers=greedy) for _ in range(30)]
+    statuses = [r.status_code for r in answers]
     assert statuses[:10] == [200] * 10 and 429 in statuses, statuses  # bursts of 20, 2 more a second
-    refused = httpx.get(f"{gateway.dicomweb}/studies", headers=greedy)
-    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    # The refusal itself is inspected, not a later request: a slow machine refills the bucket between calls.
+    refused = next(r for r in answers if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["content-type"] == "application/problem+json"
     assert httpx.get(f"{gateway.dicomweb}/studies", headers=gateway.headers(org="clinic-b")).status_code == 200
     admin = gateway.headers(org=None, roles=("admin",))
