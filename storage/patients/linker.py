@@ -1,11 +1,12 @@
 """The patient index's linker: each queued identity compared with its block, linked or queued for review.
 
 Ingest queues a new identity in its own transaction (`identities.upsert`). A linker runs in
-every `pacs serve` (`Linker`, a daemon thread) and takes queued identities one transaction
-each: the identity's linking fields are filled (`block_key`, a checked `cnp`), it gets a person
-of its own if it has none, it is compared (`model.compare`) with the identities that share its
-CNP, its block key (first family word) or its birth date, at most `MAX_COMPARED` of them, and
-the verdicts are applied; then it leaves the queue in the same commit. So a killed process
+every `pacs serve` (a process of its own, `pacs.linking`) and takes queued identities one at a
+time (scored in a read transaction, applied in a short write transaction, `link_next`): the
+identity's linking fields are filled (`block_key`, a checked `cnp`), it gets a person of its
+own if it has none, it is compared (`model.compare`) with the identities that share its CNP,
+its block key (first family word) or its birth date, at most `MAX_COMPARED` of them, and the
+verdicts are applied; then it leaves the queue in the same commit. So a killed process
 leaves it queued, and nothing is linked twice. Linkers of several processes take turns: on
 PostgreSQL a transaction-level advisory lock serializes them (a merge reads and moves two
 persons), on SQLite the write transaction does.
@@ -23,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, delete, insert, or_, select, text, update
@@ -100,29 +101,76 @@ def identifiers_of(row: Any) -> frozenset[tuple[str, str]]:
     return frozenset(own | set(decode_other_ids(row.other_ids)))
 
 
-def link_next(db: Database, model: Model) -> bool:
-    """Link the identity queued first, in one transaction; False when the queue is empty."""
-    with db.write_conn() as conn:
+def link_next(db: Database, model: Model) -> bool | None:
+    """Link the identity queued first: True when this call linked it, False when another
+    process's linker took it meanwhile, None when the queue is empty.
+
+    The comparisons, the linker's costly part, are read and scored first without a write lock
+    (`_prepare`), so ingest's commits never wait for them; then one short write transaction
+    applies the verdicts and takes the identity off the queue. When the identity changed in
+    between (a later study said more about it), it is scored again inside that transaction; a
+    block member added in between is compared when its own turn comes. The commit skips
+    SQLite's fsync (`light`): a power cut can only undo the whole turn, queue row included, so
+    the identity is linked again, never half.
+    """
+    prepared = _prepare(db, model)
+    if prepared is None:
+        return None
+    with db.write_conn(light=True) as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        queued = select(LinkQueueItem.identity_id).where(LinkQueueItem.identity_id == prepared.identity_id)
+        if conn.scalar(queued) is None:
+            return False
+        link_identity(conn, prepared.identity_id, model, prepared)
+        conn.execute(delete(LinkQueueItem).where(LinkQueueItem.identity_id == prepared.identity_id))
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An identity as it was read, and its block's identities with the model's verdicts."""
+
+    identity_id: int
+    row: Any
+    verdicts: list[tuple[Any, Verdict]]
+
+
+def _prepare(db: Database, model: Model) -> _Prepared | None:
+    """The first queued identity, scored against its block in a read transaction; None when the
+    queue is empty."""
+    with db.read() as session:
+        conn = session.connection()
         identity_id = conn.scalar(select(LinkQueueItem.identity_id).order_by(LinkQueueItem.queued_at).limit(1))
         if identity_id is None:
-            return False
-        link_identity(conn, identity_id, model)
-        conn.execute(delete(LinkQueueItem).where(LinkQueueItem.identity_id == identity_id))
-    return True
+            return None
+        row = conn.execute(_IDENTITY.where(PatientIdentity.id == identity_id)).first()
+        verdicts = _score(conn, row, model) if row is not None and row.issuer_kind != NONE else []
+        return _Prepared(identity_id, row, verdicts)
+
+
+def _score(conn: Connection, row: Any, model: Model) -> list[tuple[Any, Verdict]]:
+    """The identities of `row`'s block, each with the model's verdict on the pair."""
+    mine = demographics_of(row)
+    block = names.block_key(mine.name)
+    others = conn.execute(_block_of(row, mine, block))
+    return [(other, compare(mine, demographics_of(other), model)) for other in others]
 
 
 def link_pending(db: Database, model: Model, *, limit: int = 1000) -> int:
     """Link queued identities until the queue is empty or `limit` are done; how many were."""
     done = 0
-    while done < limit and link_next(db, model):
-        done += 1
+    while done < limit:
+        linked = link_next(db, model)
+        if linked is None:
+            break
+        done += linked
     return done
 
 
-def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
-    """Fill the identity's linking fields, give it a person, and apply its verdicts."""
+def link_identity(conn: Connection, identity_id: int, model: Model, prepared: _Prepared | None = None) -> None:
+    """Fill the identity's linking fields, give it a person, and apply its verdicts (those of
+    `prepared` when the identity still reads as it did then)."""
     row = conn.execute(_IDENTITY.where(PatientIdentity.id == identity_id)).first()
     if row is None or row.issuer_kind == NONE:
         return
@@ -136,16 +184,19 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
     )
     if row.person_id != person:
         follow_persons(conn, [identity_id])
+    fresh = prepared is not None and prepared.row is not None and _same_record(prepared.row, row)
+    scored = prepared.verdicts if fresh and prepared is not None else _score(conn, row, model)
     decisions = _decisions_of(conn, identity_id)
     reviews: dict[int, Verdict] = {}
     merged = False
-    for other in conn.execute(_block_of(row, mine, block)).all():
+    for other, verdict in scored:
         if other.person_id == person:
             continue
         decided = decisions.get(other.id)
         if decided == APART:
             continue
-        verdict = Verdict(LINK, "manual", 0.0) if decided == SAME else compare(mine, demographics_of(other), model)
+        if decided == SAME:
+            verdict = Verdict(LINK, "manual", 0.0)
         if verdict.decision == LINK:
             before = person
             person = _link_or_review(conn, identity_id, person, other, verdict)
@@ -155,6 +206,14 @@ def link_identity(conn: Connection, identity_id: int, model: Model) -> None:
     _ask_once_per_person(conn, identity_id, person, reviews)
     if merged:
         _close_settled(conn, person)
+
+
+#: what the model reads of an identity: a prepared verdict stands while these are unchanged
+_COMPARED = ("issuer_kind", "issuer", "patient_name", "birth_date", "sex", "address", "national_id", "other_ids")
+
+
+def _same_record(before: Any, now: Any) -> bool:
+    return all(getattr(before, name) == getattr(now, name) for name in _COMPARED)
 
 
 def _ask_once_per_person(conn: Connection, identity_id: int, person: int, reviews: dict[int, Verdict]) -> None:

@@ -175,6 +175,55 @@ def test_a_later_study_that_says_more_of_its_patient_is_linked_again(registered:
         assert conn.scalar(select(func.count()).select_from(LinkQueueItem)) == 0
 
 
+def test_a_verdict_scored_before_the_identity_changed_is_scored_again(registered: Archive) -> None:
+    """The linker scores without the write lock (`_prepare`) and applies in a short transaction;
+    when a study arriving in between changed the identity, the stale verdicts are not applied:
+    the identity is scored again as it now reads, which is what scoring it at once would give."""
+    seed(registered, patient("C-14", "DUMITRU^ANA", address=HOME), as_=US_B)
+    link_pending(registered.db, Model())
+    seed(registered, patient("H-14", "DUMITRU^ANA"), as_=CT_A)
+    prepared = linker._prepare(registered.db, Model())
+    assert prepared is not None and prepared.row.patient_id == "H-14"
+    assert [v.decision for _, v in prepared.verdicts] == ["review"]  # name, birth date, sex: asked
+    seed(registered, patient("H-14", "DUMITRU^ANA", address=HOME), as_=CT_A)  # says more meanwhile
+    with registered.db.write_conn() as conn:
+        linker.link_identity(conn, prepared.identity_id, Model(), prepared)
+    assert person_of(registered, "H-14") == person_of(registered, "C-14")
+    assert open_candidates(registered) == 0
+
+
+def test_a_prepared_verdict_answers_as_scoring_in_the_transaction(registered: Archive) -> None:
+    """The fast path (scored before the write lock) and the main path (scored inside it) make
+    the same persons and candidates from the same queue."""
+    outcomes = []
+    for prepared_first, names in (
+        (True, ("ALBU", "BARBU", "CRISAN", "DOBRE")),
+        (False, ("ENE", "FLOREA", "GROSU", "HAIDU")),
+    ):
+        for k, family in enumerate(names):
+            name, birth = f"{family}^MARIA", f"19{70 + k + 4 * prepared_first}0101"
+            seed(registered, patient(f"H-2{k}{prepared_first}", name, birth=birth, address=HOME), as_=CT_A)
+            seed(
+                registered,
+                patient(f"C-2{k}{prepared_first}", name, birth=birth, address=HOME if k % 2 else ""),
+                as_=US_B,
+            )
+        while True:
+            prepared = linker._prepare(registered.db, Model())
+            if prepared is None:
+                break
+            with registered.db.write_conn() as conn:
+                linker.link_identity(conn, prepared.identity_id, Model(), prepared if prepared_first else None)
+                conn.execute(LinkQueueItem.__table__.delete().where(LinkQueueItem.identity_id == prepared.identity_id))
+        together = [
+            person_of(registered, f"H-2{k}{prepared_first}") == person_of(registered, f"C-2{k}{prepared_first}")
+            for k in range(4)
+        ]
+        outcomes.append((together, open_candidates(registered)))
+    assert outcomes[0][0] == outcomes[1][0] == [False, True, False, True]
+    assert outcomes[1][1] == 2 * outcomes[0][1] == 4
+
+
 def test_another_identifier_in_common_links_what_the_names_alone_would_not(registered: Archive) -> None:
     """An insurance number both senders give (OtherPatientIDsSequence, issuer RO-CNAS) links a
     typed name without a birth date; a clinic that gives the hospital's own ID of the patient
