@@ -3,8 +3,9 @@
 Linking compares names with Jaro-Winkler and reads blocks of up to 200 identities: a few
 milliseconds of Python per identity. In a thread of the serving process it took its turns at
 the interpreter lock from the ingest threads (2,000 one-instance studies: 63.8 against 67.5
-instances/s with the linker idle); in a process of its own it runs on the other core and
-ingest does not wait for it. Linkers of several `pacs serve` on one database take turns
+instances/s with the linker idle); in a process of its own, at a lower priority (`NICENESS`), it
+runs on what ingest leaves of the cores, and its commits hold no lock while it scores
+(`storage.patients.linker.link_next`). Linkers of several `pacs serve` on one database take turns
 (`storage.patients.linker.link_next`). The process stops with its parent: when stopped, and on
 its own when the parent is gone (killed without stopping it).
 """
@@ -23,6 +24,9 @@ from storage.settings import Settings
 
 #: seconds `stop` waits for the process to finish its turn before it is terminated
 STOP_SECONDS = 10.0
+#: how much lower than the serving process the linker runs (nice(2) increment): ingest's
+#: threads get a core first, the linker takes what they leave
+NICENESS = 10
 
 
 class LinkerProcess:
@@ -59,6 +63,7 @@ def run(settings: Settings, parent_pid: int, stop: Event) -> None:
 
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    os.nice(NICENESS)
     db = Database.connect(settings.database_url, pool_size=2)
     event(log, "mpi.linker.started", pid=os.getpid())
     try:
