@@ -17,7 +17,7 @@ Without an issuer, PatientID matches the IDs as sent, as before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
@@ -48,14 +48,25 @@ def linked_identities(issuer: str, patient_id: str, ctx: Context) -> Select[Any]
     if issuer == PERSON_ISSUER:
         return _of_person(patient_id)
     kind, value = issuer_key(issuer)
+
+    def itself(table: Any) -> ColumnElement[bool]:
+        return and_(table.issuer_kind == kind, table.issuer == value, table.patient_id == patient_id)
+
+    return _with_person(itself, ctx)
+
+
+def linked_to(identity_id: int, ctx: Context) -> Select[Any]:
+    """The identities linked to identity `identity_id` (FHIR's `ImagingStudy?patient=`), itself
+    included, under the same rule as `linked_identities`."""
+    return _with_person(lambda table: table.id == identity_id, ctx)
+
+
+def _with_person(itself: Callable[[Any], ColumnElement[bool]], ctx: Context) -> Select[Any]:
+    """The identities matching `itself`, and those of its person when `ctx` sees one of its studies."""
     one = aliased(PatientIdentity)
-    itself = and_(one.issuer_kind == kind, one.issuer == value, one.patient_id == patient_id)
     seen = select(Study.id).where(Study.identity_id == one.id, visible_to(ctx)).correlate_except(Study).exists()
-    person = select(one.person_id).where(itself, seen).scalar_subquery()
-    exact = and_(
-        PatientIdentity.issuer_kind == kind, PatientIdentity.issuer == value, PatientIdentity.patient_id == patient_id
-    )
-    return select(PatientIdentity.id).where(or_(exact, PatientIdentity.person_id == person))
+    person = select(one.person_id).where(itself(one), seen).scalar_subquery()
+    return select(PatientIdentity.id).where(or_(itself(PatientIdentity), PatientIdentity.person_id == person))
 
 
 def _of_person(patient_id: str) -> Select[Any]:

@@ -317,7 +317,7 @@ _IDENTITY_KEYS = frozenset({"00100020", "00100021"})
 _DEMOGRAPHICS = _IDENTITY_KEYS | {"00100010", "00100030", "00100040"}
 
 
-def _filters(query: Query, ctx: Context, level: str) -> tuple[list[ColumnElement[bool]], tuple[str, ...]]:
+def filters_of(query: Query, ctx: Context, level: str) -> tuple[list[ColumnElement[bool]], tuple[str, ...]]:
     """`keys.filters` of the query's keys at `level` (STUDY and below), a patient named with its
     issuer matched across the person's linked identities (`storage.query.linked`)."""
     keys, linked = across_links(query.keys, ctx, Study.identity_id)
@@ -329,7 +329,7 @@ def _filters(query: Query, ctx: Context, level: str) -> tuple[list[ColumnElement
 
 def _studies(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
     del session
-    conditions, ignored = _filters(query, ctx, STUDY)
+    conditions, ignored = filters_of(query, ctx, STUDY)
     if query.study_uid is not None:
         conditions.append(Study.study_uid == query.study_uid)
     stmt = select(*splice.STUDY_COLUMNS).where(visible_to(ctx), *conditions).order_by(*_NEWEST_STUDY_FIRST)
@@ -398,7 +398,7 @@ def _keys_first(
 
 
 def _series(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
-    conditions, ignored = _filters(query, ctx, SERIES)
+    conditions, ignored = filters_of(query, ctx, SERIES)
     stmt = (
         select(
             Series.id.label("series_pk"),
@@ -495,7 +495,7 @@ def _reads_subset(query: Query, wanted: frozenset[str]) -> bool:
 
 
 def _instances(query: Query, ctx: Context, session: Session, base_url: str) -> _Plan:
-    conditions, ignored = _filters(query, ctx, IMAGE)
+    conditions, ignored = filters_of(query, ctx, IMAGE)
     shape = _Shape.of(query, _instance_defaults(query))
     subset = _reads_subset(query, shape.wanted)
     json_column = func.coalesce(Instance.attrs_json, Instance.dicom_json) if subset else Instance.dicom_json

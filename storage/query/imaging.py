@@ -1,0 +1,171 @@
+"""Studies with their series and instances, a page at a time: what FHIR's ImagingStudy answers from.
+
+The same keys, matching and visibility as QIDO-RS and C-FIND (`storage.query.search.filters_of`:
+a patient named with its issuer matched across the person's linked identities), read as index
+rows rather than DICOM JSON, with the study's identity (the FHIR subject) and its times. Pages
+are newest study date first, then most recently indexed, like QIDO-RS, and continue after the
+last study of the previous page (keyset on (date, id): a next page costs what the first does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from storage.access.context import Context
+from storage.access.policy import visible_to
+from storage.errors import NotFound
+from storage.index.models import Instance, Series, Study
+from storage.query.keys import STUDY
+from storage.query.linked import linked_to
+from storage.query.search import Query, filters_of
+
+#: the most studies one page holds, and the most instances one page lists in all
+MAX_PAGE = 100
+MAX_INSTANCES = 20_000
+
+_STUDY = (
+    Study.id,
+    Study.study_uid,
+    Study.identity_id,
+    Study.study_date,
+    Study.study_time,
+    Study.accession_number,
+    Study.description,
+    Study.modalities,
+    Study.num_series,
+    Study.num_instances,
+    Study.updated_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StudyPage:
+    """Study rows (`_STUDY`'s columns), their series by study id, instances by series id, and
+    whether more studies follow."""
+
+    studies: list[Any]
+    series: dict[int, list[Any]]
+    instances: dict[int, list[Any]]
+    more: bool
+
+
+def page(
+    query: Query,
+    ctx: Context,
+    *,
+    session: Session,
+    limit: int,
+    after: str | None = None,
+    updated: tuple[Bound, ...] = (),
+    patient: int | None = None,
+) -> StudyPage:
+    """Up to `limit` studies matching `query`'s keys that `ctx` may see, after study `after`
+    (a Study Instance UID of the previous page), with `updated` conditions on their last change,
+    of identity `patient` and the identities linked to it (`storage.query.linked.linked_to`).
+
+    Raises
+    ------
+    InvalidQuery
+        A key's value cannot be matched.
+    """
+    conditions = [visible_to(ctx), *_conditions(query, ctx, patient), *_updated(updated)]
+    if after is not None:
+        conditions.append(_after(after))
+    size = max(0, min(limit, MAX_PAGE))
+    stmt = select(*_STUDY).where(*conditions).order_by(Study.study_date.desc(), Study.id.desc()).limit(size + 1)
+    rows = list(session.execute(stmt).all())
+    studies = rows[:size]
+    series, instances = _members(session, [s.id for s in studies])
+    return StudyPage(studies, series, instances, len(rows) > size)
+
+
+def count(
+    query: Query, ctx: Context, *, session: Session, updated: tuple[Bound, ...] = (), patient: int | None = None
+) -> int:
+    """How many studies match in all (a searchset Bundle's `total`)."""
+    conditions = [visible_to(ctx), *_conditions(query, ctx, patient), *_updated(updated)]
+    stmt = select(func.count()).select_from(Study).where(*conditions)
+    return int(session.scalar(stmt) or 0)
+
+
+def one(study_uid: str, ctx: Context, *, session: Session) -> StudyPage:
+    """One study the caller may see, with its series and instances.
+
+    Raises
+    ------
+    NotFound
+        No such study, or one the caller may not see (the same answer).
+    """
+    row = session.execute(select(*_STUDY).where(Study.study_uid == study_uid, visible_to(ctx))).first()
+    if row is None:
+        raise NotFound(f"no study {study_uid}")
+    series, instances = _members(session, [row.id])
+    return StudyPage([row], series, instances, False)
+
+
+#: a `_lastUpdated` bound: (eq, ne, lt, le, gt or ge, the instant)
+Bound = tuple[str, datetime]
+
+
+def _updated(bounds: tuple[Bound, ...]) -> list[ColumnElement[bool]]:
+    column = Study.updated_at
+    ops = {
+        "eq": lambda t: column == t,
+        "ne": lambda t: column != t,
+        "lt": lambda t: column < t,
+        "le": lambda t: column <= t,
+        "gt": lambda t: column > t,
+        "ge": lambda t: column >= t,
+    }
+    return [ops[op](moment) for op, moment in bounds]
+
+
+def _conditions(query: Query, ctx: Context, patient: int | None) -> list[ColumnElement[bool]]:
+    conditions, _ignored = filters_of(query, ctx, STUDY)
+    if patient is not None:
+        conditions.append(Study.identity_id.in_(linked_to(patient, ctx)))
+    return conditions
+
+
+def _after(study_uid: str) -> ColumnElement[bool]:
+    """Studies after `study_uid` in newest-first order; none when it is unknown."""
+    day = select(Study.study_date).where(Study.study_uid == study_uid).scalar_subquery()
+    pk = select(Study.id).where(Study.study_uid == study_uid).scalar_subquery()
+    return or_(Study.study_date < day, and_(Study.study_date == day, Study.id < pk))
+
+
+def _members(session: Session, study_ids: list[int]) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+    if not study_ids:
+        return {}, {}
+    series_rows = session.execute(
+        select(
+            Series.id,
+            Series.study_id,
+            Series.series_uid,
+            Series.modality,
+            Series.series_number,
+            Series.description,
+            Series.body_part,
+            Series.num_instances,
+        )
+        .where(Series.study_id.in_(study_ids))
+        .order_by(Series.study_id, Series.series_number.asc().nulls_last(), Series.id)
+    ).all()
+    series: dict[int, list[Any]] = {}
+    for row in series_rows:
+        series.setdefault(row.study_id, []).append(row)
+    instance_rows = session.execute(
+        select(Instance.series_id, Instance.sop_uid, Instance.sop_class_uid, Instance.instance_number)
+        .where(Instance.study_id.in_(study_ids))
+        .order_by(Instance.series_id, Instance.instance_number.asc().nulls_last(), Instance.id)
+        .limit(MAX_INSTANCES)
+    ).all()
+    instances: dict[int, list[Any]] = {}
+    for instance in instance_rows:
+        instances.setdefault(instance.series_id, []).append(instance)
+    return series, instances
