@@ -13,7 +13,7 @@ import logging
 import time
 import urllib.request
 from functools import cached_property
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import jwt
 from fastapi import HTTPException, Request
@@ -39,9 +39,41 @@ class Authenticator:
         self._verified: dict[str, tuple[str, Claims]] = {}  # token -> (signing key, claims)
 
     @cached_property
+    def discovery(self) -> dict[str, Any]:
+        """The identity provider's OpenID discovery document (OpenID Connect Discovery 1.0,
+        section 4), fetched with the standard library as PyJWT fetches the JWKS; kept once read
+        (a failed read is tried again next time).
+
+        Raises
+        ------
+        TokenError
+            The document cannot be read, or names another issuer (section 4.3).
+        """
+        issuer = self.settings.oidc_issuer.rstrip("/")
+        try:
+            with urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=10) as answer:
+                discovery = json.load(answer)
+        except (OSError, ValueError) as exc:
+            raise TokenError(f"the identity provider cannot be reached: {type(exc).__name__}") from None
+        if not isinstance(discovery, dict) or str(discovery.get("issuer", "")).rstrip("/") != issuer:
+            raise TokenError("the identity provider's discovery document names another issuer")
+        return discovery
+
+    def oauth_uris(self) -> dict[str, str] | None:
+        """The identity provider's authorization and token endpoints, for the FHIR
+        CapabilityStatement's SMART-on-FHIR security (None without one, or when unreadable)."""
+        if not self.settings.oidc_issuer:
+            return None
+        try:
+            found = self.discovery
+        except TokenError:
+            return None
+        uris = {"authorize": found.get("authorization_endpoint"), "token": found.get("token_endpoint")}
+        return {name: str(uri) for name, uri in uris.items() if uri}
+
+    @cached_property
     def _jwks(self) -> jwt.PyJWKClient:
-        """The identity provider's keys, found through its discovery document (OpenID Connect
-        Discovery 1.0, section 4), fetched with the standard library as PyJWT fetches the JWKS.
+        """The identity provider's keys, found through its discovery document.
 
         The key set is cached for an hour and fetched again at once for a key ID it does not
         hold (`cooldown_duration=0`: a key the provider rotated in is accepted on its first
@@ -51,17 +83,12 @@ class Authenticator:
         Raises
         ------
         TokenError
-            The discovery document cannot be read, or names another issuer (section 4.3).
+            The discovery document cannot be read, names another issuer, or no key set.
         """
-        issuer = self.settings.oidc_issuer.rstrip("/")
-        try:
-            with urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=10) as answer:
-                discovery = json.load(answer)
-        except (OSError, ValueError) as exc:
-            raise TokenError(f"the identity provider cannot be reached: {type(exc).__name__}") from None
-        if str(discovery.get("issuer", "")).rstrip("/") != issuer or "jwks_uri" not in discovery:
-            raise TokenError("the identity provider's discovery document names another issuer")
-        return jwt.PyJWKClient(discovery["jwks_uri"], cache_keys=False, lifespan=3600, cooldown_duration=0)
+        jwks_uri = self.discovery.get("jwks_uri")
+        if not jwks_uri:
+            raise TokenError("the identity provider's discovery document names no key set")
+        return jwt.PyJWKClient(str(jwks_uri), cache_keys=False, lifespan=3600, cooldown_duration=0)
 
     def principal(self, token: str) -> Principal:
         known = self._verified.get(token)

@@ -100,6 +100,8 @@ class RequestNote:
     #: study UID -> its patient ID (None: to be looked up), in the order written
     studies: dict[str, str | None] = field(default_factory=dict)
     detail: str = ""
+    #: the patient a read named other than by a study (FHIR's Patient/{id}): its patient ID
+    patient: str | None = None
 
     def study(self, uid: str, patient: str | None = None) -> None:
         if uid not in self.studies and len(self.studies) < MAX_NOTED_STUDIES:
