@@ -1,8 +1,9 @@
 """The HTTP gateway: FastAPI app factory. DICOMweb, WADO-URI and health mount here.
 
-Every route but /healthz and /readyz (and, later, /fhir/metadata) goes through
-`gateway.auth.get_principal`, attached where each router is included, so a route cannot
-forget it.
+Every route but /healthz, /readyz and /fhir/metadata goes through
+`gateway.auth.get_principal`: attached where each router is included, so a route cannot
+forget it, and for the FHIR router through the request context every route of it but
+metadata takes (`tests/gateway/test_fhir.py` checks that every one answers 401 without a token).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from gateway import health, problems
+from fhir_adapter import router as fhir
+from gateway import deps, health, problems
 from gateway.api import audit as audit_api
 from gateway.api import orgs, patients, shares, worklist
 from gateway.audit import AuditMiddleware
@@ -30,6 +32,7 @@ from storage.archive import Archive
 from storage.settings import Settings
 
 DICOMWEB = "/dicomweb"
+FHIR = "/fhir"
 
 
 def create_app(settings: Settings | None = None, archive: Archive | None = None) -> FastAPI:
@@ -77,8 +80,18 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.include_router(wado_uri.router, dependencies=authenticated, responses=problems.COMMON)
     for module in (worklist, orgs, shares, patients, audit_api):
         app.include_router(module.router, dependencies=authenticated, responses=problems.COMMON)
+    _mount_fhir(app)
     _add_api_docs(app, authenticated)
     return app
+
+
+def _mount_fhir(app: FastAPI) -> None:
+    """The FHIR API at /fhir, with this app's request context, archive, base URL and OAuth
+    endpoints wired in (DESIGN.md: the gateway passes its auth into the FHIR router). Its
+    routes authenticate through the context, all but /fhir/metadata."""
+    app.include_router(fhir.router, prefix=FHIR)
+    wired = (deps.fhir_context, deps.get_archive, deps.fhir_base, deps.fhir_oauth_uris)
+    app.dependency_overrides.update(dict(zip(fhir.WIRING, wired, strict=True)))
 
 
 def _add_api_docs(app: FastAPI, authenticated: list[Any]) -> None:

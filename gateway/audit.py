@@ -154,13 +154,17 @@ def _events(scope: Scope, channel: Channel, status: int) -> list[AccessEvent]:
         action=action,
         outcome=outcome_of(status),
         detail=f"HTTP {status}" + (f": {detail}" if detail else ""),
-        patient=query.get("PatientID") or query.get("00100020") or None,
+        patient=query.get("PatientID") or query.get("00100020") or _noted_patient(ctx),
         reason=(ctx.emergency or None) if ctx is not None else None,
         care_relationship=ctx.care_relationship if ctx is not None else False,
     )
     if not studies:
         return [base]
     return [_with_study(base, uid, patient) for uid, patient in studies.items()]
+
+
+def _noted_patient(ctx: Context | None) -> str | None:
+    return ctx.note.patient if ctx is not None and ctx.note is not None and ctx.note.patient else None
 
 
 def _template(path: str, params: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Path, Request
 from pydantic import BeforeValidator
+from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import get_principal
 from storage.access.context import Channel, Context, RequestNote
@@ -105,6 +106,22 @@ def _emergency_reason(request: Request, principal: Principal, channel: Channel) 
         request.state.pacs_refusal = "emergency access by a non-clinician"
         raise HTTPException(403, "emergency access is for clinicians")
     return reason
+
+
+#: the FHIR router's request context (wired into `fhir_adapter.router` by `gateway.app`)
+fhir_context = _context_of(Channel.FHIR)
+
+
+async def fhir_base(request: Request) -> str:
+    """The FHIR base URL to write in Bundles and references: the public root + /fhir."""
+    return f"{public_root(request, request.app.state.settings.public_url)}/fhir"
+
+
+async def fhir_oauth_uris(request: Request) -> dict[str, str] | None:
+    """The identity provider's OAuth endpoints for the CapabilityStatement (a network read the
+    first time, so on a worker thread)."""
+    uris: dict[str, str] | None = await run_in_threadpool(request.app.state.authenticator.oauth_uris)
+    return uris
 
 
 DicomwebContext = Annotated[Context, Depends(_context_of(Channel.DICOMWEB))]

@@ -24,7 +24,7 @@ UNAUTHENTICATED = ("/healthz", "/readyz")
 #: (path pattern, media types of a 200 answer), first match wins
 _SUCCESS: list[tuple[re.Pattern[str], list[str]]] = [
     (re.compile(r"/(rendered|thumbnail)$"), IMAGES),
-    (re.compile(r"/metadata$"), [DICOM_JSON]),
+    (re.compile(r"^/dicomweb/.*/metadata$"), [DICOM_JSON]),
     (re.compile(r"/(frames/\{frames\}|bulk/\{path\})$"), [MULTIPART_OCTETS]),
     (
         re.compile(r"^/dicomweb/studies/\{study\}/series/\{series\}/instances/\{sop\}$"),

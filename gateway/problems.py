@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from fhir_adapter import outcome as fhir_outcome
+from fhir_adapter.outcome import FhirError
 from storage.errors import (
     CannotTranscode,
     Conflict,
@@ -21,6 +23,8 @@ from storage.errors import (
 )
 
 PROBLEM = "application/problem+json"
+#: the FHIR base path: errors under it answer OperationOutcomes (`fhir_adapter.outcome`)
+FHIR = "/fhir"
 _PROBLEM_BODY = {PROBLEM: {"schema": {"type": "object"}}}
 #: what every authenticated route may answer besides its own codes, all as problem details
 COMMON: dict[int | str, dict[str, Any]] = {
@@ -64,9 +68,17 @@ def http_status(exc: StorageError) -> int:
 
 
 def install(app: FastAPI) -> None:
+    """The handlers of every error type: problem details, or an OperationOutcome under /fhir."""
+
     @app.exception_handler(StorageError)
-    async def _storage(_request: Request, exc: StorageError) -> JSONResponse:
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        if _is_fhir(request):
+            return fhir_outcome.response(http_status(exc), exc.detail or exc.reason.replace("_", " "))
         return problem(http_status(exc), exc.reason.replace("_", " "), exc.detail)
+
+    @app.exception_handler(FhirError)
+    async def _fhir(_request: Request, exc: FhirError) -> JSONResponse:
+        return fhir_outcome.response(exc.status, exc.diagnostics, code=exc.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -75,13 +87,32 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = allowed_methods(request)
             if request.method == "OPTIONS":
                 return Response(status_code=204, headers=headers)
+        if _is_fhir(request):
+            return fhir_outcome.response(exc.status_code, _fhir_detail(request, exc), headers=headers or None)
         return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", [])), "msg": _message(e)} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        if _is_fhir(request):
+            return fhir_outcome.response(400, detail)
         return problem(400, "Bad Request", detail, errors=errors)
+
+
+def _is_fhir(request: Request) -> bool:
+    path = request.url.path
+    return path == FHIR or path.startswith(FHIR + "/")
+
+
+def _fhir_detail(request: Request, exc: StarletteHTTPException) -> str:
+    """What an OperationOutcome says of a routing or auth failure under /fhir."""
+    if exc.status_code == 404 and exc.detail == "Not Found":  # no route: Starlette's own 404
+        kind = request.url.path[len(FHIR) + 1 :].split("/")[0]
+        return f"this server serves no resource type or operation {kind[:64]!r}"
+    if exc.status_code == 405:
+        return f"{request.method} is not supported here: the resources are read-only views of the archive"
+    return str(exc.detail)
 
 
 def _message(error: Any) -> str:

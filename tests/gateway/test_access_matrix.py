@@ -181,6 +181,8 @@ ORG_A = frozenset({"clinician-a", "integrator-a"})
 
 def expected(method: str, path: str, caller: str) -> str:
     """The cell: what `caller` must get from `method path` on clinic-b's data."""
+    if path == "/fhir/metadata":
+        return ALLOWED  # the one open FHIR path: what the server serves, no patient's data
     if caller in ("no-token", "bad-signature", "expired", "wrong-audience"):
         return DENIED
     if caller in ("disabled-org", "unknown-org", "no-role"):
@@ -191,6 +193,10 @@ def expected(method: str, path: str, caller: str) -> str:
     if path in ("/metrics", "/dicomweb", "/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances"):
         if method == "GET":
             return ALLOWED  # searches: what they answer is checked for leaks
+    if path.startswith("/fhir/"):  # reads only; searches are checked for leaks
+        if path in ("/fhir/Patient/{patient_id}", "/fhir/ImagingStudy/{study}"):
+            return HIDDEN if org_a and not emergency else ALLOWED
+        return ALLOWED  # searches, the DICOMweb Endpoint, the providers' directory
     if path.startswith(("/dicomweb", "/wado")):
         if method == "DELETE":
             return FORBIDDEN
@@ -236,6 +242,8 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         "org_id": "no-such-org" if missing else CLINIC_B,
         "ae_title": "NO-SUCH-AE" if missing else "SPARE-B",
         "person_id": str(987654321 if missing else _person_of(w, PATIENT_B[1])),
+        "patient_id": str(987654321 if missing else _identity_of(w, PATIENT_B[1])),
+        "endpoint_id": "dicomweb",
         "candidate_id": str(987654321 if missing or "{candidate_id}" not in path else _fresh_candidate(w)),
     }
     url = w.gateway.url + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
@@ -298,6 +306,14 @@ def _person_of(world: World, patient_id: str) -> int:
         person = conn.scalar(select(PatientIdentity.person_id).where(PatientIdentity.patient_id == patient_id))
     assert person is not None
     return int(person)
+
+
+def _identity_of(world: World, patient_id: str) -> int:
+    """The FHIR Patient id of an identity."""
+    with world.gateway.archive.db.engine.connect() as conn:
+        identity = conn.scalar(select(PatientIdentity.id).where(PatientIdentity.patient_id == patient_id))
+    assert identity is not None
+    return int(identity)
 
 
 def _apart(world: World) -> None:
@@ -366,6 +382,7 @@ def test_every_route_for_every_caller(world: World) -> None:
     heads = callers(gateway.settings)
     failures = []
     for method, path in routes:
+        _apart(world)  # an admin's link in an earlier cell would open B's study to A by care relationship
         for caller, headers in heads.items():
             problem = _check(world, method, path, caller, headers)
             if problem:

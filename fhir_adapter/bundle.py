@@ -1,0 +1,40 @@
+"""searchset Bundles: matches, included resources, `total`, and `self`/`next` links on keyset cursors."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fhir.resources.R4B.bundle import Bundle
+
+
+def searchset(
+    base: str,
+    resource_type: str,
+    query: list[tuple[str, str]],
+    matches: list[dict[str, Any]],
+    total: int,
+    cursor: str | None,
+    included: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A searchset Bundle of `matches` (and `included`), with `next` continuing after `cursor`.
+
+    `query` is the request's own parameters; the next page's link is the same search with the
+    cursor of this page's last match (`_cursor`), so paging reads no skipped rows.
+    """
+    own = [(k, v) for k, v in query if k != "_cursor"]
+    links = [{"relation": "self", "url": _url(base, resource_type, query)}]
+    if cursor is not None:
+        links.append({"relation": "next", "url": _url(base, resource_type, [*own, ("_cursor", cursor)])})
+    entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or []]
+    data = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+    return Bundle.model_validate(data).model_dump(mode="json", exclude_none=True)
+
+
+def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
+    url = f"{base}/{resource['resourceType']}/{resource['id']}"
+    return {"fullUrl": url, "resource": resource, "search": {"mode": mode}}
+
+
+def _url(base: str, resource_type: str, query: list[tuple[str, str]]) -> str:
+    return f"{base}/{resource_type}" + (f"?{urlencode(query)}" if query else "")

@@ -1,0 +1,286 @@
+"""The FHIR R4 API (`/fhir`): each route parses its request, asks storage, and answers resources.
+
+The app that mounts `router` wires four dependencies in (`WIRING`, through FastAPI's
+`dependency_overrides`), since this package imports no edge: the request context of the FHIR
+channel (which authenticates the caller and carries what it may see), the archive, the public
+base URL, and the identity provider's OAuth endpoints. Every route but `metadata` takes the
+context, so none can answer without a token; storage decides visibility, and an invisible
+resource is absent (404), as on DICOMweb.
+
+Searches page on keysets (`_cursor`: the last identity id or Study Instance UID of the page), so
+a next page reads no skipped rows. Writes are not served: the resources are views of what DICOM
+senders stored, and the routes' 405 says so (and the CapabilityStatement lists no write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from starlette.responses import JSONResponse
+
+from fhir_adapter import directory, imaging_study, patient
+from fhir_adapter.bundle import searchset
+from fhir_adapter.capability import capability_statement
+from fhir_adapter.meta import etag
+from fhir_adapter.outcome import FHIR_JSON, FhirError
+from fhir_adapter.params import RESULT_PARAMS, count
+from storage.access.context import Context
+from storage.access.orgs import get_org, list_orgs
+from storage.archive import Archive
+from storage.errors import NotFound
+from storage.query import imaging, patients
+from storage.query.search import Query
+
+
+class FhirJSONResponse(JSONResponse):
+    """An answer in FHIR's JSON media type (what the OpenAPI description says each route gives)."""
+
+    media_type = FHIR_JSON
+
+
+_OUTCOME = {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}
+#: what every route may answer besides its resource, all as OperationOutcomes
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A parameter is malformed or unknown; the diagnostics name it", **_OUTCOME},
+    401: {"description": "No bearer token, or one that is malformed, wrongly signed or expired", **_OUTCOME},
+    403: {"description": "The token's organization or role may not use the API", **_OUTCOME},
+    404: {"description": "No such resource, or not one the caller may see", **_OUTCOME},
+    405: {"description": "A write: the resources are read-only views of the archive", **_OUTCOME},
+    406: {"description": "A format other than JSON was asked for", **_OUTCOME},
+}
+router = APIRouter(tags=["FHIR R4"], default_response_class=FhirJSONResponse, responses=ERRORS)
+
+#: FHIR ids (R4 2.24.0.1: [A-Za-z0-9\-\.]{1,64}) as the routes take them
+FhirId = Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+async def request_context() -> Context:
+    """The caller's request context (channel FHIR); wired by the mounting app."""
+    raise NotImplementedError("the app that mounts the FHIR router wires its request context")
+
+
+async def archive_of() -> Archive:
+    """The archive; wired by the mounting app."""
+    raise NotImplementedError("the app that mounts the FHIR router wires its archive")
+
+
+async def base_url() -> str:
+    """This server's public FHIR base URL (`PACS_PUBLIC_URL` + `/fhir`); wired by the mounting app."""
+    raise NotImplementedError("the app that mounts the FHIR router wires its base URL")
+
+
+async def oauth_uris() -> dict[str, str] | None:
+    """The identity provider's authorize and token endpoints, None without one; wired by the app."""
+    raise NotImplementedError("the app that mounts the FHIR router wires its OAuth endpoints")
+
+
+#: what the mounting app must provide (each placeholder above, overridden by its own dependency)
+WIRING = (request_context, archive_of, base_url, oauth_uris)
+
+Ctx = Annotated[Context, Depends(request_context)]
+Arch = Annotated[Archive, Depends(archive_of)]
+Base = Annotated[str, Depends(base_url)]
+
+
+def _fhir_format(request: Request) -> None:
+    """`_format` and Accept: JSON is what this server writes (FHIR R4 3.1.0.1.2); a request for
+    XML alone is answered 406 rather than with JSON it did not ask for."""
+    wanted = request.query_params.get("_format")
+    if wanted is not None and wanted not in ("json", FHIR_JSON, "application/json"):
+        raise FhirError(406, f"_format: only json ({FHIR_JSON}) is served, not {wanted[:40]!r}")
+    accept = request.headers.get("accept", "")
+    if accept and not any(
+        kind.split(";")[0].strip() in ("*/*", "application/*", FHIR_JSON, "application/json")
+        for kind in accept.split(",")
+    ):
+        raise FhirError(406, f"Accept: only {FHIR_JSON} is served")
+
+
+Formatted = Depends(_fhir_format)
+
+
+@router.get("/metadata", summary="CapabilityStatement (open: no token needed)", dependencies=[Formatted])
+def metadata(base: Base, uris: Annotated[dict[str, str] | None, Depends(oauth_uris)]) -> Response:
+    return _answer(capability_statement(router.routes, base, uris))
+
+
+@router.get("/Patient/{patient_id}", summary="Read a Patient (an institution's record)", dependencies=[Formatted])
+def read_patient(patient_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    identity = _identity_id(patient_id)
+    _note_patient(ctx, f"Patient/{patient_id}")  # what was asked, should it not be found
+    with archive.db.read(per_statement=True) as session:
+        row = patients.get(identity, ctx, session=session)
+        others = patients.linked([row], ctx, session=session).get(row.id, [])
+    _note_patient(ctx, row.patient_id)
+    return _read(request, patient.resource(row, others))
+
+
+@router.get("/Patient", summary="Search Patients", dependencies=[Formatted])
+def search_patients(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    query = _query(request)
+    search = patient.search_of(_filters(query))
+    limit = count(query.get("_count", []))
+    after = _cursor_id(query.get("_cursor", []))
+    with archive.db.read(per_statement=True) as session:
+        rows = patients.search(_with(search, after, limit), ctx, session=session)
+        total = patients.count(search, ctx, session=session)
+        page = rows[:limit]
+        others = patients.linked(page, ctx, session=session)
+    matches = [patient.resource(row, others.get(row.id, [])) for row in page]
+    cursor = str(page[-1].id) if len(rows) > limit and page else None
+    return _answer(searchset(base, "Patient", request.query_params.multi_items(), matches, total, cursor))
+
+
+@router.get("/ImagingStudy/{study}", summary="Read an ImagingStudy (by Study Instance UID)", dependencies=[Formatted])
+def read_imaging_study(study: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    with archive.db.read(per_statement=True) as session:
+        found = imaging.one(study, ctx, session=session)
+    return _read(request, imaging_study.resource(found.studies[0], found))
+
+
+@router.get("/ImagingStudy", summary="Search ImagingStudies", dependencies=[Formatted])
+def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    query = _query(request)
+    keys, updated = imaging_study.keys_of(query)
+    subject = imaging_study.patient_of(query)
+    limit = count(query.get("_count", []))
+    cursors = query.get("_cursor", [])
+    after = cursors[-1] if cursors else None
+    wanted = Query("STUDY", keys)
+    with archive.db.read(per_statement=True) as session:
+        found = imaging.page(wanted, ctx, session=session, limit=limit, after=after, updated=updated, patient=subject)
+        total = imaging.count(wanted, ctx, session=session, updated=updated, patient=subject)
+        included = _included(query, found, ctx, session)
+    for row in found.studies:
+        if ctx.note is not None:
+            ctx.note.study(row.study_uid)
+    matches = [imaging_study.resource(row, found) for row in found.studies]
+    cursor = found.studies[-1].study_uid if found.more and found.studies else None
+    own = request.query_params.multi_items()
+    return _answer(searchset(base, "ImagingStudy", own, matches, total, cursor, included))
+
+
+@router.get("/Endpoint/{endpoint_id}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])
+def read_endpoint(endpoint_id: FhirId, request: Request, ctx: Ctx, base: Base) -> Response:
+    del ctx  # authenticated and audited; the endpoint itself is no patient's data
+    if endpoint_id != imaging_study.ENDPOINT_ID:
+        raise FhirError(404, f"no Endpoint {endpoint_id}")
+    return _read(request, directory.endpoint(_dicomweb(base)))
+
+
+@router.get("/Endpoint", summary="Search Endpoints", dependencies=[Formatted])
+def search_endpoints(request: Request, ctx: Ctx, base: Base) -> Response:
+    del ctx
+    query = _query(request)
+    _known(query, directory.SEARCH_PARAMS["Endpoint"], "Endpoint")
+    ids = query.get("_id")
+    matches = [directory.endpoint(_dicomweb(base))] if not ids or imaging_study.ENDPOINT_ID in ids else []
+    return _answer(searchset(base, "Endpoint", request.query_params.multi_items(), matches, len(matches), None))
+
+
+@router.get("/Organization/{org_id}", summary="Read an Organization (a registered provider)", dependencies=[Formatted])
+def read_organization(org_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    del ctx
+    with archive.db.read() as session:
+        try:
+            org = get_org(session, org_id)
+        except KeyError:
+            raise FhirError(404, f"no Organization {org_id}") from None
+    return _read(request, directory.organization(org))
+
+
+@router.get("/Organization", summary="Search Organizations", dependencies=[Formatted])
+def search_organizations(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    del ctx
+    query = _query(request)
+    _known(query, directory.SEARCH_PARAMS["Organization"], "Organization")
+    with archive.db.read() as session:
+        orgs = list_orgs(session)
+    ids = set(query.get("_id", []))
+    names = [n.casefold() for n in query.get("name", [])]
+    found = [
+        o for o in orgs if (not ids or o.id in ids) and all((o.name or o.id).casefold().startswith(n) for n in names)
+    ]
+    matches = [directory.organization(o) for o in found]
+    return _answer(searchset(base, "Organization", request.query_params.multi_items(), matches, len(matches), None))
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    """The request's parameters, name -> values; the format parameter aside (`_fhir_format`)."""
+    found: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        if name != "_format":
+            found.setdefault(name, []).append(value)
+    if len(found) > 30:
+        raise FhirError(400, "at most 30 different search parameters")
+    return found
+
+
+def _filters(query: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    return {name: given for name, given in query.items() if name not in RESULT_PARAMS}
+
+
+def _known(query: Mapping[str, list[str]], params: Mapping[str, Any], resource_type: str) -> None:
+    for name in query:
+        if name not in params and name not in RESULT_PARAMS:
+            raise FhirError(400, f"unknown search parameter for {resource_type}: {name}")
+
+
+def _with(search: patients.PatientSearch, after: int | None, limit: int) -> patients.PatientSearch:
+    return replace(search, after=after, limit=limit)
+
+
+def _identity_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise FhirError(404, f"no Patient {text}")
+    return int(text)
+
+
+def _cursor_id(given: list[str]) -> int | None:
+    if not given:
+        return None
+    if not given[-1].isdigit() or len(given[-1]) > 18:
+        raise FhirError(400, "_cursor: not a cursor this server gave")
+    return int(given[-1])
+
+
+def _note_patient(ctx: Context, patient_id: str) -> None:
+    """Name the patient in the request's audit record."""
+    if ctx.note is not None:
+        ctx.note.patient = patient_id
+
+
+def _included(query: Mapping[str, list[str]], found: imaging.StudyPage, ctx: Context, session: Any) -> list[Any]:
+    """`_include=ImagingStudy:patient`: the subjects of the page's studies (each once)."""
+    if "ImagingStudy:patient" not in query.get("_include", []):
+        return []
+    seen: dict[int, Any] = {}
+    for row in found.studies:
+        if row.identity_id not in seen:
+            try:
+                seen[row.identity_id] = patients.get(row.identity_id, ctx, session=session)
+            except NotFound:
+                continue
+    others = patients.linked(list(seen.values()), ctx, session=session)
+    return [patient.resource(row, others.get(row.id, [])) for row in seen.values()]
+
+
+def _dicomweb(base: str) -> str:
+    return base.removesuffix("/fhir") + "/dicomweb"
+
+
+def _read(request: Request, resource: dict[str, Any]) -> Response:
+    """A read's answer, with its ETag; 304 when the client already holds this version."""
+    tag = etag(resource)
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"ETag": tag})
+    response = _answer(resource)
+    response.headers["ETag"] = tag
+    return response
+
+
+def _answer(resource: dict[str, Any]) -> JSONResponse:
+    return FhirJSONResponse(resource)

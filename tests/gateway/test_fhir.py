@@ -1,0 +1,380 @@
+"""The FHIR R4 API (`/fhir`) against real FHIR clients (fhirclient, fhirpy) and httpx, both backends.
+
+Studies go in through the ingest pipeline as the hospital's CT (hosp-a) and the clinic's
+ultrasound (clinic-b) send them; the patient index links the clinic's record of a patient to the
+hospital's on their CNP (`link_pending`, run here so that a test knows it has). Then providers'
+systems read and search Patient and ImagingStudy as their FHIR libraries do: what a token's
+organization may see is what FHIR answers (the hospital's own patients, the clinic's by care
+relationship, nothing of the patient who opted out), an invisible resource is a 404
+OperationOutcome, searches page on their `next` links, and the CapabilityStatement lists exactly
+the interactions and search parameters the server takes.
+
+One archive per backend for the module; each test reads the module's patients (IDs of their own
+prefixes), and the one test that changes something (an opt-out) uses a patient no other test reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fhirclient import client as smart_client
+from fhirclient.models.imagingstudy import ImagingStudy as SmartImagingStudy
+from fhirclient.models.patient import Patient as SmartPatient
+from fhirpy import SyncFHIRClient
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from fhir_adapter.router import router as fhir_router
+from storage.index.models import PatientIdentity
+from storage.patients import cnp
+from storage.patients.linker import link_pending
+from storage.patients.model import Model
+from tests.kit import dicom_factory as f
+from tests.kit.backends import BACKENDS, module_archive
+from tests.kit.dicomweb import Gateway, serve_gateway
+from tests.kit.principals import CT_A, US_B
+from tests.kit.seed import seed
+
+FHIR_JSON = "application/fhir+json"
+ADMIN: dict[str, Any] = {"org": None, "roles": ("admin",)}
+DR_A: dict[str, Any] = {"org": "hosp-a", "roles": ("clinician",)}
+DR_B: dict[str, Any] = {"org": "clinic-b", "roles": ("clinician",)}
+CNP_SYSTEM = "urn:pacs:national-id:RO-CNP"
+
+
+def valid_cnp(first12: str) -> str:
+    return first12 + cnp.check_digit(first12)
+
+
+ANA_CNP = valid_cnp("285031722001")  # a woman born 1985-03-17
+OPTED_CNP = valid_cnp("290071222002")  # a woman born 1990-07-12
+
+
+@dataclass
+class World:
+    gw: Gateway
+    ids: dict[str, int]  # patient ID -> its FHIR Patient id
+    studies: dict[str, list[str]]  # patient ID -> its Study Instance UIDs, as stored
+
+
+def study_of(
+    patient_id: str,
+    name: str,
+    *,
+    birth: str,
+    sex: str = "F",
+    national_id: str = "",
+    date: str = "20261120",
+    modality: str = "CT",
+    series: int = 1,
+) -> list[Dataset]:
+    """The instances of one study: `series` series of two instances each."""
+    study = f.uid()
+    found = []
+    for _ in range(series):
+        series_uid = f.uid()
+        for number in (1, 2):
+            ds = f.ct_dataset(
+                patient_id=patient_id,
+                patient_name=name,
+                study_uid=study,
+                series_uid=series_uid,
+                charset="ISO_IR 192",
+                modality=modality,
+                instance_number=number,
+            )
+            ds.PatientBirthDate, ds.PatientSex, ds.StudyDate = birth, sex, date
+            if national_id:
+                item = Dataset()
+                item.PatientID, item.IssuerOfPatientID = national_id, cnp.ISSUER
+                ds.OtherPatientIDsSequence = [item]
+            found.append(ds)
+    return found
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("fhir")
+    with module_archive(request, tmp) as (settings, archive), contextmanager(serve_gateway)(settings, archive) as gw:
+        sent: dict[str, tuple[Any, list[list[Dataset]]]] = {
+            # the hospital's Ana, three studies over two years; the clinic's record of her, linked on her CNP
+            "H-ANA": (
+                CT_A,
+                [
+                    study_of("H-ANA", "ȘTEFĂNESCU^ANA", birth="19850317", national_id=ANA_CNP, date="20250110"),
+                    study_of("H-ANA", "ȘTEFĂNESCU^ANA", birth="19850317", national_id=ANA_CNP, date="20260315"),
+                    study_of(
+                        "H-ANA", "ȘTEFĂNESCU^ANA", birth="19850317", national_id=ANA_CNP, date="20261120", series=2
+                    ),
+                ],
+            ),
+            "9-44": (
+                US_B,
+                [study_of("9-44", "STEFANESCU^ANA", birth="19850317", national_id=ANA_CNP, modality="US")],
+            ),
+            # a man only the hospital treats
+            "H-ION": (CT_A, [study_of("H-ION", "POPESCU^ION", birth="19600101", sex="M", date="20240505")]),
+            # a patient of both who opts out of cross-organization sharing (the opt-out test's alone)
+            "H-OPT": (CT_A, [study_of("H-OPT", "RUSU^MARIA", birth="19900712", national_id=OPTED_CNP)]),
+            "C-OPT": (US_B, [study_of("C-OPT", "RUSU^MARIA", birth="19900712", national_id=OPTED_CNP)]),
+        }
+        studies: dict[str, list[str]] = {}
+        for patient_id, (sender, its_studies) in sent.items():
+            for instances in its_studies:
+                seed(archive, *instances, as_=sender)
+                studies.setdefault(patient_id, []).append(instances[0].StudyInstanceUID)
+        link_pending(archive.db, Model())
+        with archive.db.read() as session:
+            ids = {r.patient_id: r.id for r in session.execute(select(PatientIdentity.patient_id, PatientIdentity.id))}
+        yield World(gw, ids, studies)
+
+
+def fhir(world: World, path: str, who: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
+    headers = {"Accept": FHIR_JSON} | (world.gw.headers(**(who or DR_A)) if who is not False else {})
+    return httpx.get(f"{world.gw.url}/fhir/{path}", headers=headers | kw.pop("headers", {}), **kw)
+
+
+def fhirpy_client(world: World, who: dict[str, Any]) -> SyncFHIRClient:
+    return SyncFHIRClient(f"{world.gw.url}/fhir", authorization=f"Bearer {world.gw.token(**who)}")
+
+
+def smart(world: World, who: dict[str, Any]) -> smart_client.FHIRClient:
+    """A fhirclient (SMART on FHIR) client with the caller's bearer token on its session."""
+    app = smart_client.FHIRClient(settings={"app_id": "pacs-tests", "api_base": f"{world.gw.url}/fhir/"})
+    app.server.session.headers["Authorization"] = f"Bearer {world.gw.token(**who)}"
+    return app
+
+
+def assert_outcome(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    body: dict[str, Any] = response.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == code, body
+    assert "/tmp" not in response.text and "Traceback" not in response.text
+    return body
+
+
+# ----- CapabilityStatement and the routes ---------------------------------------------------------
+
+
+def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None:
+    statement = fhir(world, "metadata", who=False)
+    assert statement.status_code == 200 and statement.headers["content-type"].startswith(FHIR_JSON)
+    body = statement.json()
+    assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
+    assert body["format"] == ["json"] and body["kind"] == "instance"
+    served = {r["type"]: r for r in body["rest"][0]["resource"]}
+    assert {t: sorted(i["code"] for i in r["interaction"]) for t, r in served.items()} == {
+        "Endpoint": ["read", "search-type"],
+        "ImagingStudy": ["read", "search-type"],
+        "Organization": ["read", "search-type"],
+        "Patient": ["read", "search-type"],
+    }
+    assert served["ImagingStudy"]["searchInclude"] == ["ImagingStudy:patient"]
+    # every parameter the statement lists is taken; one it does not list is refused
+    for resource_type, resource in served.items():
+        for param in resource.get("searchParam", []):
+            value = {"date": "ge2000-01-01", "reference": "Patient/1", "token": "x"}.get(param["type"], "x")
+            value = SAMPLES.get(param["name"], value)
+            answer = fhir(world, resource_type, who=ADMIN, params={param["name"]: value})
+            assert answer.status_code == 200, (resource_type, param["name"], answer.text)
+        assert_outcome(fhir(world, resource_type, who=ADMIN, params={"not-a-param": "1"}), 400, "invalid")
+    assert "security" in body["rest"][0] and "service" not in body["rest"][0]["security"]  # no external IdP here
+
+
+#: a value each token parameter takes (any other token is any string)
+SAMPLES = {"gender": "female", "status": "available", "endpoint": "Endpoint/dicomweb", "_lastUpdated": "ge2000-01-01"}
+
+
+def test_every_route_but_metadata_needs_a_token(world: World) -> None:
+    routes = _fhir_paths()
+    assert len(routes) >= 8
+    for path in routes:
+        concrete = path.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
+        concrete = concrete.replace("{org_id}", "hosp-a")
+        answer = httpx.get(f"{world.gw.url}{concrete}")
+        if path == "/fhir/metadata":
+            assert answer.status_code == 200
+        else:
+            assert_outcome(answer, 401, "login")
+
+
+def _fhir_paths() -> list[str]:
+    """Every route of the FHIR router, as mounted."""
+    return sorted({"/fhir" + getattr(r, "path", "") for r in fhir_router.routes})
+
+
+def test_errors_are_operation_outcomes_with_their_status(world: World) -> None:
+    assert_outcome(fhir(world, "Observation"), 404, "not-found")
+    assert_outcome(fhir(world, "Patient/999999999"), 404, "not-found")
+    assert_outcome(fhir(world, "Patient/not-a-number"), 404, "not-found")
+    assert_outcome(fhir(world, "Patient", params={"birthdate": "1985-13"}), 400, "invalid")
+    assert_outcome(fhir(world, "Patient", params={"_count": "many"}), 400, "invalid")
+    assert_outcome(fhir(world, "ImagingStudy", params={"_sort": "modality"}), 400, "invalid")
+    assert_outcome(fhir(world, "Patient", params={"_format": "xml"}), 406, "not-supported")
+    assert_outcome(fhir(world, "Patient", headers={"Accept": "application/fhir+xml"}), 406, "not-supported")
+    written = httpx.post(
+        f"{world.gw.url}/fhir/Patient", json={"resourceType": "Patient"}, headers=world.gw.headers(**DR_A)
+    )
+    body = assert_outcome(written, 405, "not-supported")
+    assert "GET" in written.headers["allow"] and "read-only" in body["issue"][0]["diagnostics"]
+    put = httpx.put(f"{world.gw.url}/fhir/Patient/1", json={}, headers=world.gw.headers(**DR_A))
+    assert_outcome(put, 405, "not-supported")
+    assert_outcome(fhir(world, "Patient", headers={"Authorization": "Bearer nonsense"}), 401, "login")
+
+
+# ----- Patient ----------------------------------------------------------------------------------
+
+
+def test_a_provider_reads_its_patient_with_fhirclient_and_the_link_to_the_other_record(world: World) -> None:
+    hospital = SmartPatient.read(str(world.ids["H-ANA"]), smart(world, DR_A).server)
+    assert hospital.name[0].family == "ȘTEFĂNESCU" and hospital.name[0].given == ["ANA"]
+    assert hospital.birthDate.isostring == "1985-03-17" and hospital.gender == "female"
+    systems = {i.system: i.value for i in hospital.identifier}
+    assert systems == {"urn:pacs:org:hosp-a": "H-ANA", CNP_SYSTEM: ANA_CNP}
+    # the clinic's record is the same person: linked, and seen by care relationship
+    assert [link.other.reference for link in hospital.link] == [f"Patient/{world.ids['9-44']}"]
+    assert hospital.link[0].type == "seealso"
+
+
+def test_patient_search_folds_diacritics_and_pages_with_fhirpy(world: World) -> None:
+    client = fhirpy_client(world, DR_A)
+    found = client.resources("Patient").search(family="stefanescu").fetch_all()
+    assert sorted(p["identifier"][0]["value"] for p in found) == ["9-44", "H-ANA"]  # the clinic's by care
+    assert client.resources("Patient").search(given="ana", birthdate="1985-03-17").count() == 2
+    assert client.resources("Patient").search(birthdate="lt1970").count() == 1  # H-ION
+    assert client.resources("Patient").search(gender="male").count() == 1
+    by_cnp = client.resources("Patient").search(identifier=f"{CNP_SYSTEM}|{ANA_CNP}").fetch_all()
+    assert len(by_cnp) == 2
+    own = client.resources("Patient").search(identifier="urn:pacs:org:clinic-b|9-44").fetch_all()
+    assert [p["id"] for p in own] == [str(world.ids["9-44"])]
+
+
+def test_patient_search_pages_on_next_links_with_a_total(world: World) -> None:
+    first = fhir(world, "Patient", who=ADMIN, params={"_count": "2"}).json()
+    assert first["total"] == 5 and len(first["entry"]) == 2
+    seen = [e["resource"]["id"] for e in first["entry"]]
+    page = first
+    while next_link := [link["url"] for link in page["link"] if link["relation"] == "next"]:
+        page = httpx.get(next_link[0], headers={"Authorization": f"Bearer {world.gw.token(**ADMIN)}"}).json()
+        seen += [e["resource"]["id"] for e in page["entry"]]
+    assert sorted(seen) == sorted(str(i) for i in world.ids.values()) and len(seen) == len(set(seen))
+
+
+def test_a_patient_the_provider_may_not_see_is_absent(world: World) -> None:
+    assert_outcome(fhir(world, f"Patient/{world.ids['H-ION']}", who=DR_B), 404, "not-found")
+    names = [p["identifier"][0]["value"] for p in fhirpy_client(world, DR_B).resources("Patient").search().fetch_all()]
+    assert "H-ION" not in names and "H-ANA" in names  # Ana's hospital record by care relationship
+
+
+# ----- ImagingStudy --------------------------------------------------------------------------------
+
+
+def test_imaging_study_read_with_fhirclient_leads_to_the_pixels(world: World) -> None:
+    uid = world.studies["H-ANA"][2]
+    study = SmartImagingStudy.read(uid, smart(world, DR_A).server)
+    assert study.numberOfSeries == 2 and study.numberOfInstances == 4
+    assert len(study.series) == 2 and all(len(s.instance) == 2 for s in study.series)
+    assert study.identifier[0].system == "urn:dicom:uid" and study.identifier[0].value == f"urn:oid:{uid}"
+    assert study.subject.reference == f"Patient/{world.ids['H-ANA']}"
+    endpoint = fhir(world, study.endpoint[0].reference).json()
+    assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
+    metadata = httpx.get(
+        f"{endpoint['address']}/studies/{uid}/metadata", headers=world.gw.headers(**DR_A)
+    )  # from FHIR to DICOMweb
+    assert metadata.status_code == 200 and len(metadata.json()) == 4
+
+
+def test_imaging_study_search_by_patient_spans_the_linked_records(world: World) -> None:
+    client = fhirpy_client(world, DR_A)
+    studies = client.resources("ImagingStudy").search(patient=f"Patient/{world.ids['H-ANA']}").fetch_all()
+    assert len(studies) == 4  # three of the hospital, one of the clinic (care relationship)
+    started = [s["started"] for s in studies]
+    assert started == sorted(started, reverse=True)
+    clinic = client.resources("ImagingStudy").search(subject=f"Patient/{world.ids['9-44']}").fetch_all()
+    assert len(clinic) == 4  # from the clinic's ID the same person
+    assert client.resources("ImagingStudy").search(modality="US").count() == 1
+    ranged = client.resources("ImagingStudy").search(started__ge="2026-01-01", started__lt="2026-11-01")
+    assert [s["id"] for s in ranged.fetch_all()] == [world.studies["H-ANA"][1]]
+    uid = world.studies["H-ION"][0]
+    for identifier in (f"urn:dicom:uid|urn:oid:{uid}", f"urn:oid:{uid}"):
+        assert [s["id"] for s in client.resources("ImagingStudy").search(identifier=identifier).fetch_all()] == [uid]
+
+
+def test_imaging_study_pages_and_includes_the_patient(world: World) -> None:
+    params = {"patient": f"Patient/{world.ids['H-ANA']}", "_count": "3", "_include": "ImagingStudy:patient"}
+    first = fhir(world, "ImagingStudy", params=params).json()
+    assert first["total"] == 4
+    modes = [e["search"]["mode"] for e in first["entry"]]
+    assert modes.count("match") == 3 and modes.count("include") >= 1
+    (next_url,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+    second = httpx.get(next_url, headers=world.gw.headers(**DR_A)).json()
+    matches = [e["resource"]["id"] for e in first["entry"] + second["entry"] if e["search"]["mode"] == "match"]
+    assert sorted(matches) == sorted(world.studies["H-ANA"] + world.studies["9-44"])
+    assert not [link for link in second["link"] if link["relation"] == "next"]
+
+
+def test_a_study_the_provider_may_not_see_is_absent(world: World) -> None:
+    uid = world.studies["H-ION"][0]
+    assert_outcome(fhir(world, f"ImagingStudy/{uid}", who=DR_B), 404, "not-found")
+    assert fhir(world, "ImagingStudy", who=DR_B, params={"identifier": f"urn:oid:{uid}"}).json()["total"] == 0
+
+
+def test_reads_carry_an_etag_and_a_known_version_is_not_sent_again(world: World) -> None:
+    first = fhir(world, f"Patient/{world.ids['H-ION']}")
+    assert first.headers["etag"] == f'W/"{first.json()["meta"]["versionId"]}"'
+    again = fhir(world, f"Patient/{world.ids['H-ION']}", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    study = fhir(world, f"ImagingStudy/{world.studies['H-ION'][0]}")
+    assert study.headers["etag"].startswith('W/"') and "lastUpdated" in study.json()["meta"]
+
+
+def test_fhir_reads_and_refusals_are_audited(world: World) -> None:
+    fhir(world, f"Patient/{world.ids['H-ION']}", who=DR_A)
+    fhir(world, f"Patient/{world.ids['H-ION']}", who=DR_B)
+    fhir(world, f"ImagingStudy/{world.studies['H-ION'][0]}", who=DR_A)
+    records = httpx.get(
+        f"{world.gw.url}/api/audit", params={"patient": "H-ION"}, headers=world.gw.headers(**ADMIN)
+    ).json()
+    fhir_records = [(r["actor"], r["outcome"]) for r in records if r["channel"] == "fhir"]
+    assert ("clinician@hosp-a", "ok") in fhir_records
+    refused = httpx.get(
+        f"{world.gw.url}/api/audit",
+        params={"patient": f"Patient/{world.ids['H-ION']}", "actor": "clinician@clinic-b"},
+        headers=world.gw.headers(**ADMIN),
+    ).json()
+    assert refused and {(r["channel"], r["outcome"]) for r in refused} == {("fhir", "not-found")}
+
+
+def test_an_opt_out_removes_the_other_organizations_records_from_fhir(world: World) -> None:
+    client = fhirpy_client(world, DR_B)
+    before = client.resources("ImagingStudy").search(patient=f"Patient/{world.ids['C-OPT']}").fetch_all()
+    assert len(before) == 2  # the clinic's own and the hospital's, by care relationship
+    person = fhir(world, f"Patient/{world.ids['C-OPT']}", who=ADMIN).json()
+    assert person["link"]
+    with world.gw.archive.db.read() as session:
+        person_id = session.scalar(select(PatientIdentity.person_id).where(PatientIdentity.patient_id == "C-OPT"))
+    consent = httpx.put(
+        f"{world.gw.url}/api/persons/{person_id}/consent",
+        json={"cross_org_sharing": "opt-out", "recorded_by": "front desk, clinic B"},
+        headers=world.gw.headers(**ADMIN),
+    )
+    assert consent.status_code == 200, consent.text
+    after = client.resources("ImagingStudy").search(patient=f"Patient/{world.ids['C-OPT']}").fetch_all()
+    assert [s["id"] for s in after] == world.studies["C-OPT"]
+    assert_outcome(fhir(world, f"Patient/{world.ids['H-OPT']}", who=DR_B), 404, "not-found")
+    assert "link" not in fhir(world, f"Patient/{world.ids['C-OPT']}", who=DR_B).json()
+
+
+def test_endpoint_and_organizations(world: World) -> None:
+    orgs = fhirpy_client(world, DR_A).resources("Organization").search().fetch_all()
+    assert {o["id"] for o in orgs} >= {"hosp-a", "clinic-b"}
+    assert fhir(world, "Organization/hosp-a").json()["name"] == "Spitalul Județean A"
+    assert_outcome(fhir(world, "Organization/nobody"), 404, "not-found")
+    assert fhir(world, "Endpoint").json()["total"] == 1
+    assert_outcome(fhir(world, "Endpoint/other"), 404, "not-found")
