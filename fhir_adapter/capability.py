@@ -27,6 +27,8 @@ SEARCH_PARAMS: dict[str, Mapping[str, tuple[str, str]]] = {
     "Organization": directory.SEARCH_PARAMS["Organization"],
 }
 INCLUDES = {"ImagingStudy": ["ImagingStudy:patient"]}
+#: the canonical definitions of the operations served
+OPERATIONS = {"ihe-pix": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"}
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 _WRITES = (
@@ -78,8 +80,7 @@ def capability_statement(routes: Iterable[BaseRoute], base: str, oauth: Mapping[
             entry["searchInclude"] = INCLUDES[resource_type]
         if kinds["operation"]:
             entry["operation"] = [
-                {"name": name, "definition": f"{base}/OperationDefinition/{resource_type}-{name}"}
-                for name in sorted(set(kinds["operation"]))
+                {"name": name, "definition": OPERATIONS[name]} for name in sorted(set(kinds["operation"]))
             ]
         resources.append(entry)
     data = {

@@ -52,13 +52,10 @@ def system_of(issuer_kind: str, issuer: str) -> str:
 
 def resource(row: Any, others: list[Any]) -> dict[str, Any]:
     """The Patient of an identity row (`storage.query.patients`), validated."""
-    identifiers = [{"use": "usual", "system": system_of(row.issuer_kind, row.issuer), "value": row.patient_id}]
-    if row.cnp:
-        identifiers.append({"use": "official", "system": CNP_SYSTEM, "value": row.cnp})
     data: dict[str, Any] = {
         "resourceType": "Patient",
         "id": str(row.id),
-        "identifier": identifiers,
+        "identifier": identifiers_of(row),
         "active": True,
     }
     name = human_name(row.patient_name)
@@ -73,6 +70,14 @@ def resource(row: Any, others: list[Any]) -> dict[str, Any]:
     if others:
         data["link"] = [{"other": {"reference": f"Patient/{o.id}"}, "type": "seealso"} for o in others]
     return Patient.model_validate(versioned(data)).model_dump(mode="json", exclude_none=True)
+
+
+def identifiers_of(row: Any) -> list[dict[str, Any]]:
+    """An identity's identifiers: its ID in its issuer's system, and its checked CNP."""
+    identifiers = [{"use": "usual", "system": system_of(row.issuer_kind, row.issuer), "value": row.patient_id}]
+    if row.cnp:
+        identifiers.append({"use": "official", "system": CNP_SYSTEM, "value": row.cnp})
+    return identifiers
 
 
 def human_name(person_name: str) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.responses import JSONResponse
 
-from fhir_adapter import directory, imaging_study, patient
+from fhir_adapter import directory, imaging_study, patient, pix
 from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
@@ -105,6 +105,25 @@ Formatted = Depends(_fhir_format)
 @router.get("/metadata", summary="CapabilityStatement (open: no token needed)", dependencies=[Formatted])
 def metadata(base: Base, uris: Annotated[dict[str, str] | None, Depends(oauth_uris)]) -> Response:
     return _answer(capability_statement(router.routes, base, uris))
+
+
+@router.get("/Patient/$ihe-pix", summary="IHE PIXm: the patient's identifiers elsewhere", dependencies=[Formatted])
+def pix_query(request: Request, ctx: Ctx, archive: Arch) -> Response:
+    query = _query(request)
+    source = pix.source_of(query)
+    targets = pix.targets_of(query)
+    _note_patient(ctx, source.value or "")
+    with archive.db.read(per_statement=True) as session:
+        if source.issuer is not None and not patients.known_issuer(source.issuer, session=session):
+            raise FhirError(400, "sourceIdentifier Assigning Authority not found", code="code-invalid")
+        unknown = [t for t in targets if t != patient.CNP_SYSTEM and not patients.known_issuer(t, session=session)]
+        if unknown:
+            raise FhirError(403, f"targetSystem not found: {unknown[0][:64]}", code="code-invalid")
+        rows = patients.search(patients.PatientSearch(identifiers=(source,), limit=1), ctx, session=session)
+        if not rows:
+            raise FhirError(404, "sourceIdentifier Patient Identifier not found")
+        linked = [rows[0], *patients.linked(rows[:1], ctx, session=session).get(rows[0].id, [])]
+    return _answer(pix.answer(linked, targets))
 
 
 @router.get("/Patient/{patient_id}", summary="Read a Patient (an institution's record)", dependencies=[Formatted])

@@ -119,6 +119,14 @@ def linked(rows: list[Any], ctx: Context, *, session: Session) -> dict[int, list
     return found
 
 
+def known_issuer(issuer: str, *, session: Session) -> bool:
+    """Whether some identity has `issuer` (as the admin API writes it): an assigning authority
+    this index knows, which PIXm tells apart from an unknown patient of a known one."""
+    kind, value = issuer_key(issuer)
+    found = select(PatientIdentity.id).where(PatientIdentity.issuer_kind == kind, PatientIdentity.issuer == value)
+    return session.execute(found.limit(1)).first() is not None
+
+
 def conditions(query: PatientSearch) -> list[ColumnElement[bool]]:
     """The SQL of a search's fields (each an OR of its values)."""
     found: list[ColumnElement[bool]] = []

@@ -194,7 +194,7 @@ def expected(method: str, path: str, caller: str) -> str:
         if method == "GET":
             return ALLOWED  # searches: what they answer is checked for leaks
     if path.startswith("/fhir/"):  # reads only; searches are checked for leaks
-        if path in ("/fhir/Patient/{patient_id}", "/fhir/ImagingStudy/{study}"):
+        if path in ("/fhir/Patient/{patient_id}", "/fhir/ImagingStudy/{study}", "/fhir/Patient/$ihe-pix"):
             return HIDDEN if org_a and not emergency else ALLOWED
         return ALLOWED  # searches, the DICOMweb Endpoint, the providers' directory
     if path.startswith(("/dicomweb", "/wado")):
@@ -250,6 +250,8 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
     params: dict[str, str] = {}
     if path == "/wado":
         params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    if path == "/fhir/Patient/$ihe-pix":
+        params = {"sourceIdentifier": f"urn:pacs:org:{CLINIC_B}|{'nobody' if missing else PATIENT_B[1]}"}
     if path == "/api/identities":
         params = {"issuer": f"urn:pacs:org:{CLINIC_B}", "patient_id": "nobody" if missing else PATIENT_B[1]}
     body: dict[str, Any] = {}

@@ -176,6 +176,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
         "Patient": ["read", "search-type"],
     }
     assert served["ImagingStudy"]["searchInclude"] == ["ImagingStudy:patient"]
+    assert [o["name"] for o in served["Patient"]["operation"]] == ["ihe-pix"]
     # every parameter the statement lists is taken; one it does not list is refused
     for resource_type, resource in served.items():
         for param in resource.get("searchParam", []):
@@ -195,7 +196,10 @@ def test_every_route_but_metadata_needs_a_token(world: World) -> None:
     routes = _fhir_paths()
     assert len(routes) >= 8
     for path in routes:
-        concrete = path.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
+        concrete = path.replace("$ihe-pix", "$ihe-pix?sourceIdentifier=urn:pacs:org:hosp-a|H-ANA")
+        concrete = (
+            concrete.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
+        )
         concrete = concrete.replace("{org_id}", "hosp-a")
         answer = httpx.get(f"{world.gw.url}{concrete}")
         if path == "/fhir/metadata":
@@ -270,6 +274,36 @@ def test_a_patient_the_provider_may_not_see_is_absent(world: World) -> None:
     assert_outcome(fhir(world, f"Patient/{world.ids['H-ION']}", who=DR_B), 404, "not-found")
     names = [p["identifier"][0]["value"] for p in fhirpy_client(world, DR_B).resources("Patient").search().fetch_all()]
     assert "H-ION" not in names and "H-ANA" in names  # Ana's hospital record by care relationship
+
+
+def test_pixm_cross_references_the_patients_records(world: World) -> None:
+    """IHE PIXm (ITI-83): the hospital's ID of Ana gives the clinic's, her CNP and both Patients;
+    PIXm's own statuses for an unknown authority, patient and target system."""
+    pix = fhir(world, "Patient/$ihe-pix", params={"sourceIdentifier": "urn:pacs:org:hosp-a|H-ANA"}).json()
+    assert pix["resourceType"] == "Parameters"
+    identifiers = {
+        (p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
+        for p in pix["parameter"]
+        if p["name"] == "targetIdentifier"
+    }
+    assert identifiers == {("urn:pacs:org:hosp-a", "H-ANA"), ("urn:pacs:org:clinic-b", "9-44"), (CNP_SYSTEM, ANA_CNP)}
+    ids = {p["valueReference"]["reference"] for p in pix["parameter"] if p["name"] == "targetId"}
+    assert ids == {f"Patient/{world.ids['H-ANA']}", f"Patient/{world.ids['9-44']}"}
+    narrowed = fhir(
+        world,
+        "Patient/$ihe-pix",
+        params={"sourceIdentifier": "urn:pacs:org:hosp-a|H-ANA", "targetSystem": "urn:pacs:org:clinic-b"},
+    ).json()
+    assert [p["valueIdentifier"]["value"] for p in narrowed["parameter"] if p["name"] == "targetIdentifier"] == ["9-44"]
+    ask = {"sourceIdentifier": "urn:pacs:org:nowhere|1"}
+    assert_outcome(fhir(world, "Patient/$ihe-pix", params=ask), 400, "code-invalid")
+    ask = {"sourceIdentifier": "urn:pacs:org:hosp-a|NOBODY"}
+    assert_outcome(fhir(world, "Patient/$ihe-pix", params=ask), 404, "not-found")
+    ask = {"sourceIdentifier": "urn:pacs:org:hosp-a|H-ANA", "targetSystem": "urn:oid:9.9.9"}
+    assert_outcome(fhir(world, "Patient/$ihe-pix", params=ask), 403, "code-invalid")
+    # a patient the caller may not see is not found, as one that does not exist
+    ask = {"sourceIdentifier": "urn:pacs:org:hosp-a|H-ION"}
+    assert_outcome(fhir(world, "Patient/$ihe-pix", who=DR_B, params=ask), 404, "not-found")
 
 
 # ----- ImagingStudy --------------------------------------------------------------------------------
