@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from starlette.routing import BaseRoute
 
-from fhir_adapter import directory, imaging_study, patient
+from fhir_adapter import consent, directory, imaging_study, patient
 
 FHIR_VERSION = "4.0.1"
 #: each type's search parameters: name -> (FHIR type, what it matches)
@@ -25,6 +25,7 @@ SEARCH_PARAMS: dict[str, Mapping[str, tuple[str, str]]] = {
     "ImagingStudy": imaging_study.SEARCH_PARAMS,
     "Endpoint": directory.SEARCH_PARAMS["Endpoint"],
     "Organization": directory.SEARCH_PARAMS["Organization"],
+    "Consent": consent.SEARCH_PARAMS,
 }
 INCLUDES = {"ImagingStudy": ["ImagingStudy:patient"]}
 #: the canonical definitions of the operations served

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.responses import JSONResponse
 
-from fhir_adapter import directory, imaging_study, patient, pix
+from fhir_adapter import consent, directory, imaging_study, patient, pix
 from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
@@ -31,7 +31,7 @@ from storage.access.context import Context
 from storage.access.orgs import get_org, list_orgs
 from storage.archive import Archive
 from storage.errors import NotFound
-from storage.query import imaging, patients
+from storage.query import consents, imaging, patients
 from storage.query.search import Query
 
 
@@ -180,6 +180,29 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
     cursor = found.studies[-1].study_uid if found.more and found.studies else None
     own = request.query_params.multi_items()
     return _answer(searchset(base, "ImagingStudy", own, matches, total, cursor, included))
+
+
+@router.get("/Consent/{consent_id}", summary="Read a Consent (a patient's sharing choice)", dependencies=[Formatted])
+def read_consent(consent_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    if not consent_id.isdigit() or len(consent_id) > 18:
+        raise FhirError(404, f"no Consent {consent_id}")
+    with archive.db.read() as session:
+        row = consents.one(int(consent_id), ctx, session=session)
+    return _read(request, consent.resource(row))
+
+
+@router.get("/Consent", summary="Search Consents (of one patient)", dependencies=[Formatted])
+def search_consents(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    query = _query(request)
+    identity = consent.patient_of(query)
+    _note_patient(ctx, f"Patient/{identity}")
+    try:
+        with archive.db.read() as session:
+            rows = consents.of_identity(identity, ctx, session=session)
+    except NotFound:
+        rows = []  # a patient the caller may not see has no consent it may read
+    matches = [consent.resource(r) for r in reversed(rows)]  # the one in force first
+    return _answer(searchset(base, "Consent", request.query_params.multi_items(), matches, len(matches), None))
 
 
 @router.get("/Endpoint/{endpoint_id}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])

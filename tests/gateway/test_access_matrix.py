@@ -30,22 +30,22 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from gateway.openapi import describe
 from storage.access import shares
 from storage.access.orgs import AeSpec, add_org, update_org
 from storage.access.tokens import ALGORITHM, ISSUER, signing_key
 from storage.archive import Archive
-from storage.index.models import LinkCandidate, PatientIdentity
-from storage.patients import persons
+from storage.index.models import ConsentRecord, LinkCandidate, PatientIdentity
+from storage.patients import consent, persons
 from storage.patients.linker import link_pending
 from storage.patients.model import Model
 from storage.settings import Settings
 from tests.kit import dicom_factory as f
 from tests.kit.backends import BACKENDS, module_archive
 from tests.kit.dicomweb import Gateway, serve_gateway
-from tests.kit.principals import CLINIC_B, CLINICIAN_B, CT_A, HOSP_A, US_B, ctx
+from tests.kit.principals import ADMIN, CLINIC_B, CLINICIAN_B, CT_A, HOSP_A, US_B, ctx
 from tests.kit.seed import seed
 
 THIRD, CLOSED = "third-d", "closed-c"
@@ -194,7 +194,12 @@ def expected(method: str, path: str, caller: str) -> str:
         if method == "GET":
             return ALLOWED  # searches: what they answer is checked for leaks
     if path.startswith("/fhir/"):  # reads only; searches are checked for leaks
-        if path in ("/fhir/Patient/{patient_id}", "/fhir/ImagingStudy/{study}", "/fhir/Patient/$ihe-pix"):
+        if path in (
+            "/fhir/Patient/{patient_id}",
+            "/fhir/ImagingStudy/{study}",
+            "/fhir/Patient/$ihe-pix",
+            "/fhir/Consent/{consent_id}",
+        ):
             return HIDDEN if org_a and not emergency else ALLOWED
         return ALLOWED  # searches, the DICOMweb Endpoint, the providers' directory
     if path.startswith(("/dicomweb", "/wado")):
@@ -244,12 +249,15 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         "person_id": str(987654321 if missing else _person_of(w, PATIENT_B[1])),
         "patient_id": str(987654321 if missing else _identity_of(w, PATIENT_B[1])),
         "endpoint_id": "dicomweb",
+        "consent_id": str(987654321 if missing else _consent_of(w, PATIENT_B[1])),
         "candidate_id": str(987654321 if missing or "{candidate_id}" not in path else _fresh_candidate(w)),
     }
     url = w.gateway.url + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
     params: dict[str, str] = {}
     if path == "/wado":
         params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    if path == "/fhir/Consent":
+        params = {"patient": f"Patient/{987654321 if missing else _identity_of(w, PATIENT_B[1])}"}
     if path == "/fhir/Patient/$ihe-pix":
         params = {"sourceIdentifier": f"urn:pacs:org:{CLINIC_B}|{'nobody' if missing else PATIENT_B[1]}"}
     if path == "/api/identities":
@@ -316,6 +324,15 @@ def _identity_of(world: World, patient_id: str) -> int:
         identity = conn.scalar(select(PatientIdentity.id).where(PatientIdentity.patient_id == patient_id))
     assert identity is not None
     return int(identity)
+
+
+def _consent_of(world: World, patient_id: str) -> int:
+    """A recorded consent of the identity's person (opt-in: nobody's view changes)."""
+    with world.gateway.archive.db.write_conn() as conn:
+        view = consent.record(conn, ctx(ADMIN), _person_of(world, patient_id), "opt-in", "front desk")
+        recorded = conn.scalar(select(func.max(ConsentRecord.id)).where(ConsentRecord.person_id == view.person_id))
+    assert recorded is not None
+    return int(recorded)
 
 
 def _apart(world: World) -> None:

@@ -170,6 +170,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
     assert body["format"] == ["json"] and body["kind"] == "instance"
     served = {r["type"]: r for r in body["rest"][0]["resource"]}
     assert {t: sorted(i["code"] for i in r["interaction"]) for t, r in served.items()} == {
+        "Consent": ["read", "search-type"],
         "Endpoint": ["read", "search-type"],
         "ImagingStudy": ["read", "search-type"],
         "Organization": ["read", "search-type"],
@@ -189,7 +190,13 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
 
 
 #: a value each token parameter takes (any other token is any string)
-SAMPLES = {"gender": "female", "status": "available", "endpoint": "Endpoint/dicomweb", "_lastUpdated": "ge2000-01-01"}
+SAMPLES = {
+    "patient": "Patient/1",
+    "gender": "female",
+    "status": "available",
+    "endpoint": "Endpoint/dicomweb",
+    "_lastUpdated": "ge2000-01-01",
+}
 
 
 def test_every_route_but_metadata_needs_a_token(world: World) -> None:
@@ -200,7 +207,7 @@ def test_every_route_but_metadata_needs_a_token(world: World) -> None:
         concrete = (
             concrete.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
         )
-        concrete = concrete.replace("{org_id}", "hosp-a")
+        concrete = concrete.replace("{org_id}", "hosp-a").replace("{consent_id}", "1")
         answer = httpx.get(f"{world.gw.url}{concrete}")
         if path == "/fhir/metadata":
             assert answer.status_code == 200
@@ -403,6 +410,18 @@ def test_an_opt_out_removes_the_other_organizations_records_from_fhir(world: Wor
     assert [s["id"] for s in after] == world.studies["C-OPT"]
     assert_outcome(fhir(world, f"Patient/{world.ids['H-OPT']}", who=DR_B), 404, "not-found")
     assert "link" not in fhir(world, f"Patient/{world.ids['C-OPT']}", who=DR_B).json()
+    # the choice is a Consent, read by whoever sees a record of the person, the one in force first
+    for who, record in ((DR_B, "C-OPT"), (DR_A, "H-OPT")):
+        bundle = fhir(world, "Consent", who=who, params={"patient": f"Patient/{world.ids[record]}"}).json()
+        (choice,) = [e["resource"] for e in bundle["entry"]]
+        assert choice["status"] == "active" and choice["provision"]["type"] == "deny"
+        assert choice["policyRule"]["coding"][0]["code"] == "OPTOUT"
+        assert choice["patient"]["reference"] == f"Patient/{world.ids[record]}"
+        assert "front desk, clinic B" in choice["sourceAttachment"]["title"]
+        assert fhir(world, f"Consent/{choice['id']}", who=who).json()["id"] == choice["id"]
+    hidden = fhir(world, "Consent", who=DR_B, params={"patient": f"Patient/{world.ids['H-OPT']}"}).json()
+    assert hidden["total"] == 0
+    assert_outcome(fhir(world, "Consent", who=DR_B), 400, "invalid")
 
 
 def test_endpoint_and_organizations(world: World) -> None:
