@@ -13,7 +13,7 @@ def searchset(
     resource_type: str,
     query: list[tuple[str, str]],
     matches: list[dict[str, Any]],
-    total: int,
+    total: int | None,
     cursor: str | None,
     included: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -27,7 +27,9 @@ def searchset(
     if cursor is not None:
         links.append({"relation": "next", "url": _url(base, resource_type, [*own, ("_cursor", cursor)])})
     entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or []]
-    data = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+    data: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    if total is not None:  # None: not counted (the audit trail: a count would scan it)
+        data["total"] = total
     return Bundle.model_validate(data).model_dump(mode="json", exclude_none=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from starlette.routing import BaseRoute
 
-from fhir_adapter import consent, directory, imaging_study, patient
+from fhir_adapter import audit_event, consent, directory, imaging_study, patient
 
 FHIR_VERSION = "4.0.1"
 #: each type's search parameters: name -> (FHIR type, what it matches)
@@ -26,6 +26,7 @@ SEARCH_PARAMS: dict[str, Mapping[str, tuple[str, str]]] = {
     "Endpoint": directory.SEARCH_PARAMS["Endpoint"],
     "Organization": directory.SEARCH_PARAMS["Organization"],
     "Consent": consent.SEARCH_PARAMS,
+    "AuditEvent": audit_event.SEARCH_PARAMS,
 }
 INCLUDES = {"ImagingStudy": ["ImagingStudy:patient"]}
 #: the canonical definitions of the operations served

@@ -19,9 +19,10 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import Query as Param
 from starlette.responses import JSONResponse
 
-from fhir_adapter import consent, directory, imaging_study, patient, pix
+from fhir_adapter import audit_event, consent, directory, imaging_study, patient, pix
 from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
@@ -29,7 +30,9 @@ from fhir_adapter.outcome import FHIR_JSON, FhirError
 from fhir_adapter.params import RESULT_PARAMS, count
 from storage.access.context import Context
 from storage.access.orgs import get_org, list_orgs
+from storage.access.policy import require_admin
 from storage.archive import Archive
+from storage.audit import records
 from storage.errors import NotFound
 from storage.query import consents, imaging, patients
 from storage.query.search import Query
@@ -55,6 +58,11 @@ router = APIRouter(tags=["FHIR R4"], default_response_class=FhirJSONResponse, re
 
 #: FHIR ids (R4 2.24.0.1: [A-Za-z0-9\-\.]{1,64}) as the routes take them
 FhirId = Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+#: the required parameters of `$ihe-pix` and of a Consent search, as the OpenAPI description shows them
+SourceIdentifier = Annotated[str, Param(max_length=256, pattern=r"^[^|]+\|.+$", description="system|value")]
+PatientRef = Annotated[
+    str, Param(alias="patient", pattern=r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$", description="Patient/<id>")
+]
 
 
 async def request_context() -> Context:
@@ -108,7 +116,13 @@ def metadata(base: Base, uris: Annotated[dict[str, str] | None, Depends(oauth_ur
 
 
 @router.get("/Patient/$ihe-pix", summary="IHE PIXm: the patient's identifiers elsewhere", dependencies=[Formatted])
-def pix_query(request: Request, ctx: Ctx, archive: Arch) -> Response:
+def pix_query(
+    request: Request,
+    ctx: Ctx,
+    archive: Arch,
+    sourceIdentifier: SourceIdentifier,  # noqa: N803
+) -> Response:
+    del sourceIdentifier  # described (and required) here; read with the others below
     query = _query(request)
     source = pix.source_of(query)
     targets = pix.targets_of(query)
@@ -192,7 +206,16 @@ def read_consent(consent_id: FhirId, request: Request, ctx: Ctx, archive: Arch) 
 
 
 @router.get("/Consent", summary="Search Consents (of one patient)", dependencies=[Formatted])
-def search_consents(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+def search_consents(
+    request: Request,
+    ctx: Ctx,
+    archive: Arch,
+    base: Base,
+    patient_ref: Annotated[
+        str, Param(alias="patient", pattern=r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$", description="Patient/<id>")
+    ],
+) -> Response:
+    del patient_ref  # described (and required) here; read with the others below
     query = _query(request)
     identity = consent.patient_of(query)
     _note_patient(ctx, f"Patient/{identity}")
@@ -203,6 +226,28 @@ def search_consents(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Re
         rows = []  # a patient the caller may not see has no consent it may read
     matches = [consent.resource(r) for r in reversed(rows)]  # the one in force first
     return _answer(searchset(base, "Consent", request.query_params.multi_items(), matches, len(matches), None))
+
+
+@router.get("/AuditEvent/{event_id}", summary="Read an AuditEvent (admins)", dependencies=[Formatted])
+def read_audit_event(event_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    require_admin(ctx, "read the audit trail")
+    wanted = int(event_id) if event_id.isdigit() and len(event_id) <= 18 else 0
+    found = records.search(archive.db, ctx, records.Filters(before=wanted + 1, limit=1)) if wanted else []
+    if not found or found[0]["id"] != wanted:
+        raise FhirError(404, f"no AuditEvent {event_id}")
+    return _read(request, audit_event.resource(found[0]))
+
+
+@router.get("/AuditEvent", summary="Search the audit trail (admins)", dependencies=[Formatted])
+def search_audit_events(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    require_admin(ctx, "read the audit trail")
+    filters = audit_event.filters_of(_query(request))
+    found = records.search(archive.db, ctx, replace(filters, limit=filters.limit + 1))
+    page = found[: filters.limit]
+    cursor = str(page[-1]["id"]) if len(found) > filters.limit and page else None
+    matches = [audit_event.resource(r) for r in page]
+    own = request.query_params.multi_items()
+    return _answer(searchset(base, "AuditEvent", own, matches, None, cursor))
 
 
 @router.get("/Endpoint/{endpoint_id}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])

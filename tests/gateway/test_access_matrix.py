@@ -193,6 +193,8 @@ def expected(method: str, path: str, caller: str) -> str:
     if path in ("/metrics", "/dicomweb", "/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances"):
         if method == "GET":
             return ALLOWED  # searches: what they answer is checked for leaks
+    if path.startswith("/fhir/AuditEvent"):
+        return FORBIDDEN  # the audit trail: admins only
     if path.startswith("/fhir/"):  # reads only; searches are checked for leaks
         if path in (
             "/fhir/Patient/{patient_id}",
@@ -249,6 +251,7 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         "person_id": str(987654321 if missing else _person_of(w, PATIENT_B[1])),
         "patient_id": str(987654321 if missing else _identity_of(w, PATIENT_B[1])),
         "endpoint_id": "dicomweb",
+        "event_id": "1",
         "consent_id": str(987654321 if missing else _consent_of(w, PATIENT_B[1])),
         "candidate_id": str(987654321 if missing or "{candidate_id}" not in path else _fresh_candidate(w)),
     }

@@ -170,6 +170,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
     assert body["format"] == ["json"] and body["kind"] == "instance"
     served = {r["type"]: r for r in body["rest"][0]["resource"]}
     assert {t: sorted(i["code"] for i in r["interaction"]) for t, r in served.items()} == {
+        "AuditEvent": ["read", "search-type"],
         "Consent": ["read", "search-type"],
         "Endpoint": ["read", "search-type"],
         "ImagingStudy": ["read", "search-type"],
@@ -191,6 +192,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
 
 #: a value each token parameter takes (any other token is any string)
 SAMPLES = {
+    "date": "ge2000-01-01",
     "patient": "Patient/1",
     "gender": "female",
     "status": "available",
@@ -207,7 +209,7 @@ def test_every_route_but_metadata_needs_a_token(world: World) -> None:
         concrete = (
             concrete.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
         )
-        concrete = concrete.replace("{org_id}", "hosp-a").replace("{consent_id}", "1")
+        concrete = concrete.replace("{org_id}", "hosp-a").replace("{consent_id}", "1").replace("{event_id}", "1")
         answer = httpx.get(f"{world.gw.url}{concrete}")
         if path == "/fhir/metadata":
             assert answer.status_code == 200
@@ -422,6 +424,29 @@ def test_an_opt_out_removes_the_other_organizations_records_from_fhir(world: Wor
     hidden = fhir(world, "Consent", who=DR_B, params={"patient": f"Patient/{world.ids['H-OPT']}"}).json()
     assert hidden["total"] == 0
     assert_outcome(fhir(world, "Consent", who=DR_B), 400, "invalid")
+
+
+def test_the_audit_trail_as_audit_events_for_admins_only(world: World) -> None:
+    uid = world.studies["H-ION"][0]
+    fhir(world, f"ImagingStudy/{uid}", who=DR_A)
+    fhir(world, f"ImagingStudy/{uid}", who=DR_B)  # not found for the clinic: a refusal on record
+    admin = fhirpy_client(world, ADMIN)
+    events = admin.resources("AuditEvent").search(**{"entity-identifier": f"urn:dicom:uid|urn:oid:{uid}"}).fetch_all()
+    reads = [
+        e for e in events if e["agent"][0]["who"]["identifier"]["value"] in ("clinician@hosp-a", "clinician@clinic-b")
+    ]
+    outcomes = {e["agent"][0]["who"]["identifier"]["value"]: e["outcome"] for e in reads}
+    assert outcomes == {"clinician@hosp-a": "0", "clinician@clinic-b": "4"}
+    read = next(e for e in reads if e["outcome"] == "0")
+    assert read["type"]["code"] == "110103" and read["action"] == "R" and read["source"]["site"] == "fhir"
+    entities = {e["type"]["code"]: e["what"]["identifier"]["value"] for e in read["entity"]}
+    assert entities == {"1": "H-ION", "2": f"urn:oid:{uid}"}  # the patient, the study
+    assert fhir(world, f"AuditEvent/{read['id']}", who=ADMIN).json()["id"] == read["id"]
+    today = fhir(world, "AuditEvent", who=ADMIN, params={"date": "ge2000-01-01", "_count": "2"}).json()
+    assert len(today["entry"]) == 2 and [link for link in today["link"] if link["relation"] == "next"]
+    assert_outcome(fhir(world, "AuditEvent", who=DR_A), 403, "forbidden")
+    assert_outcome(fhir(world, f"AuditEvent/{read['id']}", who=DR_A), 403, "forbidden")
+    assert_outcome(fhir(world, "AuditEvent/999999999", who=ADMIN), 404, "not-found")
 
 
 def test_endpoint_and_organizations(world: World) -> None:

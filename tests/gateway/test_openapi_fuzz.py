@@ -136,6 +136,8 @@ REFUSED_BY_RULES_OUTSIDE_THE_SCHEMA: list[tuple[str, tuple[int, ...]]] = [
     (r"^/api/orgs(/\{org_id\}/aes)?$", (400,)),
     # the receiving organization registered and enabled, not the sharer's own; an expiry to come
     (r"^/api/shares$", (400,)),
+    # IHE PIXm (ITI-83): an assigning authority no identity has is 400, an unknown target system 403
+    (r"^/fhir/Patient/\$ihe-pix$", (400,)),
 ]
 
 
