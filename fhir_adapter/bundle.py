@@ -16,10 +16,12 @@ def searchset(
     total: int | None,
     cursor: str | None,
     included: list[dict[str, Any]] | None = None,
+    searches: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A searchset Bundle of `matches` (and `included`), with `next` continuing after `cursor`.
 
-    `query` is the request's own parameters; the next page's link is the same search with the
+    `searches` replaces the matches' `search` (a score and a grade, `$match`). `query` is the
+    request's own parameters; the next page's link is the same search with the
     cursor of this page's last match (`_cursor`), so paging reads no skipped rows.
     """
     own = [(k, v) for k, v in query if k != "_cursor"]
@@ -27,6 +29,8 @@ def searchset(
     if cursor is not None:
         links.append({"relation": "next", "url": _url(base, resource_type, [*own, ("_cursor", cursor)])})
     entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or []]
+    for entry, search in zip(entries, searches or [], strict=False):  # `$match`: score and grade
+        entry["search"] = search
     data: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
     if total is not None:  # None: not counted (the audit trail: a count would scan it)
         data["total"] = total

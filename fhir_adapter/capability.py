@@ -30,7 +30,10 @@ SEARCH_PARAMS: dict[str, Mapping[str, tuple[str, str]]] = {
 }
 INCLUDES = {"ImagingStudy": ["ImagingStudy:patient"]}
 #: the canonical definitions of the operations served
-OPERATIONS = {"ihe-pix": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"}
+OPERATIONS = {
+    "ihe-pix": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+    "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+}
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 _WRITES = (

@@ -25,6 +25,7 @@ _CODES = {
     406: "not-supported",
     409: "conflict",
     410: "deleted",
+    413: "too-costly",
     415: "not-supported",
     422: "processing",
     429: "throttled",

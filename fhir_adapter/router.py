@@ -14,15 +14,18 @@ senders stored, and the routes' 405 says so (and the CapabilityStatement lists n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi import Query as Param
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import JSONResponse
 
-from fhir_adapter import audit_event, consent, directory, imaging_study, patient, pix
+from fhir_adapter import audit_event, consent, directory, imaging_study, match, patient, pix
 from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
@@ -34,6 +37,7 @@ from storage.access.policy import require_admin
 from storage.archive import Archive
 from storage.audit import records
 from storage.errors import NotFound
+from storage.patients.linker import model_of
 from storage.query import consents, imaging, patients
 from storage.query.search import Query
 
@@ -56,7 +60,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(tags=["FHIR R4"], default_response_class=FhirJSONResponse, responses=ERRORS)
 
-#: FHIR ids (R4 2.24.0.1: [A-Za-z0-9\-\.]{1,64}) as the routes take them
+
+class _FhirIdConvertor(Convertor[str]):
+    r"""A FHIR id in a path (R4 2.24.0.1: [A-Za-z0-9\-\.]{1,64}), matched by the routing itself, so
+    that `Patient/$match` or `Patient/$ihe-pix` is never taken for a Patient's id (a GET there is
+    405 with the operation's own methods, not a read of patient "$match")."""
+
+    regex = r"[A-Za-z0-9\-.]{1,64}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fhirid", _FhirIdConvertor())
+#: FHIR ids as the routes take them (`{name:fhirid}` in the path)
 FhirId = Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 #: the required parameters of `$ihe-pix` and of a Consent search, as the OpenAPI description shows them
 SourceIdentifier = Annotated[str, Param(max_length=256, pattern=r"^[^|]+\|.+$", description="system|value")]
@@ -140,7 +160,63 @@ def pix_query(
     return _answer(pix.answer(linked, targets))
 
 
-@router.get("/Patient/{patient_id}", summary="Read a Patient (an institution's record)", dependencies=[Formatted])
+_MATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {FHIR_JSON: {"schema": {"type": "object", "description": "a Parameters resource"}}},
+    }
+}
+
+
+@router.post(
+    "/Patient/$match",
+    summary="Patient-match: the patient index's model on a Patient",
+    openapi_extra=_MATCH_BODY,
+    responses={
+        413: {"description": "A body over 64 KiB", **_OUTCOME},
+        415: {"description": "A body that is not FHIR JSON", **_OUTCOME},
+    },
+)
+async def match_patient(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    body = await _json_body(request)
+    wanted, only_certain, limit = match.request_of(body)
+    model = model_of(archive.settings)
+    found = await run_in_threadpool(_matches, archive, ctx, wanted, model, limit)
+    if only_certain:
+        found = [(row, verdict) for row, verdict in found if match.grade(verdict) == "certain"]
+    graded = [match.with_grade(patient.resource(row, []), verdict, model) for row, verdict in found]
+    matches, searches = [r for r, _ in graded], [s for _, s in graded]
+    return _answer(searchset(base, "Patient", [], matches, len(matches), None, searches=searches))
+
+
+def _matches(archive: Archive, ctx: Context, wanted: Any, model: Any, limit: int) -> list[Any]:
+    with archive.db.read(per_statement=True) as session:
+        return patients.match(wanted, ctx, session=session, model=model, limit=limit)
+
+
+#: the largest `$match` request body read
+MAX_MATCH_BODY = 64 * 1024
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON, at most `MAX_MATCH_BODY` bytes."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind not in (FHIR_JSON, "application/json"):
+        raise FhirError(415, f"the body must be {FHIR_JSON}")
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_MATCH_BODY:
+            raise FhirError(413, f"the body is over {MAX_MATCH_BODY} bytes", code="too-costly")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise FhirError(400, "the body is not JSON") from None
+
+
+@router.get(
+    "/Patient/{patient_id:fhirid}", summary="Read a Patient (an institution's record)", dependencies=[Formatted]
+)
 def read_patient(patient_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     identity = _identity_id(patient_id)
     _note_patient(ctx, f"Patient/{patient_id}")  # what was asked, should it not be found
@@ -167,7 +243,9 @@ def search_patients(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Re
     return _answer(searchset(base, "Patient", request.query_params.multi_items(), matches, total, cursor))
 
 
-@router.get("/ImagingStudy/{study}", summary="Read an ImagingStudy (by Study Instance UID)", dependencies=[Formatted])
+@router.get(
+    "/ImagingStudy/{study:fhirid}", summary="Read an ImagingStudy (by Study Instance UID)", dependencies=[Formatted]
+)
 def read_imaging_study(study: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     with archive.db.read(per_statement=True) as session:
         found = imaging.one(study, ctx, session=session)
@@ -196,7 +274,9 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
     return _answer(searchset(base, "ImagingStudy", own, matches, total, cursor, included))
 
 
-@router.get("/Consent/{consent_id}", summary="Read a Consent (a patient's sharing choice)", dependencies=[Formatted])
+@router.get(
+    "/Consent/{consent_id:fhirid}", summary="Read a Consent (a patient's sharing choice)", dependencies=[Formatted]
+)
 def read_consent(consent_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     if not consent_id.isdigit() or len(consent_id) > 18:
         raise FhirError(404, f"no Consent {consent_id}")
@@ -228,7 +308,7 @@ def search_consents(
     return _answer(searchset(base, "Consent", request.query_params.multi_items(), matches, len(matches), None))
 
 
-@router.get("/AuditEvent/{event_id}", summary="Read an AuditEvent (admins)", dependencies=[Formatted])
+@router.get("/AuditEvent/{event_id:fhirid}", summary="Read an AuditEvent (admins)", dependencies=[Formatted])
 def read_audit_event(event_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     require_admin(ctx, "read the audit trail")
     wanted = int(event_id) if event_id.isdigit() and len(event_id) <= 18 else 0
@@ -250,7 +330,7 @@ def search_audit_events(request: Request, ctx: Ctx, archive: Arch, base: Base) -
     return _answer(searchset(base, "AuditEvent", own, matches, None, cursor))
 
 
-@router.get("/Endpoint/{endpoint_id}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])
+@router.get("/Endpoint/{endpoint_id:fhirid}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])
 def read_endpoint(endpoint_id: FhirId, request: Request, ctx: Ctx, base: Base) -> Response:
     del ctx  # authenticated and audited; the endpoint itself is no patient's data
     if endpoint_id != imaging_study.ENDPOINT_ID:
@@ -268,7 +348,9 @@ def search_endpoints(request: Request, ctx: Ctx, base: Base) -> Response:
     return _answer(searchset(base, "Endpoint", request.query_params.multi_items(), matches, len(matches), None))
 
 
-@router.get("/Organization/{org_id}", summary="Read an Organization (a registered provider)", dependencies=[Formatted])
+@router.get(
+    "/Organization/{org_id:fhirid}", summary="Read an Organization (a registered provider)", dependencies=[Formatted]
+)
 def read_organization(org_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     del ctx
     with archive.db.read() as session:

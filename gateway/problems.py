@@ -109,7 +109,7 @@ def _fhir_detail(request: Request, exc: StarletteHTTPException) -> str:
     """What an OperationOutcome says of a routing or auth failure under /fhir."""
     if exc.status_code == 404 and exc.detail == "Not Found":  # no route: Starlette's own 404
         kind = request.url.path[len(FHIR) + 1 :].split("/")[0]
-        return f"this server serves no resource type or operation {kind[:64]!r}"
+        return f"no such resource, resource type or operation: {kind[:64]!r} with this path"
     if exc.status_code == 405:
         return f"{request.method} is not supported here: the resources are read-only views of the archive"
     return str(exc.detail)

@@ -22,8 +22,10 @@ from storage.access.policy import visible_to
 from storage.dicom.charset import fold
 from storage.errors import NotFound
 from storage.index.models import PatientIdentity, Study
+from storage.patients import names
 from storage.patients.identities import NONE
-from storage.patients.linker import IDENTITY_COLUMNS
+from storage.patients.linker import IDENTITY_COLUMNS, MAX_COMPARED, demographics_of
+from storage.patients.model import LINK, REVIEW, Demographics, Model, Verdict, compare
 from storage.patients.persons import issuer_key
 
 #: the most identities one page holds
@@ -117,6 +119,31 @@ def linked(rows: list[Any], ctx: Context, *, session: Session) -> dict[int, list
     for row in rows:
         found[row.id] = [o for o in others if o.person_id == row.person_id and o.id != row.id]
     return found
+
+
+def match(
+    wanted: Demographics, ctx: Context, *, session: Session, model: Model, limit: int = 10
+) -> list[tuple[Any, Verdict]]:
+    """The identities `ctx` may see that the patient index's model takes for `wanted` (FHIR's
+    `Patient/$match`): those sharing its CNP, birth date or blocking key, at most `MAX_COMPARED`,
+    each scored as the linker scores a pair; links first, then reviews, best score first."""
+    same = []
+    if wanted.cnp is not None:
+        same.append(PatientIdentity.cnp == wanted.cnp.value)
+    if len(wanted.birth_date) == 8:
+        same.append(PatientIdentity.birth_date == wanted.birth_date)
+    block = names.block_key(wanted.name)
+    if block:
+        same.append(PatientIdentity.block_key == block)
+    if not same:
+        return []
+    rows = session.execute(
+        _select().where(visible_identity(ctx), or_(*same)).order_by(PatientIdentity.id).limit(MAX_COMPARED)
+    ).all()
+    scored = [(row, compare(wanted, demographics_of(row), model)) for row in rows]
+    kept = [(row, verdict) for row, verdict in scored if verdict.decision in (LINK, REVIEW)]
+    kept.sort(key=lambda pair: (pair[1].decision != LINK, -pair[1].score, pair[0].id))
+    return kept[: max(0, limit)]
 
 
 def known_issuer(issuer: str, *, session: Session) -> bool:

@@ -306,6 +306,10 @@ def _json_body(method: str, path: str, study: str) -> dict[str, Any]:
         return {}
     if path == "/api/persons/{person_id}/consent":
         return {"cross_org_sharing": "opt-in", "recorded_by": "front desk"}
+    if path == "/fhir/Patient/$match":  # B's patient, by name and birth date
+        family, given = PATIENT_B[0].split("^")
+        patient = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "birthDate": "1980-01-01"}
+        return {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient}]}
     raise AssertionError(f"{method} {path}: no request body for it in the access matrix")
 
 

@@ -15,6 +15,7 @@ prefixes), and the one test that changes something (an opt-out) uses a patient n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
         "Patient": ["read", "search-type"],
     }
     assert served["ImagingStudy"]["searchInclude"] == ["ImagingStudy:patient"]
-    assert [o["name"] for o in served["Patient"]["operation"]] == ["ihe-pix"]
+    assert [o["name"] for o in served["Patient"]["operation"]] == ["ihe-pix", "match"]
     # every parameter the statement lists is taken; one it does not list is refused
     for resource_type, resource in served.items():
         for param in resource.get("searchParam", []):
@@ -204,7 +205,8 @@ SAMPLES = {
 def test_every_route_but_metadata_needs_a_token(world: World) -> None:
     routes = _fhir_paths()
     assert len(routes) >= 8
-    for path in routes:
+    assert_outcome(httpx.post(f"{world.gw.url}/fhir/Patient/$match", json={}), 401, "login")
+    for path in [p for p in routes if not p.endswith("$match")]:  # a POST, above
         concrete = path.replace("$ihe-pix", "$ihe-pix?sourceIdentifier=urn:pacs:org:hosp-a|H-ANA")
         concrete = (
             concrete.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
@@ -219,13 +221,17 @@ def test_every_route_but_metadata_needs_a_token(world: World) -> None:
 
 def _fhir_paths() -> list[str]:
     """Every route of the FHIR router, as mounted."""
-    return sorted({"/fhir" + getattr(r, "path", "") for r in fhir_router.routes})
+    return sorted({"/fhir" + re.sub(r":\w+\}", "}", getattr(r, "path", "")) for r in fhir_router.routes})
 
 
 def test_errors_are_operation_outcomes_with_their_status(world: World) -> None:
     assert_outcome(fhir(world, "Observation"), 404, "not-found")
     assert_outcome(fhir(world, "Patient/999999999"), 404, "not-found")
     assert_outcome(fhir(world, "Patient/not-a-number"), 404, "not-found")
+    assert_outcome(fhir(world, "Patient/%C2%84"), 404, "not-found")  # not a FHIR id: no such resource
+    on_match = fhir(world, "Patient/$match")  # an operation's path, not a Patient's id
+    assert_outcome(on_match, 405, "not-supported")
+    assert on_match.headers["allow"] == "OPTIONS, POST"
     assert_outcome(fhir(world, "Patient", params={"birthdate": "1985-13"}), 400, "invalid")
     assert_outcome(fhir(world, "Patient", params={"_count": "many"}), 400, "invalid")
     assert_outcome(fhir(world, "ImagingStudy", params={"_sort": "modality"}), 400, "invalid")
@@ -313,6 +319,55 @@ def test_pixm_cross_references_the_patients_records(world: World) -> None:
     # a patient the caller may not see is not found, as one that does not exist
     ask = {"sourceIdentifier": "urn:pacs:org:hosp-a|H-ION"}
     assert_outcome(fhir(world, "Patient/$ihe-pix", who=DR_B, params=ask), 404, "not-found")
+
+
+def match(world: World, who: dict[str, Any], patient: dict[str, Any], **params: Any) -> httpx.Response:
+    parameters = [{"name": "resource", "resource": {"resourceType": "Patient", **patient}}]
+    parameters += [
+        {"name": name, "valueBoolean" if isinstance(value, bool) else "valueInteger": value}
+        for name, value in params.items()
+    ]
+    return httpx.post(
+        f"{world.gw.url}/fhir/Patient/$match",
+        json={"resourceType": "Parameters", "parameter": parameters},
+        headers=world.gw.headers(**who) | {"Content-Type": FHIR_JSON},
+    )
+
+
+def test_patient_match_scores_as_the_linker_does(world: World) -> None:
+    """$match: a CNP makes both of Ana's records certain; name, birth date and sex alone are
+    probable (what linking would send to review); nothing the caller may not see is offered."""
+    ana = {"name": [{"family": "Ștefănescu", "given": ["Ana"]}], "birthDate": "1985-03-17", "gender": "female"}
+    certain = match(world, DR_A, {**ana, "identifier": [{"system": CNP_SYSTEM, "value": ANA_CNP}]}).json()
+    assert certain["resourceType"] == "Bundle" and certain["total"] == 2
+    graded = {
+        e["resource"]["id"]: (e["search"]["score"], e["search"]["extension"][0]["valueCode"]) for e in certain["entry"]
+    }
+    assert graded == {str(world.ids["H-ANA"]): (1.0, "certain"), str(world.ids["9-44"]): (1.0, "certain")}
+    probable = match(world, DR_A, ana).json()
+    assert {e["search"]["extension"][0]["valueCode"] for e in probable["entry"]} == {"probable"}
+    assert 0 < probable["entry"][0]["search"]["score"] < 1
+    assert match(world, DR_A, ana, onlyCertainMatches=True).json()["total"] == 0
+    assert match(world, DR_A, ana, count=1).json()["total"] == 1
+    ion = {"name": [{"family": "Popescu", "given": ["Ion"]}], "birthDate": "1960-01-01", "gender": "male"}
+    assert match(world, DR_A, ion).json()["total"] == 1
+    assert match(world, DR_B, ion).json()["total"] == 0  # the hospital's patient: not the clinic's to see
+    bad = httpx.post(
+        f"{world.gw.url}/fhir/Patient/$match", json={"resourceType": "Patient"}, headers=world.gw.headers(**DR_A)
+    )
+    assert_outcome(bad, 400, "invalid")
+    text = httpx.post(
+        f"{world.gw.url}/fhir/Patient/$match",
+        content=b"x" * 10,
+        headers=world.gw.headers(**DR_A) | {"Content-Type": "text/plain"},
+    )
+    assert_outcome(text, 415, "not-supported")
+    huge = httpx.post(
+        f"{world.gw.url}/fhir/Patient/$match",
+        content=b" " * (70 * 1024),
+        headers=world.gw.headers(**DR_A) | {"Content-Type": FHIR_JSON},
+    )
+    assert_outcome(huge, 413, "too-costly")
 
 
 # ----- ImagingStudy --------------------------------------------------------------------------------

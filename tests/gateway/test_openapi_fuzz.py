@@ -138,6 +138,8 @@ REFUSED_BY_RULES_OUTSIDE_THE_SCHEMA: list[tuple[str, tuple[int, ...]]] = [
     (r"^/api/shares$", (400,)),
     # IHE PIXm (ITI-83): an assigning authority no identity has is 400, an unknown target system 403
     (r"^/fhir/Patient/\$ihe-pix$", (400,)),
+    # a Parameters resource with a Patient: FHIR's structure, which the description does not carry
+    (r"^/fhir/Patient/\$match$", (400,)),
 ]
 
 
