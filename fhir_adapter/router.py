@@ -36,6 +36,7 @@ from storage.access.orgs import get_org, list_orgs
 from storage.access.policy import require_admin
 from storage.archive import Archive
 from storage.audit import records
+from storage.dicom.uids import is_uid
 from storage.errors import NotFound
 from storage.patients.linker import model_of
 from storage.query import consents, imaging, patients
@@ -172,6 +173,7 @@ _MATCH_BODY = {
     "/Patient/$match",
     summary="Patient-match: the patient index's model on a Patient",
     openapi_extra=_MATCH_BODY,
+    dependencies=[Formatted],
     responses={
         413: {"description": "A body over 64 KiB", **_OUTCOME},
         415: {"description": "A body that is not FHIR JSON", **_OUTCOME},
@@ -260,6 +262,8 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
     limit = count(query.get("_count", []))
     cursors = query.get("_cursor", [])
     after = cursors[-1] if cursors else None
+    if after is not None and not is_uid(after):
+        raise FhirError(400, "_cursor: not a cursor this server gave")
     wanted = Query("STUDY", keys)
     with archive.db.read(per_statement=True) as session:
         found = imaging.page(wanted, ctx, session=session, limit=limit, after=after, updated=updated, patient=subject)

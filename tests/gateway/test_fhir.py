@@ -234,6 +234,7 @@ def test_errors_are_operation_outcomes_with_their_status(world: World) -> None:
     assert on_match.headers["allow"] == "OPTIONS, POST"
     assert_outcome(fhir(world, "Patient", params={"birthdate": "1985-13"}), 400, "invalid")
     assert_outcome(fhir(world, "Patient", params={"_count": "many"}), 400, "invalid")
+    assert_outcome(fhir(world, "ImagingStudy", params={"_cursor": "x" * 300}), 400, "invalid")
     assert_outcome(fhir(world, "ImagingStudy", params={"_sort": "modality"}), 400, "invalid")
     assert_outcome(fhir(world, "Patient", params={"_format": "xml"}), 406, "not-supported")
     assert_outcome(fhir(world, "Patient", headers={"Accept": "application/fhir+xml"}), 406, "not-supported")
