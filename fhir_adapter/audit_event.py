@@ -16,7 +16,7 @@ from typing import Any
 
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from fhir_adapter.meta import versioned
+from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
 from fhir_adapter.params import RESULT_PARAMS, count, date_range, values
 from storage.audit import atna
@@ -52,7 +52,7 @@ def resource(record: Mapping[str, Any]) -> dict[str, Any]:
         "id": str(record["id"]),
         "type": _coding(event.id),
         "action": event.action,
-        "recorded": _instant(record["time"]),
+        "recorded": fhir_instant(record["time"]),
         "outcome": _OUTCOMES.get(record["outcome"], "8"),
         "outcomeDesc": f"{record['outcome']}: {record['action']}; {record['detail']}"[:1000],
         "agent": [agent],
@@ -154,8 +154,3 @@ def _day(day: str, *, end: bool = False) -> datetime:
     if end:
         return datetime.combine(moment.date(), time.max, tzinfo=UTC)
     return moment
-
-
-def _instant(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.isoformat()

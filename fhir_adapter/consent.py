@@ -10,12 +10,11 @@ opt-in permit. Who recorded it for the patient, and the note, are in `sourceAtta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B.consent import Consent
 
-from fhir_adapter.meta import versioned
+from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
 from fhir_adapter.params import RESULT_PARAMS, values
 from storage.query.consents import ConsentRow
@@ -34,14 +33,14 @@ def resource(row: ConsentRow) -> dict[str, Any]:
     data: dict[str, Any] = {
         "resourceType": "Consent",
         "id": str(row.id),
-        "meta": {"lastUpdated": _instant(row.time)},
+        "meta": {"lastUpdated": fhir_instant(row.time)},
         "status": "active" if row.active else "inactive",
         "scope": {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
         },
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
         "patient": {"reference": f"Patient/{row.identity_id}"},
-        "dateTime": _instant(row.time),
+        "dateTime": fhir_instant(row.time),
         "policy": [{"uri": POLICY}],
         "policyRule": {"coding": [{"system": ACT_CODE, "code": "OPTOUT" if opted_out else "OPTIN"}]},
         "provision": {"type": "deny" if opted_out else "permit"},
@@ -68,8 +67,3 @@ def patient_of(query: Mapping[str, list[str]]) -> int:
         raise FhirError(400, "patient: one patient (Patient/<id>) is required")
     reference = given[0].removeprefix("Patient/")
     return int(reference) if reference.isdigit() and len(reference) <= 18 else -1
-
-
-def _instant(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.isoformat()

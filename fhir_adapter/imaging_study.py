@@ -11,12 +11,12 @@ see (`storage.query.linked`), as QIDO-RS does for a PatientID with its issuer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 
-from fhir_adapter.meta import versioned
+from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
 from fhir_adapter.params import RESULT_PARAMS, date_range, instant, token, values
 from storage.dicom.uids import is_uid
@@ -51,7 +51,7 @@ def resource(row: Any, page: StudyPage) -> dict[str, Any]:
     data: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "id": row.study_uid,
-        "meta": {"lastUpdated": _instant(row.updated_at)},
+        "meta": {"lastUpdated": fhir_instant(row.updated_at)},
         "identifier": identifiers,
         "status": "available",
         "subject": {"reference": f"Patient/{row.identity_id}"},
@@ -197,8 +197,3 @@ def _date(study_date: str) -> str | None:
         return date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:])).isoformat()
     except ValueError:
         return None
-
-
-def _instant(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.isoformat()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -23,3 +24,9 @@ def versioned(data: dict[str, Any]) -> dict[str, Any]:
 def etag(resource: dict[str, Any]) -> str:
     """The weak ETag of a resource (FHIR R4 3.1.0.5.2: `W/"<versionId>"`)."""
     return f'W/"{resource["meta"]["versionId"]}"'
+
+
+def fhir_instant(moment: datetime) -> str:
+    """A FHIR instant of an index time (SQLite hands times back without their zone: UTC)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.isoformat()
