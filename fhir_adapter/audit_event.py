@@ -18,7 +18,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
-from fhir_adapter.params import RESULT_PARAMS, count, date_range, values
+from fhir_adapter.params import RESULT_PARAMS, count, date_range, local_id, values
 from storage.audit import atna
 from storage.audit.records import Filters
 
@@ -117,7 +117,8 @@ def filters_of(query: Mapping[str, list[str]]) -> Filters:
     if study is not None:
         study = study.split("|", 1)[-1].removeprefix("urn:oid:")
     cursors = query.get("_cursor", [])
-    if cursors and not (cursors[-1].isdigit() and len(cursors[-1]) <= 18):
+    before = local_id(cursors[-1]) if cursors else None
+    if cursors and before is None:
         raise FhirError(400, "_cursor: not a cursor this server gave")
     return Filters(
         patient=_last(query, "patient"),
@@ -125,7 +126,7 @@ def filters_of(query: Mapping[str, list[str]]) -> Filters:
         actor=_last(query, "agent"),
         since=since,
         until=until,
-        before=int(cursors[-1]) if cursors else None,
+        before=before,
         limit=count(query.get("_count", [])),
     )
 

@@ -16,7 +16,7 @@ from fhir.resources.R4B.consent import Consent
 
 from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
-from fhir_adapter.params import RESULT_PARAMS, values
+from fhir_adapter.params import RESULT_PARAMS, local_id, values
 from storage.query.consents import ConsentRow
 
 SEARCH_PARAMS: dict[str, tuple[str, str]] = {
@@ -66,4 +66,4 @@ def patient_of(query: Mapping[str, list[str]]) -> int:
     if len(set(given)) != 1:
         raise FhirError(400, "patient: one patient (Patient/<id>) is required")
     reference = given[0].removeprefix("Patient/")
-    return int(reference) if reference.isdigit() and len(reference) <= 18 else -1
+    return local_id(reference) or -1

@@ -18,7 +18,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 
 from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
-from fhir_adapter.params import RESULT_PARAMS, date_range, instant, token, values
+from fhir_adapter.params import RESULT_PARAMS, date_range, instant, local_id, token, values
 from storage.dicom.uids import is_uid
 from storage.query.imaging import StudyPage
 
@@ -159,7 +159,7 @@ def patient_of(query: Mapping[str, list[str]]) -> int | None:
     if len(set(given)) > 1:
         raise FhirError(400, "patient: one patient at a time")
     reference = given[0].removeprefix("Patient/")
-    return int(reference) if reference.isdigit() and len(reference) <= 18 else -1
+    return local_id(reference) or -1
 
 
 def _date_key(given: list[str]) -> str:

@@ -22,6 +22,7 @@ from fhir_adapter.outcome import FhirError
 from fhir_adapter.patient import CNP_SYSTEM
 from storage.patients import cnp, names
 from storage.patients.model import LINK, Demographics, Model, Verdict, parse_address
+from storage.patients.persons import issuer_key
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 #: the most matches one answer holds, and the default
@@ -71,7 +72,7 @@ def demographics_of(patient: dict[str, Any]) -> Demographics:
         if system == CNP_SYSTEM:
             national = cnp.valid_for(value, sex=sex, birth_date=birth if len(birth) == 8 else "")
         elif system and value:
-            others.add((_issuer(system), value))
+            others.add((issuer_key(system)[1], value))
     return Demographics(
         names.parse(f"{family}^{given}"),
         birth if len(birth) == 8 and birth.isdigit() else "",
@@ -101,13 +102,6 @@ def with_grade(resource: dict[str, Any], verdict: Verdict, model: Model) -> tupl
         "extension": [{"url": MATCH_GRADE, "valueCode": grade(verdict)}],
     }
     return resource, search
-
-
-def _issuer(system: str) -> str:
-    for prefix in ("urn:oid:", "urn:pacs:issuer:"):
-        if system.startswith(prefix):
-            return system.removeprefix(prefix)
-    return system
 
 
 def _address_text(address: dict[str, Any]) -> str:

@@ -89,6 +89,12 @@ def token(value: str) -> tuple[str | None, str | None]:
     return system, code or None
 
 
+def local_id(text: str) -> int | None:
+    """A row id this server gives in FHIR ids, references and cursors (`Patient/12`: 12), or None
+    for text that cannot be one (what the index's BIGINT keys hold: at most 18 digits)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def count(given: list[str]) -> int:
     if not given:
         return DEFAULT_COUNT

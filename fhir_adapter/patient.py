@@ -19,8 +19,9 @@ from fhir.resources.R4B.patient import Patient
 
 from fhir_adapter.meta import versioned
 from fhir_adapter.outcome import FhirError
-from fhir_adapter.params import date_range, token, values
+from fhir_adapter.params import date_range, local_id, token, values
 from storage.patients.identities import DICOM, ORG
+from storage.patients.persons import issuer_label
 from storage.query.patients import BirthDate, IdentifierMatch, PatientSearch
 
 CNP_SYSTEM = "urn:pacs:national-id:RO-CNP"
@@ -43,11 +44,9 @@ SEARCH_PARAMS: dict[str, tuple[str, str]] = {
 
 def system_of(issuer_kind: str, issuer: str) -> str:
     """The identifier system of an identity's issuer (DESIGN.md "HTTP surface")."""
-    if issuer_kind == ORG:
-        return f"urn:pacs:org:{issuer}"
     if issuer_kind == DICOM:
         return f"urn:oid:{issuer}" if _OID.match(issuer) else f"urn:pacs:issuer:{issuer}"
-    return f"urn:pacs:ae:{issuer}"
+    return issuer_label(issuer_kind, issuer)  # an organization's or an unregistered AE's namespace
 
 
 def resource(row: Any, others: list[Any]) -> dict[str, Any]:
@@ -112,12 +111,7 @@ def search_of(query: Mapping[str, list[str]]) -> PatientSearch:
     for name in query:
         if name not in SEARCH_PARAMS:
             raise FhirError(400, f"unknown search parameter for Patient: {name}")
-    ids = []
-    for value in values("_id", query.get("_id", [])):
-        if not value.isdigit() or len(value) > 18:
-            ids.append(-1)  # an id this server never gives: matches nothing
-        else:
-            ids.append(int(value))
+    ids = [local_id(value) or -1 for value in values("_id", query.get("_id", []))]  # -1: matches nothing
     return PatientSearch(
         ids=tuple(ids),
         family=tuple(values("family", query.get("family", []))),

@@ -30,7 +30,7 @@ from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
 from fhir_adapter.outcome import FHIR_JSON, FhirError
-from fhir_adapter.params import RESULT_PARAMS, count
+from fhir_adapter.params import RESULT_PARAMS, count, local_id
 from storage.access.context import Context
 from storage.access.orgs import get_org, list_orgs
 from storage.access.policy import require_admin
@@ -59,6 +59,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     405: {"description": "A write: the resources are read-only views of the archive", **_OUTCOME},
     406: {"description": "A format other than JSON was asked for", **_OUTCOME},
 }
+#: where the app mounts the router: the FHIR base path
+PREFIX = "/fhir"
 router = APIRouter(tags=["FHIR R4"], default_response_class=FhirJSONResponse, responses=ERRORS)
 
 
@@ -282,10 +284,11 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
     "/Consent/{consent_id:fhirid}", summary="Read a Consent (a patient's sharing choice)", dependencies=[Formatted]
 )
 def read_consent(consent_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
-    if not consent_id.isdigit() or len(consent_id) > 18:
+    wanted = local_id(consent_id)
+    if wanted is None:
         raise FhirError(404, f"no Consent {consent_id}")
     with archive.db.read() as session:
-        row = consents.one(int(consent_id), ctx, session=session)
+        row = consents.one(wanted, ctx, session=session)
     return _read(request, consent.resource(row))
 
 
@@ -315,7 +318,7 @@ def search_consents(
 @router.get("/AuditEvent/{event_id:fhirid}", summary="Read an AuditEvent (admins)", dependencies=[Formatted])
 def read_audit_event(event_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
     require_admin(ctx, "read the audit trail")
-    wanted = int(event_id) if event_id.isdigit() and len(event_id) <= 18 else 0
+    wanted = local_id(event_id) or 0
     found = records.search(archive.db, ctx, records.Filters(before=wanted + 1, limit=1)) if wanted else []
     if not found or found[0]["id"] != wanted:
         raise FhirError(404, f"no AuditEvent {event_id}")
@@ -407,17 +410,19 @@ def _with(search: patients.PatientSearch, after: int | None, limit: int) -> pati
 
 
 def _identity_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    found = local_id(text)
+    if found is None:
         raise FhirError(404, f"no Patient {text}")
-    return int(text)
+    return found
 
 
 def _cursor_id(given: list[str]) -> int | None:
     if not given:
         return None
-    if not given[-1].isdigit() or len(given[-1]) > 18:
+    found = local_id(given[-1])
+    if found is None:
         raise FhirError(400, "_cursor: not a cursor this server gave")
-    return int(given[-1])
+    return found
 
 
 def _note_patient(ctx: Context, patient_id: str) -> None:

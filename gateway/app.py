@@ -32,7 +32,6 @@ from storage.archive import Archive
 from storage.settings import Settings
 
 DICOMWEB = "/dicomweb"
-FHIR = "/fhir"
 
 
 def create_app(settings: Settings | None = None, archive: Archive | None = None) -> FastAPI:
@@ -89,7 +88,7 @@ def _mount_fhir(app: FastAPI) -> None:
     """The FHIR API at /fhir, with this app's request context, archive, base URL and OAuth
     endpoints wired in (DESIGN.md: the gateway passes its auth into the FHIR router). Its
     routes authenticate through the context, all but /fhir/metadata."""
-    app.include_router(fhir.router, prefix=FHIR)
+    app.include_router(fhir.router, prefix=fhir.PREFIX)
     wired = (deps.fhir_context, deps.get_archive, deps.fhir_base, deps.fhir_oauth_uris)
     app.dependency_overrides.update(dict(zip(fhir.WIRING, wired, strict=True)))
 

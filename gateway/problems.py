@@ -12,6 +12,7 @@ from starlette.routing import Match
 
 from fhir_adapter import outcome as fhir_outcome
 from fhir_adapter.outcome import FhirError
+from fhir_adapter.router import PREFIX as FHIR  # errors under it answer OperationOutcomes
 from storage.errors import (
     CannotTranscode,
     Conflict,
@@ -23,8 +24,6 @@ from storage.errors import (
 )
 
 PROBLEM = "application/problem+json"
-#: the FHIR base path: errors under it answer OperationOutcomes (`fhir_adapter.outcome`)
-FHIR = "/fhir"
 _PROBLEM_BODY = {PROBLEM: {"schema": {"type": "object"}}}
 #: what every authenticated route may answer besides its own codes, all as problem details
 COMMON: dict[int | str, dict[str, Any]] = {
