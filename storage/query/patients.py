@@ -11,10 +11,10 @@ are in identity order, after the last identity of the previous page (keyset: no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.access.context import Context
@@ -67,7 +67,6 @@ class PatientSearch:
     #: the page starts after this identity id
     after: int | None = None
     limit: int = 20
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def visible_identity(ctx: Context) -> ColumnElement[bool]:
@@ -138,7 +137,10 @@ def match(
     if not same:
         return []
     rows = session.execute(
-        _select().where(visible_identity(ctx), or_(*same)).order_by(PatientIdentity.id).limit(MAX_COMPARED)
+        _select()
+        .where(visible_identity(ctx), or_(*same))
+        .order_by(*(case((key, 0), else_=1) for key in same), PatientIdentity.id)  # strongest key first,
+        .limit(MAX_COMPARED)  # as the linker's blocks: a frequent name never crowds out the same CNP
     ).all()
     scored = [(row, compare(wanted, demographics_of(row), model)) for row in rows]
     kept = [(row, verdict) for row, verdict in scored if verdict.decision in (LINK, REVIEW)]

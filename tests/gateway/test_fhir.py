@@ -224,6 +224,21 @@ def _fhir_paths() -> list[str]:
     return sorted({"/fhir" + re.sub(r":\w+\}", "}", getattr(r, "path", "")) for r in fhir_router.routes})
 
 
+def test_the_gateway_wires_what_the_fhir_router_leaves_to_its_app(world: World) -> None:
+    """fhir_adapter imports no edge: its request context, archive, base URL and OAuth endpoints
+    are placeholders the mounting app overrides. The gateway overrides each; an app that forgot
+    one fails loudly, naming it, instead of answering without a caller or an archive."""
+    import asyncio
+
+    from fhir_adapter.router import WIRING
+    from gateway.app import create_app
+
+    assert set(WIRING) <= set(create_app(world.gw.settings, world.gw.archive).dependency_overrides)
+    for placeholder in WIRING:
+        with pytest.raises(NotImplementedError, match="the app that mounts the FHIR router wires"):
+            asyncio.run(placeholder())
+
+
 def test_errors_are_operation_outcomes_with_their_status(world: World) -> None:
     assert_outcome(fhir(world, "Observation"), 404, "not-found")
     assert_outcome(fhir(world, "Patient/999999999"), 404, "not-found")
