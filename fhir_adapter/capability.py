@@ -1,8 +1,9 @@
 """The CapabilityStatement (`/fhir/metadata`), derived from the routes the app serves.
 
 Nothing here is kept by hand beside the routes: the resource types and their interactions are
-read from the FHIR router's routes (`GET /X/{id}` is read, `GET /X` is search-type,
-`POST /X/$op` is an operation, paths relative to the FHIR base), and each type's search parameters from the
+read from the FHIR router's routes (`GET /X/{id}` is read, `PUT` update, `DELETE` delete,
+`GET /X` is search-type, `POST /X` create, `POST /X/$op` an operation, paths relative to the
+FHIR base), and each type's search parameters from the
 module that parses them (`SEARCH_PARAMS`, which also refuses any other). So a route added or
 removed changes the statement, and a test compares the two.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from starlette.routing import BaseRoute
 
-from fhir_adapter import audit_event, consent, directory, imaging_study, patient
+from fhir_adapter import audit_event, consent, directory, imaging_study, patient, subscription
 
 FHIR_VERSION = "4.0.1"
 #: each type's search parameters: name -> (FHIR type, what it matches)
@@ -27,6 +28,7 @@ SEARCH_PARAMS: dict[str, Mapping[str, tuple[str, str]]] = {
     "Organization": directory.SEARCH_PARAMS["Organization"],
     "Consent": consent.SEARCH_PARAMS,
     "AuditEvent": audit_event.SEARCH_PARAMS,
+    "Subscription": subscription.SEARCH_PARAMS,
 }
 INCLUDES = {"ImagingStudy": ["ImagingStudy:patient"]}
 #: the canonical definitions of the operations served
@@ -36,10 +38,21 @@ OPERATIONS = {
 }
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
-_WRITES = (
-    "Every resource is a view of what DICOM senders stored and of the patient index: create, "
-    "update, patch and delete are answered 405 with an OperationOutcome."
+_READ_ONLY = (
+    "A view of what DICOM senders stored and of the patient index: create, update, patch and "
+    "delete are answered 405 with an OperationOutcome."
 )
+#: what a type whose writes are served says of them
+DOCUMENTATION = {
+    "Subscription": "Integrators and admins create, update and delete their organization's Subscriptions: "
+    "channel rest-hook (headers and an application/fhir+json payload optional), criteria an ImagingStudy "
+    "search. A study is notified once no instance has arrived for PACS_SUBSCRIPTION_QUIET seconds, and "
+    "only if the subscription's owner may see it.",
+}
+
+
+#: an instance path's method -> the interaction it serves
+_INSTANCE = {"GET": "read", "PUT": "update", "DELETE": "delete"}
 
 
 def interactions(routes: Iterable[BaseRoute]) -> dict[str, dict[str, list[str]]]:
@@ -57,8 +70,10 @@ def interactions(routes: Iterable[BaseRoute]) -> dict[str, dict[str, list[str]]]
             kinds["interaction"].append("search-type")
         elif len(parts) == 2 and parts[1].startswith("$"):
             kinds["operation"].append(parts[1][1:])
-        elif len(parts) == 2 and parts[1].startswith("{") and "GET" in methods:
-            kinds["interaction"].append("read")
+        elif len(parts) == 1 and "POST" in methods:
+            kinds["interaction"].append("create")
+        elif len(parts) == 2 and parts[1].startswith("{"):
+            kinds["interaction"].extend(_INSTANCE[m] for m in sorted(methods) if m in _INSTANCE)
     return found
 
 
@@ -74,7 +89,7 @@ def capability_statement(routes: Iterable[BaseRoute], base: str, oauth: Mapping[
             "readHistory": False,
             "updateCreate": False,
             "conditionalRead": "not-match",
-            "documentation": _WRITES,
+            "documentation": DOCUMENTATION.get(resource_type, _READ_ONLY),
         }
         params = SEARCH_PARAMS.get(resource_type, {})
         if "search-type" in kinds["interaction"] and params:

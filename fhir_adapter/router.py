@@ -8,8 +8,10 @@ context, so none can answer without a token; storage decides visibility, and an 
 resource is absent (404), as on DICOMweb.
 
 Searches page on keysets (`_cursor`: the last identity id or Study Instance UID of the page), so
-a next page reads no skipped rows. Writes are not served: the resources are views of what DICOM
-senders stored, and the routes' 405 says so (and the CapabilityStatement lists no write).
+a next page reads no skipped rows. The resources are views of what DICOM senders stored, so
+their writes are answered 405 (and the CapabilityStatement lists none); Subscription, the one
+resource a client makes, is created, updated and deleted here (`storage.workflow.subscriptions`),
+and notified from `fhir_adapter.notify`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import JSONResponse
 
-from fhir_adapter import audit_event, consent, directory, imaging_study, match, patient, pix
+from fhir_adapter import audit_event, consent, directory, imaging_study, match, patient, pix, subscription
 from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
@@ -41,6 +43,7 @@ from storage.errors import NotFound
 from storage.patients.linker import model_of
 from storage.query import consents, imaging, patients
 from storage.query.search import Query
+from storage.workflow import subscriptions
 
 
 class FhirJSONResponse(JSONResponse):
@@ -198,20 +201,20 @@ def _matches(archive: Archive, ctx: Context, wanted: Any, model: Any, limit: int
         return patients.match(wanted, ctx, session=session, model=model, limit=limit)
 
 
-#: the largest `$match` request body read
-MAX_MATCH_BODY = 64 * 1024
+#: the largest request body read (`$match`, a Subscription)
+MAX_BODY = 64 * 1024
 
 
 async def _json_body(request: Request) -> Any:
-    """The request's JSON, at most `MAX_MATCH_BODY` bytes."""
+    """The request's JSON, at most `MAX_BODY` bytes."""
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind not in (FHIR_JSON, "application/json"):
         raise FhirError(415, f"the body must be {FHIR_JSON}")
     data = b""
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_MATCH_BODY:
-            raise FhirError(413, f"the body is over {MAX_MATCH_BODY} bytes", code="too-costly")
+        if len(data) > MAX_BODY:
+            raise FhirError(413, f"the body is over {MAX_BODY} bytes", code="too-costly")
     try:
         return json.loads(data)
     except ValueError:
@@ -384,6 +387,114 @@ def search_organizations(request: Request, ctx: Ctx, archive: Arch, base: Base) 
     return _answer(searchset(base, "Organization", request.query_params.multi_items(), matches, len(matches), None))
 
 
+_SUBSCRIPTION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {FHIR_JSON: {"schema": {"type": "object", "description": "a Subscription resource"}}},
+    }
+}
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "A body over 64 KiB", **_OUTCOME},
+    415: {"description": "A body that is not FHIR JSON", **_OUTCOME},
+    422: {"description": "A Subscription this server cannot serve as asked; the diagnostics say why", **_OUTCOME},
+}
+
+
+@router.post(
+    "/Subscription",
+    summary="Create a Subscription (rest-hook on ImagingStudy; integrators and admins)",
+    status_code=201,
+    openapi_extra=_SUBSCRIPTION_BODY,
+    dependencies=[Formatted],
+    responses=_BODY_ERRORS,
+)
+async def create_subscription(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    spec = subscription.spec_of(await _json_body(request), archive.settings.subscription_endpoints)
+    record = await run_in_threadpool(_create_subscription, archive, ctx, spec)
+    resource = subscription.resource(record)
+    response = _answer(resource, status=201)
+    response.headers["Location"] = f"{base}/Subscription/{record.id}/_history/{resource['meta']['versionId']}"
+    response.headers["ETag"] = etag(resource)
+    return response
+
+
+@router.get("/Subscription/{subscription_id:fhirid}", summary="Read a Subscription", dependencies=[Formatted])
+def read_subscription(subscription_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    wanted = _subscription_id(subscription_id)
+    with archive.db.read() as session:
+        record = subscriptions.get(session, ctx, wanted)
+    return _read(request, subscription.resource(record))
+
+
+@router.put(
+    "/Subscription/{subscription_id:fhirid}",
+    summary="Update a Subscription (status active again resumes an errored one)",
+    openapi_extra=_SUBSCRIPTION_BODY,
+    dependencies=[Formatted],
+    responses={**_BODY_ERRORS, 410: {"description": "The Subscription was deleted", **_OUTCOME}},
+)
+async def update_subscription(subscription_id: FhirId, request: Request, ctx: Ctx, archive: Arch) -> Response:
+    wanted = _subscription_id(subscription_id)
+    body = await _json_body(request)
+    if not isinstance(body, dict) or body.get("id") != subscription_id:
+        raise FhirError(400, f"the body's id must be the one in the URL ({subscription_id})")
+    spec = subscription.spec_of(body, archive.settings.subscription_endpoints)
+    record = await run_in_threadpool(_replace_subscription, archive, ctx, wanted, spec)
+    resource = subscription.resource(record)
+    response = _answer(resource)
+    response.headers["ETag"] = etag(resource)
+    return response
+
+
+@router.delete(
+    "/Subscription/{subscription_id:fhirid}",
+    summary="Delete a Subscription: no more notifications",
+    status_code=204,
+    dependencies=[Formatted],
+    responses={410: {"description": "The Subscription was deleted already", **_OUTCOME}},
+)
+def delete_subscription(subscription_id: FhirId, ctx: Ctx, archive: Arch) -> Response:
+    wanted = _subscription_id(subscription_id)
+    with archive.db.write() as session:
+        subscriptions.delete(session, ctx, wanted)
+    return Response(status_code=204)
+
+
+@router.get("/Subscription", summary="Search Subscriptions (its organization's)", dependencies=[Formatted])
+def search_subscriptions(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
+    query = _query(request)
+    _known(query, subscription.SEARCH_PARAMS, "Subscription")
+    statuses = query.get("status", [])
+    with archive.db.read() as session:
+        found = subscriptions.search(session, ctx, status=statuses[-1] if statuses else None, limit=MAX_SUBSCRIPTIONS)
+    matches = [subscription.resource(r) for r in found]
+    total = len(matches) if len(matches) < MAX_SUBSCRIPTIONS else None  # more than listed: not counted
+    return _answer(searchset(base, "Subscription", request.query_params.multi_items(), matches, total, None))
+
+
+#: the most Subscriptions a search lists (an organization holds at most 100; an admin sees all)
+MAX_SUBSCRIPTIONS = 1000
+
+
+def _create_subscription(archive: Archive, ctx: Context, spec: subscriptions.Spec) -> subscriptions.Record:
+    with archive.db.write() as session:
+        return subscriptions.create(session, ctx, spec)
+
+
+def _replace_subscription(
+    archive: Archive, ctx: Context, wanted: int, spec: subscriptions.Spec
+) -> subscriptions.Record:
+    with archive.db.write() as session:
+        return subscriptions.replace(session, ctx, wanted, spec)
+
+
+def _subscription_id(text: str) -> int:
+    found = local_id(text)
+    if found is None:
+        raise FhirError(404, f"no Subscription {text}")
+    return found
+
+
 def _query(request: Request) -> dict[str, list[str]]:
     """The request's parameters, name -> values; the format parameter aside (`_fhir_format`)."""
     found: dict[str, list[str]] = {}
@@ -460,5 +571,5 @@ def _read(request: Request, resource: dict[str, Any]) -> Response:
     return response
 
 
-def _answer(resource: dict[str, Any]) -> JSONResponse:
-    return FhirJSONResponse(resource)
+def _answer(resource: dict[str, Any], status: int = 200) -> JSONResponse:
+    return FhirJSONResponse(resource, status_code=status)

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from fhir_adapter import notify
 from fhir_adapter import router as fhir
 from gateway import deps, health, problems
 from gateway.api import audit as audit_api
@@ -42,7 +43,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        notifier = notify.start(arch)  # FHIR Subscriptions: matched and sent by every gateway process
         yield
+        notifier.stop()
         if owned:
             arch.close()
 

@@ -16,6 +16,7 @@ from fhir_adapter.router import PREFIX as FHIR  # errors under it answer Operati
 from storage.errors import (
     CannotTranscode,
     Conflict,
+    Gone,
     NotAuthorized,
     NotFound,
     OutOfResources,
@@ -53,6 +54,8 @@ def problem(
 def http_status(exc: StorageError) -> int:
     if isinstance(exc, RejectedInput):
         return 400
+    if isinstance(exc, Gone):
+        return 410
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, CannotTranscode):
@@ -110,7 +113,7 @@ def _fhir_detail(request: Request, exc: StarletteHTTPException) -> str:
         kind = request.url.path[len(FHIR) + 1 :].split("/")[0]
         return f"no such resource, resource type or operation: {kind[:64]!r} with this path"
     if exc.status_code == 405:
-        return f"{request.method} is not supported here: the resources are read-only views of the archive"
+        return f"{request.method} is not supported here (the resources but Subscription are read-only views)"
     return str(exc.detail)
 
 

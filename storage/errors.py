@@ -116,6 +116,12 @@ class NotFound(StorageError):
     reason = "not_found"
 
 
+class Gone(NotFound):
+    """A resource that existed and was deleted (HTTP 410): a deleted FHIR Subscription."""
+
+    reason = "gone"
+
+
 class Conflict(StorageError):
     """The request contradicts what the archive holds (HTTP 409)."""
 

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     #: study or an open worklist step, unless the person opted out (DESIGN.md); false: shares only
     care_relationship: bool = True
 
+    #: FHIR Subscriptions (`storage.workflow.subscriptions`): seconds without a new instance
+    #: after which a study counts as arrived and is notified (Orthanc's StableAge, 60 there);
+    #: the first retry's wait, doubling up to the longest; failed sends in a row that put a
+    #: subscription in status error; the URL prefixes a rest-hook may post to (empty: any
+    #: http or https URL)
+    subscription_quiet: float = Field(default=10.0, ge=0, le=86400)
+    subscription_retry: float = Field(default=5.0, gt=0, le=3600)
+    subscription_retry_max: float = Field(default=600.0, gt=0, le=86400)
+    subscription_failures: int = Field(default=8, ge=1, le=1000)
+    subscription_endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     log_level: str = "INFO"
     #: set by `pacs serve` when worker processes share Prometheus metrics through files
     metrics_dir: Path | None = None
@@ -103,7 +114,7 @@ class Settings(BaseSettings):
             raise ValueError("PACS_MPI_REVIEW_AT must not be above PACS_MPI_LINK_AT")
         return self
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "subscription_endpoints", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -259,7 +259,8 @@ class Study(Base):
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     attrs_json: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: indexed (migration 0012): FHIR's `_lastUpdated` and the Subscription matcher read by it
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class StudyOwner(Base):
@@ -451,6 +452,62 @@ class CommitmentRequest(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Subscription(Base):
+    """A FHIR Subscription: a provider's system is told (a rest-hook POST) when a study it may
+    see and that matches `criteria` has arrived (`storage.workflow.subscriptions`).
+
+    Owned by the principal that created it (`owner_*`): what it is told of is what that principal
+    may see, decided when a study is matched and again when the notification is sent. Studies
+    changed up to `checked_until` have been matched; `failures` counts failed sends in a row.
+    A deleted subscription keeps its row (`deleted_at`), so that a read of it answers 410.
+    """
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    owner_sub: Mapped[str] = mapped_column(String(256))
+    owner_org: Mapped[str | None] = mapped_column(String(64), index=True)
+    owner_roles: Mapped[str] = mapped_column(String(128), default="")  # comma-separated
+    status: Mapped[str] = mapped_column(String(16))  # active, error, off
+    reason: Mapped[str] = mapped_column(Text, default="")
+    criteria: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(Text)
+    headers: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of "Name: value"
+    payload: Mapped[str] = mapped_column(String(64), default="")  # "" (a ping) or a media type
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str] = mapped_column(Text, default="")
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    checked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SubscriptionDelivery(Base):
+    """One notification of one subscription about one version of a study (its `updated_at`),
+    from matched to delivered: the record of deliveries. Any process sends a due one after
+    claiming it (`claimed_by` = host:pid until `claimed_until`), as commitment reports are."""
+
+    __tablename__ = "subscription_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "study_uid", "study_version", name="uq_subscription_delivery"),
+        Index("ix_subscription_deliveries_due", "state", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    study_version: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, dropped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ScheduledProcedureStep(Base):

@@ -27,11 +27,14 @@ from storage.query.search import Query, filters_of
 #: the most studies one page holds, and the most instances one page lists in all
 MAX_PAGE = 100
 MAX_INSTANCES = 20_000
+#: the most changed studies one Subscription round takes (the next round goes on from there)
+MAX_CHANGED = 500
 
 _STUDY = (
     Study.id,
     Study.study_uid,
     Study.identity_id,
+    Study.patient_id,
     Study.study_date,
     Study.study_time,
     Study.accession_number,
@@ -91,6 +94,34 @@ def count(
     conditions = [visible_to(ctx), *_conditions(query, ctx, patient), *_updated(updated)]
     stmt = select(func.count()).select_from(Study).where(*conditions)
     return int(session.scalar(stmt) or 0)
+
+
+def changed(
+    query: Query,
+    ctx: Context,
+    *,
+    session: Session,
+    since: datetime,
+    until: datetime,
+    patient: int | None = None,
+    limit: int = MAX_CHANGED,
+) -> list[tuple[str, datetime]]:
+    """(Study Instance UID, last change) of up to `limit` studies `ctx` may see that match
+    `query` and last changed in (since, until], oldest change first: what a FHIR Subscription
+    is told of (`storage.workflow.subscriptions`)."""
+    conditions = [
+        visible_to(ctx),
+        *_conditions(query, ctx, patient),
+        Study.updated_at > since,
+        Study.updated_at <= until,
+    ]
+    stmt = (
+        select(Study.study_uid, Study.updated_at)
+        .where(*conditions)
+        .order_by(Study.updated_at, Study.id)
+        .limit(max(0, min(limit, MAX_CHANGED)))
+    )
+    return [(row.study_uid, row.updated_at) for row in session.execute(stmt)]
 
 
 def one(study_uid: str, ctx: Context, *, session: Session) -> StudyPage:

@@ -42,10 +42,11 @@ from storage.patients import consent, persons
 from storage.patients.linker import link_pending
 from storage.patients.model import Model
 from storage.settings import Settings
+from storage.workflow import subscriptions
 from tests.kit import dicom_factory as f
 from tests.kit.backends import BACKENDS, module_archive
 from tests.kit.dicomweb import Gateway, serve_gateway
-from tests.kit.principals import ADMIN, CLINIC_B, CLINICIAN_B, CT_A, HOSP_A, US_B, ctx
+from tests.kit.principals import ADMIN, CLINIC_B, CLINICIAN_B, CT_A, HOSP_A, INTEGRATOR_B, US_B, ctx
 from tests.kit.seed import seed
 
 THIRD, CLOSED = "third-d", "closed-c"
@@ -195,6 +196,13 @@ def expected(method: str, path: str, caller: str) -> str:
             return ALLOWED  # searches: what they answer is checked for leaks
     if path.startswith("/fhir/AuditEvent"):
         return FORBIDDEN  # the audit trail: admins only
+    if path.startswith("/fhir/Subscription"):  # an organization's own; integrators manage them
+        manager = caller == "integrator-a"
+        if method == "GET":
+            return ALLOWED if path == "/fhir/Subscription" or caller == "clinician-b" else HIDDEN
+        if path == "/fhir/Subscription":
+            return ALLOWED if manager else FORBIDDEN  # a POST makes the caller's own
+        return HIDDEN if manager else FORBIDDEN
     if path.startswith("/fhir/"):  # reads only; searches are checked for leaks
         if path in (
             "/fhir/Patient/{patient_id}",
@@ -253,6 +261,7 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         "endpoint_id": "dicomweb",
         "event_id": "1",
         "consent_id": str(987654321 if missing else _consent_of(w, PATIENT_B[1])),
+        "subscription_id": str(987654321 if missing or "{subscription_id}" not in path else _subscription_of(w)),
         "candidate_id": str(987654321 if missing or "{candidate_id}" not in path else _fresh_candidate(w)),
     }
     url = w.gateway.url + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
@@ -276,6 +285,8 @@ def _request(world: World, method: str, path: str, headers: dict[str, str], *, m
         )
         headers = {**headers, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
         body = {"content": content}
+    elif path == "/fhir/Subscription/{subscription_id}" and method == "PUT":
+        body = {"json": {**_subscription_body(), "id": values["subscription_id"]}}
     elif method in ("POST", "PATCH", "PUT"):
         body = {"json": _json_body(method, path, study)}
     response = httpx.request(method, url, params=params, headers=headers, timeout=30, **body)
@@ -310,7 +321,30 @@ def _json_body(method: str, path: str, study: str) -> dict[str, Any]:
         family, given = PATIENT_B[0].split("^")
         patient = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "birthDate": "1980-01-01"}
         return {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient}]}
+    if path == "/fhir/Subscription":
+        return _subscription_body()
     raise AssertionError(f"{method} {path}: no request body for it in the access matrix")
+
+
+def _subscription_body() -> dict[str, Any]:
+    """A Subscription to nowhere, switched off (the matrix's gateway would otherwise send)."""
+    return {
+        "resourceType": "Subscription",
+        "status": "off",
+        "reason": "new studies",
+        "criteria": "ImagingStudy?modality=US",
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"},
+    }
+
+
+def _subscription_of(world: World) -> int:
+    """A live Subscription of clinic-b (an admin's delete in an earlier cell ended the last one)."""
+    with world.gateway.archive.db.write() as session:
+        live = subscriptions.search(session, ctx(INTEGRATOR_B), limit=1)
+        if live:
+            return live[0].id
+        spec = subscriptions.Spec(criteria="ImagingStudy", endpoint="http://127.0.0.1:9/hook", status="off")
+        return subscriptions.create(session, ctx(INTEGRATOR_B), spec).id
 
 
 def _ref(org: str, patient_id: str) -> dict[str, str]:

@@ -177,6 +177,7 @@ def test_metadata_is_open_and_lists_exactly_what_is_served(world: World) -> None
         "ImagingStudy": ["read", "search-type"],
         "Organization": ["read", "search-type"],
         "Patient": ["read", "search-type"],
+        "Subscription": ["create", "delete", "read", "search-type", "update"],
     }
     assert served["ImagingStudy"]["searchInclude"] == ["ImagingStudy:patient"]
     assert [o["name"] for o in served["Patient"]["operation"]] == ["ihe-pix", "match"]
@@ -203,25 +204,41 @@ SAMPLES = {
 
 
 def test_every_route_but_metadata_needs_a_token(world: World) -> None:
-    routes = _fhir_paths()
-    assert len(routes) >= 8
-    assert_outcome(httpx.post(f"{world.gw.url}/fhir/Patient/$match", json={}), 401, "login")
-    for path in [p for p in routes if not p.endswith("$match")]:  # a POST, above
+    routes = _fhir_routes()
+    assert len(routes) >= 12
+    for path, method in routes:
         concrete = path.replace("$ihe-pix", "$ihe-pix?sourceIdentifier=urn:pacs:org:hosp-a|H-ANA")
-        concrete = (
-            concrete.replace("{patient_id}", "1").replace("{study}", "1.2.3").replace("{endpoint_id}", "dicomweb")
-        )
-        concrete = concrete.replace("{org_id}", "hosp-a").replace("{consent_id}", "1").replace("{event_id}", "1")
-        answer = httpx.get(f"{world.gw.url}{concrete}")
+        for name, value in PATH_SAMPLES.items():
+            concrete = concrete.replace(name, value)
+        body = {"json": {"resourceType": "Subscription"}} if method in ("POST", "PUT") else {}
+        answer = httpx.request(method, f"{world.gw.url}{concrete}", **body)  # type: ignore[arg-type]
         if path == "/fhir/metadata":
             assert answer.status_code == 200
         else:
             assert_outcome(answer, 401, "login")
 
 
-def _fhir_paths() -> list[str]:
-    """Every route of the FHIR router, as mounted."""
-    return sorted({"/fhir" + re.sub(r":\w+\}", "}", getattr(r, "path", "")) for r in fhir_router.routes})
+#: a value for each path parameter of the FHIR routes
+PATH_SAMPLES = {
+    "{patient_id}": "1",
+    "{study}": "1.2.3",
+    "{endpoint_id}": "dicomweb",
+    "{org_id}": "hosp-a",
+    "{consent_id}": "1",
+    "{event_id}": "1",
+    "{subscription_id}": "1",
+}
+
+
+def _fhir_routes() -> list[tuple[str, str]]:
+    """(path, method) of every route of the FHIR router, as mounted."""
+    return sorted(
+        {
+            ("/fhir" + re.sub(r":\w+\}", "}", getattr(r, "path", "")), method)
+            for r in fhir_router.routes
+            for method in getattr(r, "methods", set())
+        }
+    )
 
 
 def test_the_gateway_wires_what_the_fhir_router_leaves_to_its_app(world: World) -> None:

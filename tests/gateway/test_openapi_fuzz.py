@@ -140,6 +140,10 @@ REFUSED_BY_RULES_OUTSIDE_THE_SCHEMA: list[tuple[str, tuple[int, ...]]] = [
     (r"^/fhir/Patient/\$ihe-pix$", (400,)),
     # a Parameters resource with a Patient: FHIR's structure, which the description does not carry
     (r"^/fhir/Patient/\$match$", (400,)),
+    # a Subscription resource (FHIR's structure) whose criteria this server can match, to an
+    # http(s) endpoint: 400 and 422, which the description cannot carry either; a 410 for a
+    # deleted one (the description says it)
+    (r"^/fhir/Subscription(/\{subscription_id\})?$", (400, 410, 422)),
 ]
 
 

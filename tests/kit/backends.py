@@ -48,16 +48,17 @@ def make_settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str, 
     return settings_for(tmp_path / "var", database_url=db, s3=request.getfixturevalue("s3_settings"), **extra)
 
 
-def module_settings(request: pytest.FixtureRequest, tmp: Path) -> tuple[Settings, Callable[[], None]]:
+def module_settings(request: pytest.FixtureRequest, tmp: Path, **extra: object) -> tuple[Settings, Callable[[], None]]:
     """Settings for one backend pair that live as long as a module, and how to clean up.
 
     For test modules that only search: they share one database per backend instead of one per
     test, so their archive is stored once (STYLE rule 20 allows a database per session).
     """
     if request.param == "sqlite-fs":
-        return settings_for(tmp / "var"), lambda: None
+        return settings_for(tmp / "var", **extra), lambda: None
     url, drop = new_database(request.getfixturevalue("postgres_url"))
-    return settings_for(tmp / "var", database_url=url, s3=request.getfixturevalue("s3_settings")), drop
+    s3 = request.getfixturevalue("s3_settings")
+    return settings_for(tmp / "var", database_url=url, s3=s3, **extra), drop
 
 
 @contextmanager
@@ -72,9 +73,9 @@ def migrated_archive(settings: Settings) -> Iterator[Archive]:
 
 
 @contextmanager
-def module_archive(request: pytest.FixtureRequest, tmp: Path) -> Iterator[tuple[Settings, Archive]]:
+def module_archive(request: pytest.FixtureRequest, tmp: Path, **extra: object) -> Iterator[tuple[Settings, Archive]]:
     """A migrated archive of one backend pair for a module's tests, closed and dropped after."""
-    settings, drop = module_settings(request, tmp)
+    settings, drop = module_settings(request, tmp, **extra)
     try:
         with migrated_archive(settings) as archive:
             yield settings, archive
