@@ -5,7 +5,7 @@ R4 AuditEvent shaped after IHE BALP where the record allows: the DICOM event of 
 (`storage.audit.atna.classify`, as the ATNA messages carry it) as `type` and `subtype`, the
 action code, the outcome (0, 4, 8), the requestor agent (the token's subject or the calling AE,
 its organization, its address), the patient and the study as entities, an emergency access's
-reason as the purpose of use (ETREAT). Newest first, paged on the record id (`_cursor`).
+reason as the purpose of use (ETREAT). Newest first, paged on the record id (`_cursor`, `_before`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from fhir_adapter.meta import fhir_instant, versioned
 from fhir_adapter.outcome import FhirError
-from fhir_adapter.params import RESULT_PARAMS, count, date_range, local_id, values
+from fhir_adapter.params import RESULT_PARAMS, Cursors, count, date_range, local_id, values
 from storage.audit import atna
 from storage.audit.records import Filters
 
@@ -116,9 +116,9 @@ def filters_of(query: Mapping[str, list[str]]) -> Filters:
     study = _last(query, "entity-identifier")
     if study is not None:
         study = study.split("|", 1)[-1].removeprefix("urn:oid:")
-    cursors = query.get("_cursor", [])
-    before = local_id(cursors[-1]) if cursors else None
-    if cursors and before is None:
+    at = Cursors.of(query)
+    before, after = (local_id(c) if c is not None else None for c in (at.after, at.before))
+    if (at.after is not None and before is None) or (at.before is not None and after is None):
         raise FhirError(400, "_cursor: not a cursor this server gave")
     return Filters(
         patient=_last(query, "patient"),
@@ -126,7 +126,8 @@ def filters_of(query: Mapping[str, list[str]]) -> Filters:
         actor=_last(query, "agent"),
         since=since,
         until=until,
-        before=before,
+        before=before,  # newest first: the next page holds older records, the previous newer ones
+        after=after,
         limit=count(query.get("_count", [])),
     )
 

@@ -1,4 +1,4 @@
-"""searchset Bundles: matches, included resources, `total`, and `self`/`next` links on keyset cursors."""
+"""searchset Bundles: matches, included resources, `total`, and `self`/`next`/`previous` links on keyset cursors."""
 
 from __future__ import annotations
 
@@ -17,17 +17,22 @@ def searchset(
     cursor: str | None,
     included: list[dict[str, Any]] | None = None,
     searches: list[dict[str, Any]] | None = None,
+    previous: str | None = None,
 ) -> dict[str, Any]:
-    """A searchset Bundle of `matches` (and `included`), with `next` continuing after `cursor`.
+    """A searchset Bundle of `matches` (and `included`), with `next` continuing after `cursor`
+    and `previous` ending before `previous`.
 
     `searches` replaces the matches' `search` (a score and a grade, `$match`). `query` is the
-    request's own parameters; the next page's link is the same search with the
-    cursor of this page's last match (`_cursor`), so paging reads no skipped rows.
+    request's own parameters; the next page's link is the same search with the cursor of this
+    page's last match (`_cursor`), the previous page's with its first match's (`_before`), so
+    paging either way reads no skipped rows.
     """
-    own = [(k, v) for k, v in query if k != "_cursor"]
+    own = [(k, v) for k, v in query if k not in ("_cursor", "_before")]
     links = [{"relation": "self", "url": _url(base, resource_type, query)}]
     if cursor is not None:
         links.append({"relation": "next", "url": _url(base, resource_type, [*own, ("_cursor", cursor)])})
+    if previous is not None:
+        links.append({"relation": "previous", "url": _url(base, resource_type, [*own, ("_before", previous)])})
     entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or []]
     for entry, search in zip(entries, searches or [], strict=False):  # `$match`: score and grade
         entry["search"] = search

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,9 +24,10 @@ MAX_VALUES = 20
 MAX_VALUE = 256
 DEFAULT_COUNT, MAX_COUNT = 20, 100
 #: result parameters every search takes besides its filters (FHIR R4 3.1.1.5): the page size, this
-#: server's keyset cursor, and how to count (`_total`; fhirpy's `.count()` sends `_totalMethod`),
+#: server's keyset cursors (`_cursor`: the page after that match; `_before`: the page before it,
+#: what a `previous` link names), and how to count (`_total`; fhirpy's `.count()` sends `_totalMethod`),
 #: which change how the matches are shown, never which match (the total is always exact)
-RESULT_PARAMS = frozenset({"_count", "_cursor", "_total", "_totalMethod"})
+RESULT_PARAMS = frozenset({"_count", "_cursor", "_before", "_total", "_totalMethod"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +106,32 @@ def count(given: list[str]) -> int:
     if wanted < 0:
         raise FhirError(400, "_count: must not be negative")
     return min(wanted, MAX_COUNT)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursors:
+    """Where a page starts: after the match `after` (a `next` link), or it is the page that ends
+    just before the match `before` (a `previous` link); neither: the first page."""
+
+    after: str | None = None
+    before: str | None = None
+
+    @classmethod
+    def of(cls, query: Mapping[str, list[str]]) -> Cursors:
+        after, before = query.get("_cursor", []), query.get("_before", [])
+        if after and before:
+            raise FhirError(400, "_cursor and _before: one direction at a time")
+        for given in (after, before):
+            if given and (len(given[-1]) > MAX_VALUE or not given[-1].isprintable()):
+                raise FhirError(400, "_cursor: not a cursor this server gave")
+        return cls(after[-1] if after else None, before[-1] if before else None)
+
+    def links(self, first: str | None, last: str | None, *, more: bool) -> tuple[str | None, str | None]:
+        """The (next, previous) cursors of a page whose first and last matches are `first` and
+        `last` (None: an empty page), `more` telling whether matches lie beyond it in the
+        direction it was read (after it, or before it for a `_before` page)."""
+        if first is None or last is None:
+            return None, None
+        if self.before is not None:
+            return last, first if more else None
+        return last if more else None, first if self.after is not None else None

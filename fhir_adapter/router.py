@@ -32,7 +32,7 @@ from fhir_adapter.bundle import searchset
 from fhir_adapter.capability import capability_statement
 from fhir_adapter.meta import etag
 from fhir_adapter.outcome import FHIR_JSON, FhirError
-from fhir_adapter.params import RESULT_PARAMS, count, local_id
+from fhir_adapter.params import RESULT_PARAMS, Cursors, count, local_id
 from storage.access.context import Context
 from storage.access.orgs import get_org, list_orgs
 from storage.access.policy import require_admin
@@ -239,15 +239,18 @@ def search_patients(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Re
     query = _query(request)
     search = patient.search_of(_filters(query))
     limit = count(query.get("_count", []))
-    after = _cursor_id(query.get("_cursor", []))
+    at = Cursors.of(query)
+    after, before = _row_id(at.after), _row_id(at.before)
     with archive.db.read(per_statement=True) as session:
-        rows = patients.search(_with(search, after, limit), ctx, session=session)
+        rows = patients.search(replace(search, after=after, before=before, limit=limit), ctx, session=session)
         total = patients.count(search, ctx, session=session)
-        page = rows[:limit]
+        page = rows[-limit:] if before is not None and limit else rows[:limit]
         others = patients.linked(page, ctx, session=session)
     matches = [patient.resource(row, others.get(row.id, [])) for row in page]
-    cursor = str(page[-1].id) if len(rows) > limit and page else None
-    return _answer(searchset(base, "Patient", request.query_params.multi_items(), matches, total, cursor))
+    ends = (str(page[0].id), str(page[-1].id)) if page else (None, None)
+    following, previous = at.links(*ends, more=len(rows) > limit)
+    own = request.query_params.multi_items()
+    return _answer(searchset(base, "Patient", own, matches, total, following, previous=previous))
 
 
 @router.get(
@@ -265,22 +268,31 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
     keys, updated = imaging_study.keys_of(query)
     subject = imaging_study.patient_of(query)
     limit = count(query.get("_count", []))
-    cursors = query.get("_cursor", [])
-    after = cursors[-1] if cursors else None
-    if after is not None and not is_uid(after):
+    at = Cursors.of(query)
+    if not all(is_uid(c) for c in (at.after, at.before) if c is not None):
         raise FhirError(400, "_cursor: not a cursor this server gave")
     wanted = Query("STUDY", keys)
     with archive.db.read(per_statement=True) as session:
-        found = imaging.page(wanted, ctx, session=session, limit=limit, after=after, updated=updated, patient=subject)
+        found = imaging.page(
+            wanted,
+            ctx,
+            session=session,
+            limit=limit,
+            after=at.after,
+            before=at.before,
+            updated=updated,
+            patient=subject,
+        )
         total = imaging.count(wanted, ctx, session=session, updated=updated, patient=subject)
         included = _included(query, found, ctx, session)
     for row in found.studies:
         if ctx.note is not None:
             ctx.note.study(row.study_uid)
     matches = [imaging_study.resource(row, found) for row in found.studies]
-    cursor = found.studies[-1].study_uid if found.more and found.studies else None
+    ends = (found.studies[0].study_uid, found.studies[-1].study_uid) if found.studies else (None, None)
+    following, previous = at.links(*ends, more=found.more)
     own = request.query_params.multi_items()
-    return _answer(searchset(base, "ImagingStudy", own, matches, total, cursor, included))
+    return _answer(searchset(base, "ImagingStudy", own, matches, total, following, included, previous=previous))
 
 
 @router.get(
@@ -331,13 +343,17 @@ def read_audit_event(event_id: FhirId, request: Request, ctx: Ctx, archive: Arch
 @router.get("/AuditEvent", summary="Search the audit trail (admins)", dependencies=[Formatted])
 def search_audit_events(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
     require_admin(ctx, "read the audit trail")
-    filters = audit_event.filters_of(_query(request))
+    query = _query(request)
+    filters = audit_event.filters_of(query)
+    at = Cursors.of(query)
     found = records.search(archive.db, ctx, replace(filters, limit=filters.limit + 1))
-    page = found[: filters.limit]
-    cursor = str(page[-1]["id"]) if len(found) > filters.limit and page else None
+    limit = filters.limit
+    page = found[-limit:] if filters.after is not None and limit else found[:limit]
+    ends = (str(page[0]["id"]), str(page[-1]["id"])) if page else (None, None)
+    following, previous = at.links(*ends, more=len(found) > limit)
     matches = [audit_event.resource(r) for r in page]
     own = request.query_params.multi_items()
-    return _answer(searchset(base, "AuditEvent", own, matches, None, cursor))
+    return _answer(searchset(base, "AuditEvent", own, matches, None, following, previous=previous))
 
 
 @router.get("/Endpoint/{endpoint_id:fhirid}", summary="Read the DICOMweb Endpoint", dependencies=[Formatted])
@@ -516,10 +532,6 @@ def _known(query: Mapping[str, list[str]], params: Mapping[str, Any], resource_t
             raise FhirError(400, f"unknown search parameter for {resource_type}: {name}")
 
 
-def _with(search: patients.PatientSearch, after: int | None, limit: int) -> patients.PatientSearch:
-    return replace(search, after=after, limit=limit)
-
-
 def _identity_id(text: str) -> int:
     found = local_id(text)
     if found is None:
@@ -527,10 +539,11 @@ def _identity_id(text: str) -> int:
     return found
 
 
-def _cursor_id(given: list[str]) -> int | None:
-    if not given:
+def _row_id(cursor: str | None) -> int | None:
+    """The row id a cursor of this server names (a Patient's, an AuditEvent's)."""
+    if cursor is None:
         return None
-    found = local_id(given[-1])
+    found = local_id(cursor)
     if found is None:
         raise FhirError(400, "_cursor: not a cursor this server gave")
     return found

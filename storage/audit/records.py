@@ -37,6 +37,8 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
     before: int | None = None
+    #: the page of records just newer than this id (a FHIR `previous` link), still newest first
+    after: int | None = None
     limit: int = 100
 
 
@@ -48,9 +50,11 @@ def search(db: Database, ctx: Context, filters: Filters) -> list[dict[str, Any]]
     """The records matching `filters`, newest first: an admin's reading (the caller checks the role)."""
     del ctx
     query = _where(select(*(getattr(AuditRecord, c) for c in COLUMNS)), filters)
-    query = query.order_by(AuditRecord.id.desc()).limit(max(1, min(filters.limit, MAX_PAGE)))
+    order = AuditRecord.id.asc() if filters.after else AuditRecord.id.desc()
+    query = query.order_by(order).limit(max(1, min(filters.limit, MAX_PAGE)))
     with db.engine.connect() as conn:
-        return [_aware(dict(row._mapping)) for row in conn.execute(query)]
+        found = [_aware(dict(row._mapping)) for row in conn.execute(query)]
+    return list(reversed(found)) if filters.after else found
 
 
 def _aware(record: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +79,8 @@ def _where(query: Select[Any], f: Filters) -> Select[Any]:
         query = query.where(AuditRecord.time < f.until)
     if f.before:
         query = query.where(AuditRecord.id < f.before)
+    if f.after:
+        query = query.where(AuditRecord.id > f.after)
     return query
 
 

@@ -54,6 +54,7 @@ class StudyPage:
     studies: list[Any]
     series: dict[int, list[Any]]
     instances: dict[int, list[Any]]
+    #: whether more studies follow the page (precede it, for a page read `before` a study)
     more: bool
 
 
@@ -64,12 +65,14 @@ def page(
     session: Session,
     limit: int,
     after: str | None = None,
+    before: str | None = None,
     updated: tuple[Bound, ...] = (),
     patient: int | None = None,
 ) -> StudyPage:
     """Up to `limit` studies matching `query`'s keys that `ctx` may see, after study `after`
-    (a Study Instance UID of the previous page), with `updated` conditions on their last change,
-    of identity `patient` and the identities linked to it (`storage.query.linked.linked_to`).
+    (a Study Instance UID of the previous page) or, `before`, the page that ends before that
+    study, with `updated` conditions on their last change, of identity `patient` and the
+    identities linked to it (`storage.query.linked.linked_to`).
 
     Raises
     ------
@@ -80,9 +83,13 @@ def page(
     if after is not None:
         conditions.append(_after(after))
     size = max(0, min(limit, MAX_PAGE))
-    stmt = select(*_STUDY).where(*conditions).order_by(Study.study_date.desc(), Study.id.desc()).limit(size + 1)
-    rows = list(session.execute(stmt).all())
-    studies = rows[:size]
+    if before is not None:  # read backwards from it, and hand the page back newest first
+        conditions.append(_before(before))
+        order = (Study.study_date.asc(), Study.id.asc())
+    else:
+        order = (Study.study_date.desc(), Study.id.desc())
+    rows = list(session.execute(select(*_STUDY).where(*conditions).order_by(*order).limit(size + 1)).all())
+    studies = rows[:size] if before is None else list(reversed(rows[:size]))
     series, instances = _members(session, [s.id for s in studies])
     return StudyPage(studies, series, instances, len(rows) > size)
 
@@ -168,6 +175,13 @@ def _after(study_uid: str) -> ColumnElement[bool]:
     day = select(Study.study_date).where(Study.study_uid == study_uid).scalar_subquery()
     pk = select(Study.id).where(Study.study_uid == study_uid).scalar_subquery()
     return or_(Study.study_date < day, and_(Study.study_date == day, Study.id < pk))
+
+
+def _before(study_uid: str) -> ColumnElement[bool]:
+    """Studies before `study_uid` in newest-first order; none when it is unknown."""
+    day = select(Study.study_date).where(Study.study_uid == study_uid).scalar_subquery()
+    pk = select(Study.id).where(Study.study_uid == study_uid).scalar_subquery()
+    return or_(Study.study_date > day, and_(Study.study_date == day, Study.id > pk))
 
 
 def _members(session: Session, study_ids: list[int]) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:

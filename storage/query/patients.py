@@ -64,8 +64,9 @@ class PatientSearch:
     birth: tuple[BirthDate, ...] = ()
     sex: tuple[str, ...] = ()
     identifiers: tuple[IdentifierMatch, ...] = ()
-    #: the page starts after this identity id
+    #: the page starts after this identity id; or, `before`, it is the one that ends before it
     after: int | None = None
+    before: int | None = None
     limit: int = 20
 
 
@@ -92,11 +93,15 @@ def get(identity_id: int, ctx: Context, *, session: Session) -> Any:
 
 def search(query: PatientSearch, ctx: Context, *, session: Session) -> list[Any]:
     """One page of identity rows matching `query`, in id order, at most `query.limit` (+1, so
-    the caller knows whether more follow)."""
+    the caller knows whether more follow; with `before`, the extra row comes first and tells
+    whether more precede)."""
     stmt = _select().where(visible_identity(ctx), *conditions(query))
     if query.after is not None:
         stmt = stmt.where(PatientIdentity.id > query.after)
     limit = max(0, min(query.limit, MAX_PAGE))
+    if query.before is not None:  # the page that ends before it: read backwards, hand back in order
+        stmt = stmt.where(PatientIdentity.id < query.before).order_by(PatientIdentity.id.desc())
+        return list(reversed(session.execute(stmt.limit(limit + 1)).all()))
     return list(session.execute(stmt.order_by(PatientIdentity.id).limit(limit + 1)).all())
 
 

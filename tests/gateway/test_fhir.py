@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fhir.resources.R4B.bundle import Bundle
 from fhirclient import client as smart_client
 from fhirclient.models.imagingstudy import ImagingStudy as SmartImagingStudy
 from fhirclient.models.patient import Patient as SmartPatient
@@ -316,6 +317,51 @@ def test_patient_search_pages_on_next_links_with_a_total(world: World) -> None:
         page = httpx.get(next_link[0], headers={"Authorization": f"Bearer {world.gw.token(**ADMIN)}"}).json()
         seen += [e["resource"]["id"] for e in page["entry"]]
     assert sorted(seen) == sorted(str(i) for i in world.ids.values()) and len(seen) == len(set(seen))
+
+
+def _walk(world: World, first: dict[str, Any], who: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+    """The pages of a search as its `next` links give them, then as the `previous` links give
+    them back from the last page (each page: its matches' ids)."""
+    headers = world.gw.headers(**who)
+
+    def ids(bundle: dict[str, Any]) -> list[str]:
+        return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+    def link(bundle: dict[str, Any], relation: str) -> str | None:
+        found = [x["url"] for x in bundle["link"] if x["relation"] == relation]
+        return found[0] if found else None
+
+    assert link(first, "previous") is None  # the first page has none
+    forward, page = [ids(first)], first
+    while (url := link(page, "next")) is not None:
+        page = httpx.get(url, headers=headers).json()
+        forward.append(ids(page))
+    backward = [ids(page)]
+    while (url := link(page, "previous")) is not None:
+        page = httpx.get(url, headers=headers).json()
+        Bundle.model_validate(page)
+        backward.append(ids(page))
+    return forward, backward
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "who", "params"),
+    [
+        ("Patient", ADMIN, {"_count": "2"}),
+        ("ImagingStudy", DR_A, {"patient": "H-ANA", "_count": "1"}),
+        ("AuditEvent", ADMIN, {"agent": "clinician@hosp-a", "_count": "2"}),
+    ],
+)
+def test_previous_links_page_back_through_what_next_links_gave(
+    world: World, resource_type: str, who: dict[str, Any], params: dict[str, str]
+) -> None:
+    if params.get("patient") == "H-ANA":
+        params = {**params, "patient": f"Patient/{world.ids['H-ANA']}"}
+    first = fhir(world, resource_type, who=who, params=params).json()
+    forward, backward = _walk(world, first, who)
+    assert len(forward) >= 3, forward  # a first, a middle and a last page
+    assert backward == list(reversed(forward))
+    assert_outcome(fhir(world, resource_type, who=who, params={"_cursor": "1", "_before": "1"}), 400, "invalid")
 
 
 def test_a_patient_the_provider_may_not_see_is_absent(world: World) -> None:
