@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ import httpx
 import orjson
 
 from fhir_adapter import imaging_study
+from fhir_adapter.outcome import FhirError
 from fhir_adapter.subscription import query_of
 from storage.access.context import Channel, Context
 from storage.access.principal import Principal
@@ -49,6 +51,10 @@ IDLE_SECONDS = 1.0
 TIMEOUT = 10.0
 #: a study whose last change is this close to another's is read again on the next page
 _TICK = timedelta(microseconds=1)
+#: how far a subscription's watermark may lag when nothing new matched before it is written
+#: (the next round re-reads from it anyway): an idle subscription costs a read a round, and a
+#: write only this often
+WATERMARK_STEP = timedelta(seconds=20)
 
 
 class Notifier:
@@ -93,7 +99,16 @@ class Notifier:
         with self.archive.db.read() as session:
             watches = subscriptions.to_match(session, until)
         for watch in watches:
-            self._match_one(watch, until)
+            try:
+                self._match_one(watch, until)
+            except FhirError as exc:  # a criteria this version no longer reads: the others go on
+                event(
+                    log,
+                    "fhir.subscription.unmatched",
+                    level=logging.WARNING,
+                    subscription=watch.id,
+                    reason=exc.diagnostics[:200],
+                )
 
     def _match_one(self, watch: Watch, until: datetime) -> None:
         query = query_of(watch.criteria)
@@ -106,22 +121,34 @@ class Notifier:
                 found = imaging.changed(
                     Query("STUDY", keys), ctx, session=session, since=since, until=until, patient=subject
                 )
+                new = subscriptions.unrecorded(session, watch.id, found)
             whole = len(found) < imaging.MAX_CHANGED
-            with self.archive.db.write() as session:
-                subscriptions.record_matches(session, watch.id, found, until if whole else found[-1][1])
+            mark = until if whole else found[-1][1]
+            if new or mark - watch.checked_until > WATERMARK_STEP:
+                with self.archive.db.write() as session:
+                    subscriptions.record_matches(session, watch.id, new, mark)
             if whole or self._stop.is_set():
                 return
             since = max(found[-1][1] - _TICK, found[0][1])  # the last change's twins are read again
 
     def deliver(self) -> int:
-        """Send the due notifications this process could claim; how many were attempted."""
+        """Send the due notifications this process could claim; how many were attempted.
+
+        Sends stop at half the claims' lease (slow receivers time out one after another), and
+        what was claimed and not sent is released for the next round, here or elsewhere."""
         with self.archive.db.write() as session:
             due = subscriptions.claim_due(session, self.archive.owner)
+        deadline = time.monotonic() + subscriptions.LEASE.total_seconds() / 2
+        sent = 0
         for item in due:
-            if self._stop.is_set():
+            if self._stop.is_set() or time.monotonic() > deadline:
                 break
             self._deliver_one(item)
-        return len(due)
+            sent += 1
+        if sent < len(due):
+            with self.archive.db.write() as session:
+                subscriptions.release(session, due[sent:], self.archive.owner)
+        return sent
 
     def _deliver_one(self, due: Due) -> None:
         host = urlsplit(due.endpoint).hostname or ""

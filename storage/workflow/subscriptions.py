@@ -93,6 +93,8 @@ class Watch:
     criteria: str
     owner: Principal
     since: datetime
+    #: its watermark: studies that changed up to here are recorded
+    checked_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +224,34 @@ def to_match(session: Session, until: datetime) -> list[Watch]:
         .order_by(Subscription.id)
     ).all()
     return [
-        Watch(r.id, r.criteria, _owner(r), max(_aware(r.checked_until) - MARGIN, _aware(r.created_at))) for r in rows
+        Watch(
+            r.id,
+            r.criteria,
+            _owner(r),
+            max(_aware(r.checked_until) - MARGIN, _aware(r.created_at)),
+            _aware(r.checked_until),
+        )
+        for r in rows
     ]
+
+
+def unrecorded(
+    session: Session, subscription_id: int, studies: Sequence[tuple[str, datetime]]
+) -> list[tuple[str, datetime]]:
+    """Those of `studies` (UID, version) that have no delivery of the subscription yet: each
+    round re-reads the last minute's changes, and a write of nothing new is spared."""
+    if not studies:
+        return []
+    known = {
+        (uid, _aware(version))
+        for uid, version in session.execute(
+            select(SubscriptionDelivery.study_uid, SubscriptionDelivery.study_version).where(
+                SubscriptionDelivery.subscription_id == subscription_id,
+                SubscriptionDelivery.study_uid.in_({uid for uid, _ in studies}),
+            )
+        )
+    }
+    return [(uid, version) for uid, version in studies if (uid, _aware(version)) not in known]
 
 
 def record_matches(
@@ -355,6 +383,15 @@ def failed(session: Session, due: Due, owner: str, error: str, retry: Retry) -> 
         .values(status=ERROR, error=f"{failures} notifications failed in a row; the last: {error}"[:1000])
     )
     return bool(given_up.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release(session: Session, claimed: Iterable[Due], owner: str) -> None:
+    """Give claimed deliveries back unsent: the next round, here or in another process, sends them."""
+    session.execute(
+        update(SubscriptionDelivery)
+        .where(SubscriptionDelivery.id.in_([d.id for d in claimed]), SubscriptionDelivery.claimed_by == owner)
+        .values(claimed_by=None, claimed_until=None)
+    )
 
 
 def dropped(session: Session, due: Due, owner: str, why: str) -> None:
