@@ -25,8 +25,8 @@ run: $(VENV)/.installed
 	$(BIN)/pacs serve
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check pacs gateway storage fhir_adapter tests benchmarks
-	$(BIN)/ruff format --check pacs gateway storage fhir_adapter tests benchmarks
+	$(BIN)/ruff check pacs gateway storage fhir_adapter tests benchmarks deploy
+	$(BIN)/ruff format --check pacs gateway storage fhir_adapter tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -87,6 +87,20 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     return app
 
 
+def create_health_app(settings: Settings, archive: Archive) -> FastAPI:
+    """The HTTP port of a DICOM-only process (`pacs serve --only dicom`): the probes a load
+    balancer and an orchestrator ask (/healthz, /readyz) and /metrics (with a token), nothing
+    else, so that the SCP is taken out of rotation when its database or object store is away."""
+    app = FastAPI(title="Municipal PACS (DICOM service)", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.archive = archive
+    app.state.authenticator = Authenticator(settings)
+    problems.install(app)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.include_router(health.router)
+    return app
+
+
 def _mount_fhir(app: FastAPI) -> None:
     """The FHIR API at /fhir, with this app's request context, archive, base URL and OAuth
     endpoints wired in (DESIGN.md: the gateway passes its auth into the FHIR router). Its

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -86,6 +87,13 @@ def existing_archive(settings: Settings, *needs: str) -> Settings:
     return settings
 
 
+class Service(StrEnum):
+    """What `pacs serve --only` runs."""
+
+    DICOM = "dicom"
+    HTTP = "http"
+
+
 @app.command()
 def serve(
     data_dir: DataDir = None,
@@ -116,6 +124,13 @@ def serve(
         bool | None,
         typer.Option("--dicom-tls-only/--dicom-plain", help="Close the plain DICOM port (env PACS_DICOM_TLS_ONLY)"),
     ] = None,
+    only: Annotated[
+        Service | None,
+        typer.Option(
+            help="Run one service: dicom (the SCP; its HTTP port answers the health probes) or http"
+            " (the gateway), to scale them apart (env PACS_ONLY)"
+        ),
+    ] = None,
 ) -> None:
     """Run the DICOM SCP and the HTTP gateway together, on embedded defaults unless configured."""
     settings = load_settings(
@@ -130,15 +145,17 @@ def serve(
         dicom_tls_key=dicom_tls_key,
         dicom_tls_ca=dicom_tls_ca,
         dicom_tls_only=dicom_tls_only,
+        only=only.value if only is not None else None,
     )
     configure_logging(settings.log_level)
     from pacs.ports import Unavailable
     from pacs.serving import serve as run
+    from storage.errors import OutOfResources
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         run(settings, out)
-    except Unavailable as exc:
+    except (Unavailable, OutOfResources) as exc:
         raise fail(str(exc), 1) from None
 
 

@@ -27,6 +27,7 @@ import multiprocessing
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -85,8 +86,9 @@ class Dispatcher:
             self.stop()
             raise RuntimeError(f"no SCP worker became ready in {timeout:.0f} s (see the log above)")
 
-    def stop(self) -> None:
-        """Stop accepting, then SIGTERM the workers and wait for them (SIGKILL after 10 s)."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting, then SIGTERM the workers and wait for them: `grace` seconds for their
+        associations to end, 10 s more to close; SIGKILL after that."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -94,8 +96,9 @@ class Dispatcher:
             listener.close()
         for w in self._workers:
             w.process.terminate()
+        deadline = time.monotonic() + grace + 10
         for w in self._workers:
-            w.process.join(timeout=10)
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
                 w.process.kill()
             w.channel.close()

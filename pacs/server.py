@@ -21,6 +21,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -133,10 +134,31 @@ class RunningScp:
             raise LookupError("DICOM TLS is off (no PACS_DICOM_TLS_CERT / PACS_DICOM_TLS_KEY)")
         return int(self.servers[TLS].server_address[1])
 
-    def shutdown(self) -> None:
-        self.reporter.stop()  # storage commitment reports still waiting to be retried stay kept
+    def shutdown(self, grace: float = 0.0) -> None:
+        """Stop accepting, let the associations in progress end for up to `grace` seconds, abort
+        the rest (`drain`)."""
         for server in self.servers.values():
-            server.shutdown()  # also closes the socket and deregisters from the AE
+            server.shutdown()  # closes the socket and deregisters from the AE; associations go on
+        drain(lambda: [a for s in self.servers.values() for a in s.active_associations], grace)
+        self.reporter.stop()  # storage commitment reports still waiting to be retried stay kept
+
+
+def drain(active: Callable[[], list[Any]], grace: float) -> int:
+    """Wait up to `grace` seconds for the associations `active` lists to end, then abort those
+    left; how many were aborted. An aborted C-STORE loses nothing acknowledged: success is sent
+    only once an instance is durable."""
+    deadline = time.monotonic() + grace
+    left = active()
+    if left:
+        event(log, "dimse.draining", associations=len(left), grace=grace)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = active()
+    for assoc in left:
+        assoc.abort()
+    if left:
+        event(log, "dimse.drain.aborted", level=logging.WARNING, associations=len(left))
+    return len(left)
 
 
 def build_ae(settings: Settings) -> AE:
@@ -345,9 +367,8 @@ def run_worker(channel: socket.socket, settings: Settings, parent_pid: int) -> N
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:  # the server died without stopping us
             break
+    server.server_close()  # no more handed-off connections; those in progress go on
+    drain(lambda: server.active_associations, settings.shutdown_grace)
     reporter.stop()
-    for assoc in server.ae.active_associations:
-        assoc.abort()
-    server.server_close()
     channel.close()
     archive.close()

@@ -8,8 +8,10 @@ AE title and data folder, so the README's quick start works as pasted.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,52 +27,91 @@ from storage.audit.forward import start_forwarder
 from storage.index.db import redacted
 from storage.index.migrate import upgrade
 from storage.ingest.recovery import recover
+from storage.logs import event
 from storage.settings import Settings
 
 ADMIN_TOKEN_TTL = "7d"
+log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, out: Console) -> None:
-    """Run the DICOM SCP and the HTTP gateway until stopped.
+    """Run the DICOM SCP and the HTTP gateway until stopped (or one of them: `settings.only`).
+
+    Start-up waits for the database and the object store (`PACS_STARTUP_TIMEOUT`). SIGTERM or
+    Ctrl-C stops accepting at once and lets what is in flight finish for `PACS_SHUTDOWN_GRACE`
+    seconds: HTTP requests (uvicorn's graceful shutdown), then DICOM associations (the SCP's
+    drain), after which what is left is cut (an association aborted: nothing it had not been
+    told was stored is lost).
 
     Raises
     ------
     pacs.ports.Unavailable
         A port cannot be listened on; nothing was started.
+    storage.errors.OutOfResources
+        The database or the object store did not answer in time.
     """
     _prepare_metrics_dir(settings)
     http = ports.bind(ports.http(settings.http_host, settings.http_port))
-    archive = Archive.open(settings)
-    scp = workers = forwarder = linker = None
+    # uvicorn hands a SIGTERM it caught back to the handler it found once it has shut down: with
+    # Python's default one the process would end there, before the SCP drains (kill, docker
+    # stop, Kubernetes): this one ends `serve` through its `finally` instead
+    signal.signal(signal.SIGTERM, _terminated)
+    scp = workers = forwarder = linker = archive = None
     try:
-        upgrade(archive.db.engine)
+        archive = Archive.open_when_reachable(settings, timeout=settings.startup_timeout, waiting=_waiting)
+        upgrade(archive.db.engine)  # under PostgreSQL's advisory lock: processes starting together take turns
         report = recover(archive)
         forwarder = start_forwarder(archive.db, settings, owner=archive.owner)  # None unless PACS_AUDIT_SYSLOG
         linker = linking.start(settings)  # links the identities ingest queues, in a process of its own
-        if settings.dicom_workers == 1:
-            scp = server.start(settings, archive)
-        else:
-            workers = server.start_workers(settings)  # spawned processes, in this process group
-        # The gateway is found by its import string, so pacs/ never imports gateway/ (DESIGN.md).
-        web = import_from_string("gateway.app:create_app")(settings, archive)
+        if settings.only != "http":
+            if settings.dicom_workers == 1:
+                scp = server.start(settings, archive)
+            else:
+                workers = server.start_workers(settings)  # spawned processes, in this process group
+        # The gateway is found by its import string, so pacs/ never imports gateway/ (DESIGN.md);
+        # a DICOM-only process serves the health probes (and /metrics) on its HTTP port.
+        factory = "gateway.app:create_health_app" if settings.only == "dicom" else "gateway.app:create_app"
+        web = import_from_string(factory)(settings, archive)
         token = _write_admin_token(settings)
         _banner(out, settings, scp, http, token, report.removed)
         server.freeze_startup_heap()
         config = uvicorn.Config(
-            web, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+            web,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
         uvicorn.Server(config).run(sockets=[http])
+    except Terminated:
+        event(log, "serve.stopping", signal="SIGTERM", grace=settings.shutdown_grace)
     finally:
         http.close()
+        if workers is not None:
+            workers.stop(settings.shutdown_grace)
+        if scp is not None:
+            scp.shutdown(settings.shutdown_grace)
         if linker is not None:
             linker.stop()
         if forwarder is not None:
             forwarder.stop()
-        if workers is not None:
-            workers.stop()
-        if scp is not None:
-            scp.shutdown()
-        archive.close()
+        if archive is not None:
+            archive.close()
+
+
+class Terminated(Exception):
+    """SIGTERM reached `pacs serve`: stop as after Ctrl-C."""
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _waiting(component: str, reason: str, retry_in: float) -> None:
+    event(log, "startup.waiting", level=logging.WARNING, component=component, reason=reason, retry_in=retry_in)
 
 
 def _banner(
@@ -85,15 +126,22 @@ def _banner(
         mutual = ", client certificates required" if settings.dicom_tls_ca else ""
         listens.append(f"{settings.dicom_host}:{settings.dicom_tls_port} (TLS{mutual})")
     processes = f"{settings.dicom_workers} SCP process{'es' if settings.dicom_workers > 1 else ''}"
+    dicom = f"  DICOM  {settings.ae_title} on {', '.join(listens)} ({processes})"
+    web = f"  HTTP   {url}  (DICOMweb {url}/dicomweb, /healthz /readyz /metrics)"
+    if settings.only == "dicom":
+        web = f"  HTTP   {url}  (the health probes /healthz /readyz and /metrics only: --only dicom)"
+    elif settings.only == "http":
+        dicom = "  DICOM  not served here (--only http)"
     lines = [
-        f"  DICOM  {settings.ae_title} on {', '.join(listens)} ({processes})",
-        f"  HTTP   {url}  (DICOMweb {url}/dicomweb, /healthz /readyz /metrics)",
+        dicom,
+        web,
         f"  index  {redacted(settings.database_url)}   blobs  {settings.storage_url}",
         f"  admin token (valid {ADMIN_TOKEN_TTL}, renewed at each start): {token}",
     ]
     if removed:
         lines.append(f"  recovery removed {removed} unfinished write(s)")
-    lines += _next_steps(settings, dicom_port, url, token)
+    if not settings.only:
+        lines += _next_steps(settings, dicom_port, url, token)
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()

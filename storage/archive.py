@@ -3,6 +3,8 @@ recorder, opened once and shared by every request and association of the process
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from storage.access.limits import RateLimits
 from storage.audit.trail import AuditTrail
 from storage.blobs import from_settings
 from storage.blobs.protocol import BlobStore
+from storage.errors import OutOfResources
 from storage.index.db import Database
 from storage.processes import owner_is_gone, process_owner
 from storage.settings import Settings
@@ -42,6 +45,42 @@ class Archive:
             audit=AuditTrail(db, owner) if settings.audit else NO_AUDIT,
             rate_limits=RateLimits.of(settings.http_rate_limit, settings.dicom_rate_limit),
         )
+
+    @classmethod
+    def open_when_reachable(
+        cls, settings: Settings, *, timeout: float, waiting: Callable[[str, str, float], None]
+    ) -> Archive:
+        """The archive, once its database and its object store answer: a process started with
+        them (a host's boot, `docker compose up`, a pod beside a restarting database) waits,
+        retrying after 0.5 s, doubling to 10 s, and says each time what it waits for
+        (`waiting(component, reason, retry_in)`).
+
+        Raises
+        ------
+        OutOfResources
+            One of them still does not answer after `timeout` seconds.
+        """
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        delay = 0.5
+        while True:
+            component = "database"
+            try:
+                db = Database.connect(settings.database_url, pool_size=1)
+                try:
+                    db.check()
+                finally:
+                    db.dispose()
+                component = "object store"
+                from_settings(settings).check()  # creates the bucket on a first start
+                return cls.open(settings)
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the answer is to wait
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+                if time.monotonic() + delay > deadline:
+                    raise OutOfResources(f"the {component} did not answer within {timeout:g} s ({reason})") from exc
+                waiting(component, reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @property
     def temp_dir(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     subscription_retry_max: float = Field(default=600.0, gt=0, le=86400)
     subscription_failures: int = Field(default=8, ge=1, le=1000)
     subscription_endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    #: which service this `pacs serve` runs: both (""), the SCP only ("dicom": its HTTP port then
+    #: answers the health probes and /metrics only) or the gateway only ("http")
+    only: Literal["", "dicom", "http"] = ""
+    #: addresses whose X-Forwarded-For and X-Forwarded-Proto are believed (the load balancer's:
+    #: the audit trail then names the client, not the proxy); "*" for any (behind a proxy only)
+    forwarded_allow_ips: str = "127.0.0.1"
+    #: seconds SIGTERM leaves in-flight associations and requests to finish before they are cut
+    shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+    #: seconds start-up waits for the database and the object store to answer
+    startup_timeout: float = Field(default=120.0, ge=0, le=86400)
 
     log_level: str = "INFO"
     #: set by `pacs serve` when worker processes share Prometheus metrics through files
