@@ -36,15 +36,16 @@ def missing(what: str, package: str) -> None:
     pytest.skip(msg)
 
 
-def require_tool(name: str, package: str = "dcmtk") -> str:
-    """The system's tool, never a Python namesake on PATH.
+def require_tool(name: str, package: str = "dcmtk", *, python_script: bool = False) -> str:
+    """The system's tool, never a Python namesake on PATH (unless the tool is itself a Python
+    script, as Debian's docker-compose is: `python_script`).
 
     pynetdicom installs console scripts called `storescu`, `findscu`... in every venv it is
     installed in, and any such venv may come first on PATH (not only this test run's).
     """
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         path = shutil.which(name, path=folder) if folder else None
-        if path is not None and not _is_python_script(path):
+        if path is not None and (python_script or not _is_python_script(path)):
             return path
     missing(name, package)
     raise AssertionError("unreachable")  # missing() skips or fails
