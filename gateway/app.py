@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.state.archive = arch
     app.state.authenticator = Authenticator(settings)
     problems.install(app)
+    app.add_middleware(problems.OutageMiddleware)  # the database or object store away: 503, retryable
     app.add_middleware(AuditMiddleware)  # one record per request to patient data, before its answer
     app.add_middleware(GzipJsonMiddleware)  # JSON answers only; multipart and images pass untouched
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the problems and the 503 included

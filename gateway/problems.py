@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_adapter import outcome as fhir_outcome
 from fhir_adapter.outcome import FhirError
@@ -23,6 +25,10 @@ from storage.errors import (
     RejectedInput,
     StorageError,
 )
+from storage.logs import event
+from storage.outages import outage
+
+log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
 _PROBLEM_BODY = {PROBLEM: {"schema": {"type": "object"}}}
@@ -150,3 +156,44 @@ def _title(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+#: seconds a client is told to wait before retrying during an outage
+RETRY_AFTER = "5"
+
+
+class OutageMiddleware:
+    """A request that failed because the database or the object store is away answers 503 with
+    Retry-After (an OperationOutcome under /fhir), not 500: a client, or nginx for a GET,
+    retries, and the answer it then gets is a right one (`storage.outages`). One warning line
+    per such request; any other failure goes on to the last-resort 500 with its traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            backend = outage(exc)
+            if backend is None or started:
+                raise
+            event(log, "http.unavailable", level=logging.WARNING, path=scope["path"][:200], backend=backend)
+            detail = f"the {backend} is unavailable; retry in a few seconds"
+            headers = {"Retry-After": RETRY_AFTER}
+            path = scope["path"]
+            if path == FHIR or path.startswith(FHIR + "/"):
+                answer: Response = fhir_outcome.response(503, detail, headers=headers)
+            else:
+                answer = problem(503, "Service Unavailable", detail, headers=headers)
+            await answer(scope, receive, send)

@@ -47,8 +47,9 @@ from storage.access.policy import require_read
 from storage.archive import Archive
 from storage.dicom.charset import TEXT_VRS, check_decodes, python_encodings
 from storage.dicom.dicomjson import element_vr
-from storage.errors import StorageError
+from storage.errors import OutOfResources, StorageError
 from storage.logs import event as log_event
+from storage.outages import outage
 from storage.query.keys import IMAGE, PATIENT, SERIES, STUDY, keyword
 from storage.query.matching import InvalidQuery
 from storage.query.search import Query, search_all
@@ -130,6 +131,13 @@ def handle(event: Event, archive: Archive) -> Iterator[tuple[int | Dataset, Data
     except StorageError as exc:
         outcome.status, outcome.detail = exc.status, exc.detail
         yield failure(exc), None
+    except Exception as exc:
+        backend = outage(exc)
+        if backend is None:
+            raise  # pynetdicom's guard answers 0xC311 and logs it: a bug to see
+        unavailable = OutOfResources(f"the {backend} is unavailable; ask again later")
+        outcome.status, outcome.detail = unavailable.status, unavailable.detail
+        yield failure(unavailable), None
     finally:
         _log(ctx, model, outcome, started)
 

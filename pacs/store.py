@@ -21,6 +21,7 @@ from storage.dicom.parse import Source
 from storage.errors import NotAuthorized, OutOfResources, PatientMismatch, StorageError
 from storage.ingest.pipeline import Outcome, ingest
 from storage.logs import event as log_event
+from storage.outages import outage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
         # pynetdicom's own guard would answer 0xC211 without a comment and keep its temporary
         # file of the data set: it deletes that file only when the handler returns.
         stats.rejected += 1
+        backend = outage(exc)
+        if backend is not None:  # a restart or an outage: the modality retries later
+            log_event(
+                log, "dimse.store.unavailable", level=logging.WARNING, calling_ae=ctx.principal.sub, backend=backend
+            )
+            return failure(OutOfResources(f"the {backend} is unavailable; send again later"))
         # the type and where it was raised: its message may quote a value of the data set
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f"{Path(where.filename).name}:{where.lineno}" if where else None
