@@ -211,7 +211,11 @@ async def _unavailable(send: Send) -> None:
         {
             "type": "http.response.start",
             "status": 503,
-            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"5"),  # the audit database is away: a retry may succeed
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

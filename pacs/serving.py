@@ -26,7 +26,7 @@ from storage.archive import Archive
 from storage.audit.forward import start_forwarder
 from storage.index.db import redacted
 from storage.index.migrate import upgrade
-from storage.ingest.recovery import recover
+from storage.ingest.recovery import Sweeper, recover
 from storage.logs import event
 from storage.settings import Settings
 
@@ -56,13 +56,14 @@ def serve(settings: Settings, out: Console) -> None:
     # Python's default one the process would end there, before the SCP drains (kill, docker
     # stop, Kubernetes): this one ends `serve` through its `finally` instead
     signal.signal(signal.SIGTERM, _terminated)
-    scp = workers = forwarder = linker = archive = None
+    scp = workers = forwarder = linker = archive = sweeper = None
     try:
         archive = Archive.open_when_reachable(settings, timeout=settings.startup_timeout, waiting=_waiting)
         upgrade(archive.db.engine)  # under PostgreSQL's advisory lock: processes starting together take turns
         report = recover(archive)
         forwarder = start_forwarder(archive.db, settings, owner=archive.owner)  # None unless PACS_AUDIT_SYSLOG
         linker = linking.start(settings)  # links the identities ingest queues, in a process of its own
+        sweeper = Sweeper(archive).start()  # writes a failure could not clean up (an outage) are removed
         if settings.only != "http":
             if settings.dicom_workers == 1:
                 scp = server.start(settings, archive)
@@ -94,6 +95,8 @@ def serve(settings: Settings, out: Console) -> None:
             workers.stop(settings.shutdown_grace)
         if scp is not None:
             scp.shutdown(settings.shutdown_grace)
+        if sweeper is not None:
+            sweeper.stop()
         if linker is not None:
             linker.stop()
         if forwarder is not None:

@@ -6,11 +6,17 @@ starting together behind a load balancer do not race each other through a migrat
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
+
+from storage.logs import event
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_ID = 0x504143_53  # "PACS"
@@ -29,9 +35,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": LOCK_ID})
             conn.commit()
         try:
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             conn.commit()
+            after = MigrationContext.configure(conn).get_current_revision()
+            if after != before:  # one line from the one process that migrated, none from the others
+                event(log, "index.migrated", before=before or "empty", after=after)
         finally:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": LOCK_ID})
@@ -39,7 +49,5 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

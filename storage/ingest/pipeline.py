@@ -43,6 +43,7 @@ from storage.errors import (
 from storage.index.db import insert_or_get
 from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study, StudyOwner, utcnow
 from storage.logs import event
+from storage.outages import outage
 from storage.patients import identities
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     except Exception as exc:
         _cleanup(archive, key, pending_id)
         metrics.INSTANCES_REJECTED.labels(_via(ctx), OutOfResources.reason).inc()
+        backend = outage(exc)
+        if backend is not None:  # a restart or an outage, not a bug: the sender retries later
+            event(log, "ingest.unavailable", level=logging.WARNING, via=_via(ctx), backend=backend)
+            raise OutOfResources(f"the {backend} is unavailable; send again later") from exc
         event(
             log,
             "ingest.failed",
@@ -240,6 +245,10 @@ def _cleanup(archive: Archive, key: str, pending_id: int) -> None:
         with archive.db.write_conn(light=True) as conn:
             conn.execute(_UNRESERVE, {"pending_id": pending_id})
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
+        backend = outage(exc)
+        if backend is not None:  # the pending row stays: start-up recovery removes what it names
+            event(log, "ingest.cleanup_deferred", level=logging.WARNING, object_key=key, backend=backend)
+            return
         event(log, "ingest.cleanup_failed", level=logging.ERROR, object_key=key, error=repr(exc))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +41,54 @@ def _writer_is_gone(owner: str, created_at: datetime, *, grace: timedelta, now: 
 
 
 def recover(archive: Archive) -> RecoveryReport:
+    """At start-up: the pending writes of processes that are gone, and their temporary files."""
+    removed, kept = _remove_pending(archive)
+    report = RecoveryReport(removed=removed, kept=kept, temp_files=clean_temp(archive))
+    event(log, "recovery.done", removed=report.removed, kept=report.kept, temp_files=report.temp_files)
+    return report
+
+
+def sweep(archive: Archive) -> int:
+    """While serving: the pending writes of processes that are gone or older than the grace
+    period, which include those a failed write could not clean up itself while the database
+    or the object store was away (`ingest.cleanup_deferred`); how many were removed.
+    Temporary files are left to start-up: those of this process may be in use."""
+    removed, _kept = _remove_pending(archive)
+    if removed:
+        event(log, "recovery.swept", removed=removed)
+    return removed
+
+
+#: how often a serving process sweeps the pending writes
+SWEEP_SECONDS = 300.0
+
+
+class Sweeper:
+    """`sweep` every `interval` seconds from a daemon thread of a serving process."""
+
+    def __init__(self, archive: Archive, interval: float = SWEEP_SECONDS) -> None:
+        self.archive = archive
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recovery-sweep", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                sweep(self.archive)
+            except Exception as exc:  # noqa: BLE001 - the database may be away: the next round retries
+                event(log, "recovery.sweep_failed", level=logging.WARNING, error=type(exc).__name__)
+
+
+def _remove_pending(archive: Archive) -> tuple[int, int]:
     grace = timedelta(seconds=archive.settings.recovery_grace_seconds)
     now = datetime.now(UTC)
     with archive.db.read() as session:
@@ -55,9 +104,7 @@ def recover(archive: Archive) -> RecoveryReport:
             session.execute(delete(PendingBlob).where(PendingBlob.id == row_id))
         removed += 1
         event(log, "recovery.removed", object_key=key, owner=owner)
-    report = RecoveryReport(removed=removed, kept=len(rows) - removed, temp_files=clean_temp(archive))
-    event(log, "recovery.done", removed=report.removed, kept=report.kept, temp_files=report.temp_files)
-    return report
+    return removed, len(rows) - removed
 
 
 def clean_temp(archive: Archive) -> int:

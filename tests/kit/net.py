@@ -66,6 +66,10 @@ class TcpForwarder:
 
     def close(self) -> None:
         if self._listener is not None:
+            try:  # wakes the thread blocked in accept(); a bare close() would leave it accepting
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from storage.archive import Archive
 from storage.blobs.protocol import new_key
 from storage.index.models import PendingBlob
-from storage.ingest.recovery import recover
+from storage.ingest.recovery import recover, sweep
 from storage.logs import FIELDS
 from tests.kit.inspect import blob_keys
 
@@ -43,6 +43,23 @@ def test_recovery_removes_what_dead_writers_left(archive: Archive) -> None:
     keys = blob_keys(archive)
     assert dead not in keys and stale_elsewhere not in keys and never_written not in keys
     assert {live_here, live_elsewhere} <= keys
+
+
+def test_a_serving_process_sweeps_what_a_failed_write_left_but_not_its_temporary_files(archive: Archive) -> None:
+    """While serving, a write that failed during an outage could not clean up after itself: its
+    pending row (this live process's own) is swept once older than the grace period; a fresh
+    one, still being written, stays; the process's temporary files are not touched."""
+    mine_old = _pending(archive, archive.owner, age=timedelta(seconds=archive.settings.recovery_grace_seconds + 5))
+    mine_new = _pending(archive, archive.owner)
+    in_use = archive.temp_dir / "receiving.dcm"
+    in_use.write_bytes(b"a data set on its way")
+
+    assert sweep(archive) == 1
+
+    with archive.db.read() as s:
+        assert set(s.scalars(select(PendingBlob.object_key))) == {mine_new}
+    assert mine_old not in blob_keys(archive) and mine_new in blob_keys(archive)
+    assert in_use.exists()
 
 
 def test_recovery_removes_the_temporary_files_of_dead_processes(archive: Archive, caplog) -> None:
