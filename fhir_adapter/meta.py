@@ -27,6 +27,8 @@ def etag(resource: dict[str, Any]) -> str:
 
 
 def fhir_instant(moment: datetime) -> str:
-    """A FHIR instant of an index time (SQLite hands times back without their zone: UTC)."""
+    """A FHIR instant of an index time (SQLite hands times back without their zone: UTC), in
+    UTC with `Z`, as fhir.resources writes one: a resource built without validation (a search's,
+    `imaging_study.data`) reads the same as a validated one."""
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.isoformat()
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")

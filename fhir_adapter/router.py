@@ -243,7 +243,8 @@ def search_patients(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Re
     after, before = _row_id(at.after), _row_id(at.before)
     with archive.db.read(per_statement=True) as session:
         rows = patients.search(replace(search, after=after, before=before, limit=limit), ctx, session=session)
-        total = patients.count(search, ctx, session=session)
+        whole = after is None and before is None and len(rows) <= limit  # the page is all there is
+        total = len(rows) if whole else patients.count(search, ctx, session=session)
         page = rows[-limit:] if before is not None and limit else rows[:limit]
         others = patients.linked(page, ctx, session=session)
     matches = [patient.resource(row, others.get(row.id, [])) for row in page]
@@ -283,12 +284,17 @@ def search_imaging_studies(request: Request, ctx: Ctx, archive: Arch, base: Base
             updated=updated,
             patient=subject,
         )
-        total = imaging.count(wanted, ctx, session=session, updated=updated, patient=subject)
+        whole = at.after is None and at.before is None and not found.more  # the page is all there is
+        total = (
+            len(found.studies)
+            if whole
+            else imaging.count(wanted, ctx, session=session, updated=updated, patient=subject)
+        )
         included = _included(query, found, ctx, session)
     for row in found.studies:
         if ctx.note is not None:
             ctx.note.study(row.study_uid)
-    matches = [imaging_study.resource(row, found) for row in found.studies]
+    matches = [imaging_study.data(row, found) for row in found.studies]
     ends = (found.studies[0].study_uid, found.studies[-1].study_uid) if found.studies else (None, None)
     following, previous = at.links(*ends, more=found.more)
     own = request.query_params.multi_items()

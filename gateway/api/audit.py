@@ -62,6 +62,17 @@ def search(
     found = records.search(
         archive.db,
         ctx,
-        records.Filters(patient, study, actor, org, action, outcome, since, until, before, limit),
+        records.Filters(
+            patient=patient,
+            study=study,
+            actor=actor,
+            org=org,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+            before=before,
+            limit=limit,
+        ),
     )
     return [AuditRecord(**row) for row in found]

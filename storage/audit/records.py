@@ -26,7 +26,7 @@ MAX_PAGE = 1000
 EMERGENCY = "emergency"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Filters:
     patient: str | None = None
     study: str | None = None

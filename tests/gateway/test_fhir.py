@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhirclient import client as smart_client
 from fhirclient.models.imagingstudy import ImagingStudy as SmartImagingStudy
 from fhirclient.models.patient import Patient as SmartPatient
@@ -494,6 +495,19 @@ def test_imaging_study_pages_and_includes_the_patient(world: World) -> None:
     matches = [e["resource"]["id"] for e in first["entry"] + second["entry"] if e["search"]["mode"] == "match"]
     assert sorted(matches) == sorted(world.studies["H-ANA"] + world.studies["9-44"])
     assert not [link for link in second["link"] if link["relation"] == "next"]
+
+
+def test_a_search_lists_each_study_exactly_as_its_validated_read_answers_it(world: World) -> None:
+    """Searches build ImagingStudy without validating it (the fast path, `imaging_study.data`);
+    a read validates it with fhir.resources (`imaging_study.resource`). Both answer the same
+    resource for every study, and the searchset Bundle validates as a whole."""
+    found = fhir(world, "ImagingStudy", who=ADMIN, params={"_count": "100"}).json()
+    Bundle.model_validate(found)
+    listed = [e["resource"] for e in found["entry"]]
+    assert len(listed) == sum(len(v) for v in world.studies.values())
+    for study in listed:
+        ImagingStudy.model_validate(study)
+        assert fhir(world, f"ImagingStudy/{study['id']}", who=ADMIN).json() == study
 
 
 def test_a_study_the_provider_may_not_see_is_absent(world: World) -> None:
