@@ -177,6 +177,36 @@ def import_(
     raise typer.Exit(code)
 
 
+@app.command()
+def reindex(data_dir: DataDir = None) -> None:
+    """Rebuild the index from the stored objects alone, into an empty database: the recovery of
+    last resort when the database is lost (owners and counts come back; shares, consents, links
+    decided by hand and the audit trail do not: restore those from a database backup)."""
+    settings = existing_archive(load_settings(data_dir=data_dir), OBJECTS)
+    configure_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from storage.errors import Conflict
+    from storage.ingest.reindex import reindex as rebuild
+
+    with _archive(settings) as archive:
+        columns = (TextColumn("[bold]reindex"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("reindex", total=None)
+            try:
+                report = rebuild(archive, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            except Conflict as exc:
+                raise fail(exc.detail, 1) from None
+    out.print(
+        f"reindexed {report.indexed} instances of {report.objects} objects"
+        f" ({report.duplicates} second copies left aside, {report.unreadable} unreadable,"
+        f" {report.unattributed} without their sender: unassigned);"
+        f" {report.organizations} organizations recreated by id: register their names and AEs again",
+        highlight=False,
+    )
+    raise typer.Exit(1 if report.unreadable else 0)
+
+
 @org_app.command("add")
 def org_add(
     org_id: Annotated[str, typer.Argument(metavar="ID", help="Organization ID, e.g. spital-sf-spiridon")],

@@ -1,4 +1,10 @@
-"""Filesystem blob store: durable by temp file, fsync, atomic rename, fsync of the folder."""
+"""Filesystem blob store: durable by temp file, fsync, atomic rename, fsync of the folder.
+
+An object's metadata (`protocol.Meta`) lives in its file's extended attributes (`user.pacs.*`):
+written to the temporary file before its fsync, it is as durable as the bytes and appears with
+them in one rename, at no extra file or fsync. Backups must keep extended attributes
+(`cp -a`, `rsync -X`, `tar --xattrs`), as the README says.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.blobs.protocol import BlobInfo
+from storage.blobs.protocol import BlobInfo, Meta
+
+#: the extended attributes an object's metadata is kept in
+XATTR = "user.pacs."
 
 
 class FileBlobStore:
@@ -44,23 +53,25 @@ class FileBlobStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
 
-    def put_file(self, key: str, path: Path) -> BlobInfo:
+    def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo:
         final = self._path(key)
         tmp = self._tmp_for(final)
         try:
             shutil.copyfile(path, tmp)  # sendfile/copy_file_range: no copy through Python
+            _set_meta(tmp, meta)
             self._commit(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return BlobInfo(key=key, size=final.stat().st_size)
 
-    def put(self, key: str, data: BinaryIO, size: int) -> BlobInfo:  # noqa: ARG002 - S3 needs the size
+    def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo:  # noqa: ARG002 - S3 needs the size
         final = self._path(key)
         tmp = self._tmp_for(final)
         try:
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(data, out, 1 << 20)
+            _set_meta(tmp, meta)
             self._commit(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -90,6 +101,20 @@ class FileBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def keys(self) -> Iterator[str]:
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith("."):  # a writer's temporary file is no object
+                    yield str((Path(folder) / name).relative_to(self.root))
+
+    def meta(self, key: str) -> dict[str, str]:
+        path = self._path(key)
+        found = {}
+        for name in os.listxattr(path):
+            if name.startswith(XATTR):
+                found[name.removeprefix(XATTR)] = os.getxattr(path, name).decode("ascii", "replace")
+        return found
+
     def prefetch(self, key: str) -> None:
         """Ask the kernel to read the file into the page cache in the background (WILLNEED)."""
         try:
@@ -107,3 +132,8 @@ class FileBlobStore:
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise OSError(f"blob folder {self.root} is not writable")
+
+
+def _set_meta(path: Path, meta: Meta | None) -> None:
+    for name, value in (meta or {}).items():
+        os.setxattr(path, XATTR + name, value.encode("ascii"))

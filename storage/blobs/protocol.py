@@ -9,7 +9,7 @@ lands and two objects never collide.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -21,6 +21,13 @@ class BlobInfo:
     size: int
 
 
+#: what an object carries besides its bytes: what the DICOM cannot tell of it (its owning
+#: organization, its sender, the channel, when it was received), so that `pacs reindex` can
+#: rebuild the index, visibility included, from the store alone. Names are lower-case ASCII
+#: words; values short printable ASCII (`storage.ingest.reindex` quotes what is not).
+Meta = Mapping[str, str]
+
+
 class BlobStore(Protocol):
     """What the archive needs from an object store.
 
@@ -28,9 +35,9 @@ class BlobStore(Protocol):
     acknowledge an instance right after the index commit.
     """
 
-    def put_file(self, key: str, path: Path) -> BlobInfo: ...
+    def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo: ...
 
-    def put(self, key: str, data: BinaryIO, size: int) -> BlobInfo: ...
+    def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo: ...
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -41,6 +48,14 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def exists(self, key: str) -> bool: ...
+
+    def keys(self) -> Iterator[str]:
+        """Every object's key (`pacs reindex`): the whole store, once."""
+        ...
+
+    def meta(self, key: str) -> dict[str, str]:
+        """What `put` was given as `meta` for the object (empty for an object stored without)."""
+        ...
 
     def prefetch(self, key: str) -> None:
         """Hint that `key` will be read soon, so a cold read overlaps the sending of the one before.

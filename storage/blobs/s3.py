@@ -16,9 +16,11 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from storage.blobs.protocol import BlobInfo
+from storage.blobs.protocol import BlobInfo, Meta
 
 PART_SIZE = 16 * 1024 * 1024
+#: the prefix of an object's user metadata names (`x-amz-meta-pacs-org`...)
+META = "pacs-"
 
 
 class S3BlobStore:
@@ -64,12 +66,12 @@ class S3BlobStore:
     def _name(self, key: str) -> str:
         return self.prefix + key
 
-    def put_file(self, key: str, path: Path) -> BlobInfo:
+    def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            return self.put(key, f, size)
+            return self.put(key, f, size, meta)
 
-    def put(self, key: str, data: BinaryIO, size: int) -> BlobInfo:
+    def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo:
         self.client.put_object(
             self.bucket,
             self._name(key),
@@ -77,6 +79,7 @@ class S3BlobStore:
             size,
             content_type="application/dicom",
             part_size=PART_SIZE,
+            metadata={f"{META}{name}": value for name, value in (meta or {}).items()},  # x-amz-meta-pacs-*
         )
         return BlobInfo(key=key, size=size)
 
@@ -110,6 +113,20 @@ class S3BlobStore:
                 return False
             raise
         return True
+
+    def keys(self) -> Iterator[str]:
+        for found in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+            if found.object_name is not None and not found.is_dir:
+                yield found.object_name.removeprefix(self.prefix)
+
+    def meta(self, key: str) -> dict[str, str]:
+        headers = self.client.stat_object(self.bucket, self._name(key)).metadata or {}
+        prefix = f"x-amz-meta-{META}"
+        return {
+            name.lower().removeprefix(prefix): value
+            for name, value in headers.items()
+            if name.lower().startswith(prefix)
+        }
 
     def prefetch(self, key: str) -> None:
         """No read-ahead: each GET streams from the S3 server as it is sent on."""

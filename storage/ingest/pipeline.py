@@ -42,6 +42,7 @@ from storage.errors import (
 )
 from storage.index.db import insert_or_get
 from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study, StudyOwner, utcnow
+from storage.ingest import provenance
 from storage.logs import event
 from storage.outages import outage
 from storage.patients import identities
@@ -94,7 +95,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     if pending_id is None:
         return _already_present(ctx, parsed, source.size)
     try:
-        blob = _write_blob(archive, key, source)
+        blob = _write_blob(archive, key, source, ctx)
         with archive.db.write_conn() as conn:
             _commit(conn, parsed, blob, ctx, pending_id)
     except IntegrityError as exc:
@@ -231,11 +232,34 @@ def _reserve(archive: Archive, sop_uid: str, key: str) -> int | None:
         return int(row.scalar_one())
 
 
-def _write_blob(archive: Archive, key: str, source: Source) -> BlobInfo:
+def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bool:
+    """Index an object the store already holds under `key`, as sent by `ctx` (`pacs reindex`):
+    the same parse and the same commit as a received one, without writing it again. False when
+    its SOP Instance UID is indexed already (a second object of it: the first one stays).
+
+    Raises
+    ------
+    RejectedInput
+        The object cannot be read as an instance.
+    """
+    parsed = parse(source)
+    size = source.path.stat().st_size if source.path is not None else len(source.data or b"")
+    try:
+        with archive.db.write_conn() as conn:
+            _commit(conn, parsed, BlobInfo(key=key, size=size), ctx, pending_id=0)  # no pending row is 0
+    except IntegrityError:
+        if _is_present(archive, parsed.sop_uid):
+            return False
+        raise
+    return True
+
+
+def _write_blob(archive: Archive, key: str, source: Source, ctx: Context) -> BlobInfo:
+    meta = provenance.of(ctx)  # who sent it and for whom: what `pacs reindex` needs besides the bytes
     if source.path is not None:
-        return archive.blobs.put_file(key, source.path)
+        return archive.blobs.put_file(key, source.path, meta)
     data = source.data or b""
-    return archive.blobs.put(key, io.BytesIO(data), len(data))
+    return archive.blobs.put(key, io.BytesIO(data), len(data), meta)
 
 
 def _cleanup(archive: Archive, key: str, pending_id: int) -> None:

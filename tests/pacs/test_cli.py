@@ -19,7 +19,7 @@ from storage.index.models import PatientIdentity, Study
 from tests.kit import dicom_factory as f
 from tests.kit.backends import settings_for
 from tests.kit.net import free_port
-from tests.kit.seed import seed
+from tests.kit.seed import seed, seed_orgs
 from tests.kit.servers import pacs_executable
 
 
@@ -141,6 +141,7 @@ def test_org_list_remove_ae_and_claim_what_an_ae_sent_before_it_was_registered(t
         ("org", "remove-ae", "x", "A"),
         ("token", "--org", "x", "--role", "clinician"),
         ("db", "upgrade"),
+        ("reindex",),
     ],
     ids=lambda a: " ".join(a[:2]),
 )
@@ -169,6 +170,28 @@ def test_a_shared_deployment_needs_no_data_folder(tmp_path: Path) -> None:
 
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_reindex_rebuilds_a_lost_index_from_the_objects_and_refuses_a_full_one(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    archive = Archive.open(settings_for(data))
+    upgrade(archive.db.engine)
+    seed_orgs(archive)
+    st = f.uid()
+    seed(archive, *[f.ct_dataset(study_uid=st, instance_number=i) for i in (1, 2)])
+    seed(archive, f.ct_dataset(), as_=Principal.dicom_node("ROGUE", None))
+    archive.close()
+    (data / "index.db").unlink()  # the index is lost; the objects are not
+
+    r = pacs("reindex", data_dir=data)
+    assert r.returncode == 0, r.stderr
+    assert "reindexed 3 instances of 3 objects (0 second copies" in " ".join(r.stdout.split())
+    again = Archive.open(settings_for(data))
+    with again.db.read() as s:
+        assert {row.study_uid: row.num_instances for row in s.scalars(select(Study))}[st] == 2
+    again.close()
+    refused = pacs("reindex", data_dir=data)
+    assert refused.returncode == 1 and "the index is not empty" in " ".join(refused.stderr.split())
 
 
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
