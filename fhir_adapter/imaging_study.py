@@ -39,8 +39,10 @@ SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "endpoint": ("reference", "Endpoint/dicomweb (every study's)"),
     "_lastUpdated": ("date", "when the study last received an instance, with prefixes"),
 }
+#: `_summary` values served: the series without instances, or the count alone
+SUMMARIES = frozenset({"true", "false", "count"})
 #: result parameters of its own (FHIR R4 3.1.1.5), besides those of every search
-OWN_RESULT_PARAMS = frozenset({"_sort", "_include"})
+OWN_RESULT_PARAMS = frozenset({"_sort", "_include", "_summary"})
 
 
 def resource(row: Any, page: StudyPage) -> dict[str, Any]:
@@ -49,19 +51,25 @@ def resource(row: Any, page: StudyPage) -> dict[str, Any]:
     return ImagingStudy.model_validate(data(row, page)).model_dump(mode="json", exclude_none=True)
 
 
-def data(row: Any, page: StudyPage) -> dict[str, Any]:
+#: FHIR R4 3.1.1.5.8: a resource summarized (`_summary=true`) says so in a tag
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+def data(row: Any, page: StudyPage, *, summary: bool = False) -> dict[str, Any]:
     """The same ImagingStudy, built without validation: what a search lists.
 
     Validating a 100-study page (and again inside its Bundle) cost 92-95 % of the search's time
     at 1,500 instances (benchmarks/README.md, [8/10]); what is built here is what `resource`
-    answers, field for field, which `tests/gateway/test_fhir.py` checks for every study."""
+    answers, field for field, which `tests/gateway/test_fhir.py` checks for every study.
+    `summary`: the summary elements only (`_summary=true`): the series without their instances,
+    tagged SUBSETTED (a page holds the instances of a hundred studies otherwise)."""
     identifiers: list[dict[str, Any]] = [{"system": UID_SYSTEM, "value": f"urn:oid:{row.study_uid}"}]
     if row.accession_number:
         identifiers.append({"type": ACCESSION_TYPE, "value": row.accession_number})
     study: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "id": row.study_uid,
-        "meta": {"lastUpdated": fhir_instant(row.updated_at)},
+        "meta": {"lastUpdated": fhir_instant(row.updated_at), **({"tag": [SUBSETTED]} if summary else {})},
         "identifier": identifiers,
         "status": "available",
         "subject": {"reference": f"Patient/{row.identity_id}"},
@@ -155,6 +163,9 @@ def keys_of(query: Mapping[str, list[str]]) -> tuple[dict[str, str], tuple[tuple
     sort = values("_sort", query.get("_sort", []))
     if sort and sort != ["-started"]:
         raise FhirError(400, "_sort: only -started (newest first) is supported")
+    summaries = values("_summary", query.get("_summary", []))
+    if any(v not in SUMMARIES for v in summaries):
+        raise FhirError(400, "_summary: true, false or count")
     includes = values("_include", query.get("_include", []))
     if any(i != "ImagingStudy:patient" for i in includes):
         raise FhirError(400, "_include: only ImagingStudy:patient is supported")

@@ -68,11 +68,13 @@ def page(
     before: str | None = None,
     updated: tuple[Bound, ...] = (),
     patient: int | None = None,
+    instances: bool = True,
 ) -> StudyPage:
     """Up to `limit` studies matching `query`'s keys that `ctx` may see, after study `after`
     (a Study Instance UID of the previous page) or, `before`, the page that ends before that
     study, with `updated` conditions on their last change, of identity `patient` and the
-    identities linked to it (`storage.query.linked.linked_to`).
+    identities linked to it (`storage.query.linked.linked_to`); without their `instances` (a
+    summary lists the series only).
 
     Raises
     ------
@@ -90,8 +92,8 @@ def page(
         order = (Study.study_date.desc(), Study.id.desc())
     rows = list(session.execute(select(*_STUDY).where(*conditions).order_by(*order).limit(size + 1)).all())
     studies = rows[:size] if before is None else list(reversed(rows[:size]))
-    series, instances = _members(session, [s.id for s in studies])
-    return StudyPage(studies, series, instances, len(rows) > size)
+    series, members = _members(session, [s.id for s in studies], instances=instances)
+    return StudyPage(studies, series, members, len(rows) > size)
 
 
 def count(
@@ -184,7 +186,9 @@ def _before(study_uid: str) -> ColumnElement[bool]:
     return or_(Study.study_date > day, and_(Study.study_date == day, Study.id > pk))
 
 
-def _members(session: Session, study_ids: list[int]) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+def _members(
+    session: Session, study_ids: list[int], *, instances: bool = True
+) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
     if not study_ids:
         return {}, {}
     series_rows = session.execute(
@@ -204,13 +208,15 @@ def _members(session: Session, study_ids: list[int]) -> tuple[dict[int, list[Any
     series: dict[int, list[Any]] = {}
     for row in series_rows:
         series.setdefault(row.study_id, []).append(row)
+    if not instances:
+        return series, {}
     instance_rows = session.execute(
         select(Instance.series_id, Instance.sop_uid, Instance.sop_class_uid, Instance.instance_number)
         .where(Instance.study_id.in_(study_ids))
         .order_by(Instance.series_id, Instance.instance_number.asc().nulls_last(), Instance.id)
         .limit(MAX_INSTANCES)
     ).all()
-    instances: dict[int, list[Any]] = {}
+    by_series: dict[int, list[Any]] = {}
     for instance in instance_rows:
-        instances.setdefault(instance.series_id, []).append(instance)
-    return series, instances
+        by_series.setdefault(instance.series_id, []).append(instance)
+    return series, by_series

@@ -510,6 +510,23 @@ def test_a_search_lists_each_study_exactly_as_its_validated_read_answers_it(worl
         assert fhir(world, f"ImagingStudy/{study['id']}", who=ADMIN).json() == study
 
 
+def test_a_summary_lists_series_without_instances_and_a_count_lists_nothing(world: World) -> None:
+    params = {"patient": f"Patient/{world.ids['H-ANA']}"}
+    summary = fhir(world, "ImagingStudy", params={**params, "_summary": "true"}).json()
+    Bundle.model_validate(summary)
+    full = fhir(world, "ImagingStudy", params=params).json()
+    assert summary["total"] == full["total"] == 4
+    for brief, whole in zip(summary["entry"], full["entry"], strict=True):
+        study = brief["resource"]
+        assert study["meta"]["tag"][0]["code"] == "SUBSETTED"
+        assert all("instance" not in series for series in study["series"])
+        assert [s["uid"] for s in study["series"]] == [s["uid"] for s in whole["resource"]["series"]]
+        assert study["numberOfInstances"] == whole["resource"]["numberOfInstances"]
+    counted = fhir(world, "ImagingStudy", params={**params, "_summary": "count"}).json()
+    assert counted["total"] == 4 and not counted.get("entry")
+    assert_outcome(fhir(world, "ImagingStudy", params={"_summary": "text"}), 400, "invalid")
+
+
 def test_a_study_the_provider_may_not_see_is_absent(world: World) -> None:
     uid = world.studies["H-ION"][0]
     assert_outcome(fhir(world, f"ImagingStudy/{uid}", who=DR_B), 404, "not-found")
