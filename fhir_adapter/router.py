@@ -493,6 +493,10 @@ def delete_subscription(subscription_id: FhirId, ctx: Ctx, archive: Arch) -> Res
     return Response(status_code=204)
 
 
+#: the most Subscriptions a search lists (an organization holds at most 100; an admin sees all)
+MAX_SUBSCRIPTIONS = 1000
+
+
 @router.get("/Subscription", summary="Search Subscriptions (its organization's)", dependencies=[Formatted])
 def search_subscriptions(request: Request, ctx: Ctx, archive: Arch, base: Base) -> Response:
     query = _query(request)
@@ -503,10 +507,6 @@ def search_subscriptions(request: Request, ctx: Ctx, archive: Arch, base: Base) 
     matches = [subscription.resource(r) for r in found]
     total = len(matches) if len(matches) < MAX_SUBSCRIPTIONS else None  # more than listed: not counted
     return _answer(searchset(base, "Subscription", request.query_params.multi_items(), matches, total, None))
-
-
-#: the most Subscriptions a search lists (an organization holds at most 100; an admin sees all)
-MAX_SUBSCRIPTIONS = 1000
 
 
 def _create_subscription(archive: Archive, ctx: Context, spec: subscriptions.Spec) -> subscriptions.Record:

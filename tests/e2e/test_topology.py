@@ -41,6 +41,10 @@ from tests.kit.tools import TOOLS, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
+#: each reader's pause between two requests (20 readers: up to 200 requests a second, besides ingest)
+READ_PACE = 0.1
+#: instances each of the two modalities sends in each fault's phase
+PER_PHASE = 150
 PORTS = 46  # local-cluster.sh uses CLUSTER_PORT_BASE + 0 .. + 41 (and the PostgreSQL/S3 pairs)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.dcmtk]
@@ -223,7 +227,7 @@ class Readers:
 def read_until_stopped(cluster: Cluster, readers: Readers, shared_study: str, *, outages: bool) -> None:
     with cluster.client() as http:
         n = 0
-        while not readers.stop.is_set():
+        while not readers.stop.wait(READ_PACE):
             n += 1
             path = "/dicomweb/studies?limit=20" if n % 2 else f"/dicomweb/studies/{shared_study}/metadata"
             try:
@@ -334,11 +338,12 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
     shared = f.uid()
     phases = {
         phase: [
-            files_of(tmp_path / phase / f"scu{i}", shared, 150, patient="FAULT-SHARED").pop().parent for i in (0, 1)
+            files_of(tmp_path / phase / f"scu{i}", shared, PER_PHASE, patient="FAULT-SHARED").pop().parent
+            for i in (0, 1)
         ]
         for phase in ("killed", "database", "objects")
     }
-    stowed = files_of(tmp_path / "stow", shared, 100, patient="FAULT-SHARED")
+    stowed = files_of(tmp_path / "stow", shared, 60, patient="FAULT-SHARED")
     acknowledged = stow(cluster, files_of(tmp_path / "first", shared, 1, patient="FAULT-SHARED"))
     folders = [folder for pair in phases.values() for folder in pair]
     expected = {p.stem for folder in folders for p in folder.iterdir()} | {p.stem for p in stowed} | acknowledged
@@ -383,7 +388,8 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
         # everything once more, as a modality retries: what was refused is stored, what was
         # stored is "already present" (a success), and nothing is stored twice. HAProxy takes
         # an SCP back after two good readiness checks (4 s): until then a retry may be refused
-        last = [resend(cluster, f"FINAL{i}", folder) for i, folder in enumerate(folders)]
+        resent = [pool.submit(resend, cluster, f"FINAL{i}", folder) for i, folder in enumerate(folders)]
+        last = [r.result() for r in resent]
         readers.stop.set()
         for r in reading:
             r.result()
@@ -400,7 +406,7 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
     said = cluster.log("scp1") + cluster.log("scp2")
     refused = set(re.findall(r"(?:ingest|dimse\.store)\.unavailable .*backend=\W?(database|object store)", said))
     assert refused == {"database", "object store"}, "each outage refused a C-STORE, retryably"
-    missed = [len(r[0]) < 150 for r in second + third]
+    missed = [len(r[0]) < PER_PHASE for r in second + third]
     assert any(missed), "no C-STORE was refused during the outages: the test would prove nothing"
     # background work goes on: the identities queued during the faults are linked
     deadline = time.monotonic() + 60
