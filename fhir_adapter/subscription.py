@@ -90,6 +90,8 @@ def check_criteria(criteria: str) -> str:
     result = sorted(n for n in query if n in RESULT_PARAMS or n in imaging_study.OWN_RESULT_PARAMS)
     if result:
         raise FhirError(422, f"criteria: {result[0]} shapes a page of results, not which study to notify")
+    if "_lastUpdated" in query:
+        raise FhirError(422, "criteria: _lastUpdated: a notification is for a study that has just changed")
     try:
         imaging_study.keys_of(query)
         imaging_study.patient_of(query)

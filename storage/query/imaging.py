@@ -10,7 +10,7 @@ last study of the previous page (keyset on (date, id): a next page costs what th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
@@ -130,7 +130,11 @@ def changed(
         .order_by(Study.updated_at, Study.id)
         .limit(max(0, min(limit, MAX_CHANGED)))
     )
-    return [(row.study_uid, row.updated_at) for row in session.execute(stmt)]
+    return [(row.study_uid, _aware(row.updated_at)) for row in session.execute(stmt)]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 def one(study_uid: str, ctx: Context, *, session: Session) -> StudyPage:

@@ -227,6 +227,23 @@ def test_a_provider_is_told_of_another_institutions_study_of_a_person_it_cares_f
     assert hospitals  # the clinic was told of the hospital's study, not given it
 
 
+def test_more_studies_than_one_round_reads_are_each_notified_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matcher reads changed studies a page at a time (`imaging.MAX_CHANGED`); with a page
+    of 2 and 5 new studies, it goes on page after page and records each once."""
+    from storage.query import imaging
+
+    store(world, study("SUB-MANY"))
+    made = subscribe(world, RIS_A, f"ImagingStudy?patient=Patient/{identity_of(world, 'SUB-MANY')}", "/many")
+    monkeypatch.setattr(imaging, "MAX_CHANGED", 2)
+    new = {store(world, study("SUB-MANY")) for _ in range(5)}
+    world.hook.wait_for(5, "/many")
+    time.sleep(SETTLE)
+    assert len(world.hook.got("/many")) == 5
+    assert {d.study_uid for d in deliveries(world, made["id"])} == new
+
+
 # ----- failures, retries, error, and back --------------------------------------------------------
 
 
@@ -326,6 +343,7 @@ def _subscription(**changes: Any) -> dict[str, Any]:
         ({k: v for k, v in _subscription().items() if k != "reason"}, 400, "reason"),
         (_subscription(criteria="Patient?name=x"), 422, "only ImagingStudy"),
         (_subscription(criteria="ImagingStudy?_count=5"), 422, "_count"),
+        (_subscription(criteria="ImagingStudy?_lastUpdated=ge2026-01-01"), 422, "_lastUpdated"),
         (_subscription(criteria="ImagingStudy?colour=red"), 422, "unknown search parameter"),
         (_subscription(criteria="ImagingStudy?started=2024-13"), 422, "started"),
         (_subscription(criteria="ImagingStudy?" + "a=1&" * 40), 422, "30"),
