@@ -8,6 +8,8 @@ them in one rename, at no extra file or fsync. Backups must keep extended attrib
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import uuid
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage.blobs.protocol import BlobInfo, Meta
+from storage.logs import event
+
+log = logging.getLogger(__name__)
 
 #: the extended attributes an object's metadata is kept in
 XATTR = "user.pacs."
@@ -135,5 +140,20 @@ class FileBlobStore:
 
 
 def _set_meta(path: Path, meta: Meta | None) -> None:
-    for name, value in (meta or {}).items():
-        os.setxattr(path, XATTR + name, value.encode("ascii"))
+    """Keep `meta` in the file's extended attributes; on a filesystem without them (some network
+    or old in-memory ones) the object is stored all the same, without (said once per process:
+    `pacs reindex` would then index its objects as unassigned)."""
+    global _WARNED
+    try:
+        for name, value in (meta or {}).items():
+            os.setxattr(path, XATTR + name, value.encode("ascii"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        if not _WARNED:
+            _WARNED = True
+            event(log, "blobs.no_xattrs", level=logging.WARNING, folder=str(path.parent.parent.parent))
+
+
+#: whether this process said already that its filesystem keeps no extended attributes
+_WARNED = False

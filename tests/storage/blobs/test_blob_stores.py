@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.blobs import from_settings
+from storage.blobs import from_settings, fs
 from storage.blobs.fs import FileBlobStore
 from storage.blobs.protocol import BlobStore, new_key, object_key
 from storage.settings import Settings
@@ -128,3 +128,29 @@ def test_deleting_a_key_removes_what_a_killed_writer_of_it_left(tmp_path: Path) 
     store.delete(key)
     root = tmp_path / "objects"
     assert {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files} == {other}
+
+
+def test_metadata_rides_with_the_object_and_keys_list_the_whole_store(store: BlobStore) -> None:
+    meta = {"org": "hosp-a", "sender": "CT1", "channel": "dimse"}
+    store.put("ab/cd/with.dcm", io.BytesIO(b"DICM"), 4, meta)
+    store.put("ab/ce/without.dcm", io.BytesIO(b"DICM"), 4)
+    assert store.meta("ab/cd/with.dcm") == meta
+    assert store.meta("ab/ce/without.dcm") == {}
+    assert {"ab/cd/with.dcm", "ab/ce/without.dcm"} <= set(store.keys())
+
+
+def test_a_filesystem_without_extended_attributes_stores_the_object_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    def unsupported(*_args: object) -> None:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)  # as on a filesystem that keeps none
+    monkeypatch.setattr(fs, "_WARNED", False)
+    store = FileBlobStore(tmp_path / "objects")
+    store.put("ab/cd/x.dcm", io.BytesIO(b"DICM"), 4, {"org": "hosp-a"})
+    store.put("ab/cd/y.dcm", io.BytesIO(b"DICM"), 4, {"org": "hosp-a"})
+    assert store.open("ab/cd/x.dcm").read() == b"DICM" and store.meta("ab/cd/x.dcm") == {}
+    assert [r.getMessage() for r in caplog.records].count("blobs.no_xattrs") == 1  # said once per process
