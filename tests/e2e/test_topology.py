@@ -43,8 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
 #: each reader's pause between two requests (20 readers: up to 200 requests a second, besides ingest)
 READ_PACE = 0.1
-#: instances each of the two modalities sends in each fault's phase
-PER_PHASE = 150
+#: instances each of the two modalities sends in each fault's phase: enough that the transfer is
+#: still going when the fault strikes, once `STRIKE_AFTER` of them are stored
+PER_PHASE = {"killed": 150, "database": 300, "objects": 300}
+STRIKE_AFTER = 20
 PORTS = 46  # local-cluster.sh uses CLUSTER_PORT_BASE + 0 .. + 41 (and the PostgreSQL/S3 pairs)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.dcmtk]
@@ -243,6 +245,25 @@ def read_until_stopped(cluster: Cluster, readers: Readers, shared_study: str, *,
                 readers.wrong.append(f"{path}: {answer.status_code} {answer.text[:120]}")
 
 
+def stored_since(cluster: Cluster, study: str, more: int, timeout: float = 60.0) -> None:
+    """Wait until `more` instances of `study` are stored beyond those it held when called: the
+    transfer under way, so that a fault strikes in the middle of it."""
+    engine = create_engine(cluster.settings["CLUSTER_DATABASE_URL"])
+    count = select(Study.num_instances).where(Study.study_uid == study)
+    try:
+        with engine.connect() as conn:
+            start = conn.execute(count).scalar() or 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if (conn.execute(count).scalar() or 0) >= start + more:
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"{more} more instances of the study were not stored in {timeout} s")
+    finally:
+        engine.dispose()
+
+
 def index_state(cluster: Cluster) -> dict[str, object]:
     engine = create_engine(cluster.settings["CLUSTER_DATABASE_URL"])
     try:
@@ -338,10 +359,10 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
     shared = f.uid()
     phases = {
         phase: [
-            files_of(tmp_path / phase / f"scu{i}", shared, PER_PHASE, patient="FAULT-SHARED").pop().parent
+            files_of(tmp_path / phase / f"scu{i}", shared, PER_PHASE[phase], patient="FAULT-SHARED").pop().parent
             for i in (0, 1)
         ]
-        for phase in ("killed", "database", "objects")
+        for phase in PER_PHASE
     }
     stowed = files_of(tmp_path / "stow", shared, 60, patient="FAULT-SHARED")
     acknowledged = stow(cluster, files_of(tmp_path / "first", shared, 1, patient="FAULT-SHARED"))
@@ -357,7 +378,7 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
         # an SCP process and a gateway process die mid-transfer (kill -9), and come back
         killed = send("killed")
         stows = pool.submit(stow, cluster, stowed, batch=5, retry=True)
-        time.sleep(1.5)
+        stored_since(cluster, shared, STRIKE_AFTER)  # mid-transfer
         os.killpg(cluster.pid("scp1"), signal.SIGKILL)
         os.killpg(cluster.pid("gw1"), signal.SIGKILL)
         first = [s.result() for s in killed]
@@ -366,7 +387,7 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
 
         # PostgreSQL restarts while instances arrive
         during_restart = send("database")
-        time.sleep(1.0)
+        stored_since(cluster, shared, STRIKE_AFTER)
         pg = ["--dir", cluster.settings["CLUSTER_PG_DIR"]]
         subprocess.run(["bash", str(TOOLS / "stop-postgres.sh"), *pg], check=True, capture_output=True, timeout=60)
         time.sleep(3)
@@ -378,7 +399,7 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
 
         # the object store is cut off for 4 s while instances arrive
         during_cut = send("objects")
-        time.sleep(0.5)
+        stored_since(cluster, shared, STRIKE_AFTER)
         cluster.relay.close()
         time.sleep(4)
         cluster.relay.open()
@@ -406,7 +427,7 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
     said = cluster.log("scp1") + cluster.log("scp2")
     refused = set(re.findall(r"(?:ingest|dimse\.store)\.unavailable .*backend=\W?(database|object store)", said))
     assert refused == {"database", "object store"}, "each outage refused a C-STORE, retryably"
-    missed = [len(r[0]) < PER_PHASE for r in second + third]
+    missed = [len(r[0]) < PER_PHASE["database"] for r in second + third]
     assert any(missed), "no C-STORE was refused during the outages: the test would prove nothing"
     # background work goes on: the identities queued during the faults are linked
     deadline = time.monotonic() + 60
