@@ -10,7 +10,7 @@ last study of the previous page (keyset on (date, id): a next page costs what th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from storage.access.context import Context
 from storage.access.policy import visible_to
 from storage.errors import NotFound
+from storage.index.claims import as_utc
 from storage.index.models import Instance, Series, Study
 from storage.query.keys import STUDY
 from storage.query.linked import linked_to
@@ -130,11 +131,7 @@ def changed(
         .order_by(Study.updated_at, Study.id)
         .limit(max(0, min(limit, MAX_CHANGED)))
     )
-    return [(row.study_uid, _aware(row.updated_at)) for row in session.execute(stmt)]
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite drops the zone
+    return [(row.study_uid, as_utc(row.updated_at)) for row in session.execute(stmt)]
 
 
 def one(study_uid: str, ctx: Context, *, session: Session) -> StudyPage:

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from storage.access.context import Context
 from storage.access.policy import visible_to
 from storage.access.principal import Principal
-from storage.archive import owner_is_gone
 from storage.dicom.uids import is_uid
 from storage.errors import InvalidCommitmentRequest
+from storage.index.claims import held, take
 from storage.index.models import ApplicationEntity, CommitmentRequest, Instance, Study
 
 #: Failure Reason (0008,1197) values, PS3.3 C.14.1.1
@@ -193,15 +193,9 @@ def claim_due(session: Session, owner: str, lease: timedelta, *, limit: int = 16
     claimed: list[Pending] = []
     for row in due:
         holder = row.claimed_by
-        if holder is not None and _aware(row.claimed_until) > now and not owner_is_gone(holder):
+        if held(holder, row.claimed_until, now):
             continue
-        taken = session.execute(
-            update(CommitmentRequest)
-            .where(CommitmentRequest.id == row.id, CommitmentRequest.claimed_by.is_not_distinct_from(holder))
-            .values(claimed_by=owner, claimed_until=now + lease)
-            .execution_options(synchronize_session=False)
-        )
-        if taken.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
+        if take(session, CommitmentRequest, row.id, holder, owner, now + lease):
             claimed.append(_pending(row, None if holder == owner else holder))
     return claimed
 
@@ -231,9 +225,3 @@ def _pending(row: CommitmentRequest, previous_owner: str | None) -> Pending:
     principal = Principal.dicom_node(row.calling_ae, row.org_id)
     references = tuple(Reference(c, i) for c, i in orjson.loads(row.referenced))
     return Pending(row.id, principal, Request(row.transaction_uid, references), row.attempts, previous_owner)
-
-
-def _aware(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite returns naive ones

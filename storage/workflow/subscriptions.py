@@ -40,8 +40,8 @@ from sqlalchemy.orm import Session
 from storage.access.context import Context
 from storage.access.principal import Principal, Role
 from storage.errors import Conflict, Gone, NotFound
+from storage.index.claims import as_utc, held, take
 from storage.index.models import Subscription, SubscriptionDelivery
-from storage.processes import owner_is_gone
 from storage.settings import Settings
 
 ACTIVE, ERROR, OFF = "active", "error", "off"
@@ -228,8 +228,8 @@ def to_match(session: Session, until: datetime) -> list[Watch]:
             r.id,
             r.criteria,
             _owner(r),
-            max(_aware(r.checked_until) - MARGIN, _aware(r.created_at)),
-            _aware(r.checked_until),
+            max(as_utc(r.checked_until) - MARGIN, as_utc(r.created_at)),
+            as_utc(r.checked_until),
         )
         for r in rows
     ]
@@ -243,7 +243,7 @@ def unrecorded(
     if not studies:
         return []
     known = {
-        (uid, _aware(version))
+        (uid, as_utc(version))
         for uid, version in session.execute(
             select(SubscriptionDelivery.study_uid, SubscriptionDelivery.study_version).where(
                 SubscriptionDelivery.subscription_id == subscription_id,
@@ -251,7 +251,7 @@ def unrecorded(
             )
         )
     }
-    return [(uid, version) for uid, version in studies if (uid, _aware(version)) not in known]
+    return [(uid, version) for uid, version in studies if (uid, as_utc(version)) not in known]
 
 
 def record_matches(
@@ -306,15 +306,9 @@ def claim_due(session: Session, owner: str, *, limit: int = CLAIM_BATCH) -> list
     claimed: list[Due] = []
     for delivery, subscription in rows:
         holder = delivery.claimed_by
-        if holder is not None and _aware(delivery.claimed_until) > now and not owner_is_gone(holder):
+        if held(holder, delivery.claimed_until, now):
             continue
-        taken = session.execute(
-            update(SubscriptionDelivery)
-            .where(SubscriptionDelivery.id == delivery.id, SubscriptionDelivery.claimed_by.is_not_distinct_from(holder))
-            .values(claimed_by=owner, claimed_until=now + LEASE)
-            .execution_options(synchronize_session=False)
-        )
-        if taken.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
+        if take(session, SubscriptionDelivery, delivery.id, holder, owner, now + LEASE):
             claimed.append(
                 Due(
                     delivery.id,
@@ -418,9 +412,9 @@ def deliveries(session: Session, ctx: Context, subscription_id: int, *, limit: i
             "study": d.study_uid,
             "state": d.state,
             "attempts": d.attempts,
-            "matched": _aware(d.created_at).isoformat(),
-            "delivered": _aware(d.delivered_at).isoformat() if d.delivered_at else None,
-            "next_attempt": _aware(d.due_at).isoformat() if d.state == PENDING else None,
+            "matched": as_utc(d.created_at).isoformat(),
+            "delivered": as_utc(d.delivered_at).isoformat() if d.delivered_at else None,
+            "next_attempt": as_utc(d.due_at).isoformat() if d.state == PENDING else None,
             "last_error": d.last_error or None,
         }
         for d in found
@@ -463,7 +457,7 @@ def _fields(spec: Spec) -> dict[str, Any]:
 
 
 def _record(row: Subscription) -> Record:
-    ended = row.end_at is not None and _aware(row.end_at) <= datetime.now(UTC)
+    ended = row.end_at is not None and as_utc(row.end_at) <= datetime.now(UTC)
     return Record(
         row.id,
         OFF if ended else row.status,
@@ -472,9 +466,9 @@ def _record(row: Subscription) -> Record:
         row.endpoint,
         tuple(json.loads(row.headers)),
         row.payload,
-        _aware(row.end_at) if row.end_at else None,
+        as_utc(row.end_at) if row.end_at else None,
         row.error,
-        _aware(row.updated_at),
+        as_utc(row.updated_at),
     )
 
 
@@ -482,9 +476,3 @@ def _owner(row: Subscription) -> Principal:
     known = {role.value for role in Role}
     roles = frozenset(Role(r) for r in row.owner_roles.split(",") if r in known)
     return Principal(sub=row.owner_sub, org=row.owner_org, roles=roles)
-
-
-def _aware(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite returns naive ones
