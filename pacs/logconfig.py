@@ -18,6 +18,9 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin at every start
+    # a line per request with its whole URL: a Subscription's endpoint may carry a secret in its
+    # query; our own `fhir.subscription.*` lines say what was sent
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     drop_restated_library_errors()
 
 
