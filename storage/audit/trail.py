@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, literal, or_, select, union_all
+from sqlalchemy.exc import DBAPIError
 
 from storage import metrics
 from storage.access.context import AccessEvent
@@ -219,7 +220,17 @@ class AuditTrail:
             batch[0].done.set_exception(AuditUnavailable(f"the audit record could not be written: {exc}"))
 
     def _commit(self, batch: list[_Pending]) -> None:
-        conn = self._connection()
+        """Commit `batch` on the kept connection; once more on a new one when the database had
+        dropped the kept one (a restart, a failover: nothing pings it, unlike the pool's)."""
+        try:
+            self._commit_on(self._connection(), batch)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            event(log, "audit.reconnected", level=logging.WARNING)
+            self._commit_on(self._connection(), batch)
+
+    def _commit_on(self, conn: Connection, batch: list[_Pending]) -> None:
         try:
             with conn.begin():  # the lookup and the insert in one transaction
                 rows, seq, prev = self._rows(conn, batch, self._seq, self._prev)

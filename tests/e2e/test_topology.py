@@ -23,6 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -162,7 +163,8 @@ def storescu(cluster: Cluster, aet: str, folder: Path) -> tuple[set[str], int, s
             current = Path(m.group(1)).stem
         elif "Received Store Response (Success)" in line and current:
             acked.add(current)
-    failures = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if line.startswith(("E:", "F:"))]
+    said = proc.stdout.splitlines() + proc.stderr.splitlines()
+    failures = [line for line in said if line.startswith(("E:", "F:"))] or said
     return acked, proc.returncode, "\n".join(failures[-5:])
 
 
@@ -245,9 +247,36 @@ def read_until_stopped(cluster: Cluster, readers: Readers, shared_study: str, *,
                 readers.wrong.append(f"{path}: {answer.status_code} {answer.text[:120]}")
 
 
-def stored_since(cluster: Cluster, study: str, more: int, timeout: float = 60.0) -> None:
+def serving(cluster: Cluster, timeout: float = 90.0) -> None:
+    """Wait until both SCPs answer their readiness probe and HAProxy has taken them back (two good
+    checks 2 s apart), then until an association through HAProxy is accepted: a phase starts on
+    a whole cluster, not while the previous fault still echoes (otherwise its senders are refused
+    before the fault they are meant to feel)."""
+    deadline = time.monotonic() + timeout
+    for name in ("CLUSTER_SCP1_HTTP", "CLUSTER_SCP2_HTTP"):
+        url = f"http://{cluster.settings[name]}/readyz"
+        while True:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{name}: not ready in {timeout} s"
+            time.sleep(0.5)
+    time.sleep(6)  # HAProxy: rise 2, inter 2 s
+    host, port = cluster.dicom
+    echo = [require_tool("echoscu"), "-aet", "READY", "-aec", "MUNIPACS", host, str(port)]
+    while subprocess.run(echo, capture_output=True, timeout=30, check=False).returncode != 0:
+        assert time.monotonic() < deadline, "HAProxy refused associations after both SCPs were ready"
+        time.sleep(1)
+
+
+def stored_since(
+    cluster: Cluster, study: str, more: int, senders: list[Future[tuple[set[str], int, str]]], timeout: float = 60.0
+) -> None:
     """Wait until `more` instances of `study` are stored beyond those it held when called: the
-    transfer under way, so that a fault strikes in the middle of it."""
+    transfer under way, so that a fault strikes in the middle of it. Senders that all ended
+    before that fail the wait at once, with what they said."""
     engine = create_engine(cluster.settings["CLUSTER_DATABASE_URL"])
     count = select(Study.num_instances).where(Study.study_uid == study)
     try:
@@ -258,6 +287,9 @@ def stored_since(cluster: Cluster, study: str, more: int, timeout: float = 60.0)
             with engine.connect() as conn:
                 if (conn.execute(count).scalar() or 0) >= start + more:
                     return
+            if all(s.done() for s in senders):
+                said = [s.result()[1:] for s in senders]
+                raise AssertionError(f"the senders ended before {more} more instances were stored: {said}")
             time.sleep(0.02)
         raise AssertionError(f"{more} more instances of the study were not stored in {timeout} s")
     finally:
@@ -353,6 +385,7 @@ def test_two_scps_and_two_gateways_ingest_at_once_while_twenty_clients_read(clus
         assert "dimse.assoc.released" in cluster.log(scp), scp
 
 
+@pytest.mark.timeout(600)
 def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Cluster, tmp_path: Path) -> None:
     """Three phases, each with new instances in flight when its fault strikes, then everything
     sent once more with all up."""
@@ -373,45 +406,69 @@ def test_faults_lose_nothing_acknowledged_and_fail_only_retryably(cluster: Clust
         return [pool.submit(storescu, cluster, f"FAULTY{i}", folder) for i, folder in enumerate(phases[phase])]
 
     readers = Readers()
+    began = time.monotonic()
+
+    def mark(what: str) -> None:  # where the time went, in the output of a failure
+        print(f"[topology +{time.monotonic() - began:.1f} s] {what}", file=sys.stderr, flush=True)
+
     with ThreadPoolExecutor(max_workers=16) as pool:
         reading = [pool.submit(read_until_stopped, cluster, readers, shared, outages=True) for _ in range(10)]
-        # an SCP process and a gateway process die mid-transfer (kill -9), and come back
-        killed = send("killed")
-        stows = pool.submit(stow, cluster, stowed, batch=5, retry=True)
-        stored_since(cluster, shared, STRIKE_AFTER)  # mid-transfer
-        os.killpg(cluster.pid("scp1"), signal.SIGKILL)
-        os.killpg(cluster.pid("gw1"), signal.SIGKILL)
-        first = [s.result() for s in killed]
-        cluster.script("restart-one", str(cluster.folder), "scp1")
-        cluster.script("restart-one", str(cluster.folder), "gw1")
+        try:
+            # an SCP process and a gateway process die mid-transfer (kill -9), and come back
+            serving(cluster)
+            mark("killed: sending")
+            killed = send("killed")
+            stows = pool.submit(stow, cluster, stowed, batch=5, retry=True)
+            stored_since(cluster, shared, STRIKE_AFTER, killed)  # mid-transfer
+            mark("killed: scp1 and gw1")
+            os.killpg(cluster.pid("scp1"), signal.SIGKILL)
+            os.killpg(cluster.pid("gw1"), signal.SIGKILL)
+            first = [s.result() for s in killed]
+            mark(f"killed: senders done {[r[1] for r in first]}")
+            cluster.script("restart-one", str(cluster.folder), "scp1")
+            cluster.script("restart-one", str(cluster.folder), "gw1")
 
-        # PostgreSQL restarts while instances arrive
-        during_restart = send("database")
-        stored_since(cluster, shared, STRIKE_AFTER)
-        pg = ["--dir", cluster.settings["CLUSTER_PG_DIR"]]
-        subprocess.run(["bash", str(TOOLS / "stop-postgres.sh"), *pg], check=True, capture_output=True, timeout=60)
-        time.sleep(3)
-        port = ["--port", cluster.settings["CLUSTER_PG_PORT"]]
-        subprocess.run(
-            ["bash", str(TOOLS / "start-postgres.sh"), *pg, *port], check=True, capture_output=True, timeout=120
-        )
-        second = [s.result() for s in during_restart]
+            # PostgreSQL restarts while instances arrive
+            serving(cluster)
+            mark("database: sending")
+            during_restart = send("database")
+            stored_since(cluster, shared, STRIKE_AFTER, during_restart)
+            mark("database: stopping PostgreSQL")
+            pg = ["--dir", cluster.settings["CLUSTER_PG_DIR"]]
+            subprocess.run(["bash", str(TOOLS / "stop-postgres.sh"), *pg], check=True, capture_output=True, timeout=60)
+            time.sleep(3)
+            port = ["--port", cluster.settings["CLUSTER_PG_PORT"]]
+            subprocess.run(
+                ["bash", str(TOOLS / "start-postgres.sh"), *pg, *port], check=True, capture_output=True, timeout=120
+            )
+            mark("database: PostgreSQL started again")
+            second = [s.result() for s in during_restart]
+            mark(f"database: senders done {[r[1:] for r in second]}")
 
-        # the object store is cut off for 4 s while instances arrive
-        during_cut = send("objects")
-        stored_since(cluster, shared, STRIKE_AFTER)
-        cluster.relay.close()
-        time.sleep(4)
-        cluster.relay.open()
-        third = [s.result() for s in during_cut]
-        acknowledged |= stows.result()
+            # the object store is cut off for 4 s while instances arrive
+            serving(cluster)
+            mark("objects: sending")
+            during_cut = send("objects")
+            stored_since(cluster, shared, STRIKE_AFTER, during_cut)
+            mark("objects: cut")
+            cluster.relay.close()
+            time.sleep(4)
+            cluster.relay.open()
+            mark("objects: reopened")
+            third = [s.result() for s in during_cut]
+            mark(f"objects: senders done {[r[1] for r in third]}")
+            acknowledged |= stows.result()
 
-        # everything once more, as a modality retries: what was refused is stored, what was
-        # stored is "already present" (a success), and nothing is stored twice. HAProxy takes
-        # an SCP back after two good readiness checks (4 s): until then a retry may be refused
-        resent = [pool.submit(resend, cluster, f"FINAL{i}", folder) for i, folder in enumerate(folders)]
-        last = [r.result() for r in resent]
-        readers.stop.set()
+            serving(cluster)
+            mark("resending")
+            # everything once more, as a modality retries: what was refused is stored, what was
+            # stored is "already present" (a success), and nothing is stored twice. HAProxy takes
+            # an SCP back after two good readiness checks (4 s): until then a retry may be refused
+            resent = [pool.submit(resend, cluster, f"FINAL{i}", folder) for i, folder in enumerate(folders)]
+            last = [r.result() for r in resent]
+            mark("resent")
+        finally:  # the readers end whatever happened, or the pool waits for them forever
+            readers.stop.set()
         for r in reading:
             r.result()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from storage.access.context import AccessEvent, Channel
 from storage.archive import Archive
@@ -60,3 +60,25 @@ def test_a_closed_trail_refuses_at_once_and_a_lone_leader_needs_no_writer_thread
     trail.close()
     refused = trail.submit(event(1), lead=True)
     assert isinstance(refused.exception(timeout=1), AuditUnavailable)
+
+
+def test_a_kept_connection_the_database_dropped_is_replaced_and_the_record_committed(archive: Archive) -> None:
+    """The trail keeps one connection, which nothing pings: after a database restart the next
+    record must still commit (seen in the topology test: the first C-STORE after PostgreSQL's
+    restart was refused because its audit record failed on the dead connection)."""
+    trail = AuditTrail(archive.db, owner="test")
+    trail.record(event(0))
+    kept = trail._conn
+    assert kept is not None
+    if archive.db.engine.dialect.name == "postgresql":  # what a restart does to every session
+        with archive.db.engine.connect() as admin:
+            pid = kept.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    else:  # SQLite has no server to restart: the driver's connection goes away under the trail
+        kept.connection.dbapi_connection.close()  # type: ignore[union-attr]
+    trail.record(event(1))
+    trail.close()
+    with archive.db.engine.connect() as conn:
+        actors = conn.scalars(select(AuditRecord.actor).order_by(AuditRecord.seq)).all()
+    assert actors == ["caller-0", "caller-1"]
+    assert verify_trail(archive.db).breaks == []
