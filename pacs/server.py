@@ -44,7 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import association, commitment, dispatch, echo, find, get, listeners, move, policy, ports, store
 from pacs.admission import Admission
-from pacs.wire import guard, negotiation, spool
+from pacs.wire import direct_store, guard, negotiation, spool
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -229,6 +229,7 @@ def _on_rejected(e: evt.Event) -> None:
 
 def _on_closed(e: evt.Event, how: str) -> None:
     spool.discard_partial(e.assoc)
+    direct = direct_store.end(e.assoc, how)
     s = association.end(e.assoc)
     event(
         log,
@@ -238,6 +239,7 @@ def _on_closed(e: evt.Event, how: str) -> None:
         stored=s.stored,
         already_present=s.already_present,
         rejected=s.rejected,
+        direct=direct,
         bytes=s.bytes,
         duration_ms=round((time.perf_counter() - s.started) * 1000, 1),
     )
@@ -313,7 +315,8 @@ def _admission(settings: Settings) -> Admission:
 
 
 def _limits(settings: Settings, archive: Archive) -> guard.Limits:
-    return guard.Limits(settings.max_pdu, int(settings.dicom_max_object_size), archive.temp_dir)
+    direct = store.receiver(archive) if settings.dicom_direct_store else None
+    return guard.Limits(settings.max_pdu, int(settings.dicom_max_object_size), archive.temp_dir, direct)
 
 
 def _handed_off_server(

@@ -1,16 +1,21 @@
 """C-STORE SCP (PS3.4 Annex B): hand the received file to the ingest pipeline, answer its status.
 
-pynetdicom lands the data set in a temporary Part-10 file (`STORE_RECV_CHUNKED_DATASET`),
-so the bytes are ingested exactly as the modality encoded them, never decoded and re-encoded.
+The data set arrives in a temporary Part-10 file, written by `pacs.wire.direct_store` (a plain
+C-STORE-RQ on a plain-TCP association) or by pynetdicom (`STORE_RECV_CHUNKED_DATASET`, the
+rest), so the bytes are ingested exactly as the modality encoded them, never decoded and
+re-encoded. Both paths call `receive`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from pacs.association import state_of
@@ -27,10 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def handle(event: Event, archive: Archive) -> int | Dataset:
-    ctx = context_for(event.assoc, archive)
-    stats = state_of(event.assoc).stats
+    """EVT_C_STORE: pynetdicom's path, for what `pacs.wire.direct_store` leaves to it."""
+    return receive(event.assoc, Path(event.dataset_path), archive)
+
+
+def receiver(archive: Archive) -> Callable[[Association, Path], int | Dataset]:
+    """The store `pacs.wire.direct_store` calls for each instance it receives."""
+    return functools.partial(receive, archive=archive)
+
+
+def receive(assoc: Association, path: Path, archive: Archive) -> int | Dataset:
+    """Ingest the data set received in `path` (a Part-10 file the caller deletes afterwards);
+    the status to answer, a failure with its Error Comment."""
+    ctx = context_for(assoc, archive)
+    stats = state_of(assoc).stats
     try:
-        result = ingest(Source(path=Path(event.dataset_path)), ctx, archive=archive)
+        result = ingest(Source(path=path), ctx, archive=archive)
     except (PatientMismatch, NotAuthorized) as exc:  # refusals a data-protection officer asks about
         stats.rejected += 1
         try:
@@ -63,7 +80,7 @@ def handle(event: Event, archive: Archive) -> int | Dataset:
             at=at,
         )
         return failure(OutOfResources(f"could not store the instance: {type(exc).__name__}"))
-    state = state_of(event.assoc)
+    state = state_of(assoc)
     if result.study_uid not in state.audited_studies:  # one record per study and association
         try:
             audit(ctx, "C-STORE", study=result.study_uid, detail=f"SOP {result.sop_uid}")

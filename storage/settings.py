@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: (413 beyond); `pacs import` reads files an operator chose and has no limit
     dicom_max_object_size: ByteSize = Field(default=ByteSize(4 * 1024**3), ge=1024)
     http_max_object_size: ByteSize = Field(default=ByteSize(2 * 1024**3), ge=1024)
+    #: C-STORE data sets read by the association's reader thread straight into their file
+    #: (`pacs.wire.direct_store`); off: pynetdicom's path for every message, as before [10/10]
+    dicom_direct_store: bool = True
     #: DICOM TLS (PS3.15 B.1, BCP 195): on when a certificate and its key are given; 2762 is
     #: DICOM's registered port for it. A CA file makes client certificates required (mutual TLS).
     dicom_tls_port: int = Field(default=2762, ge=0, le=65535)

@@ -16,8 +16,10 @@ tests/pacs/test_command_set.py holds both encodings byte-equal.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -136,3 +138,71 @@ def is_store_success(command: memoryview, message_id: int) -> bool:
     return (
         us(0x0100) == _C_STORE_RSP and us(0x0120) == message_id and us(0x0800) == NO_DATA_SET and us(0x0900) == 0x0000
     )
+
+
+# ----- reading a C-STORE request ------------------------------------------------------------------
+
+#: the elements a C-STORE-RQ has (PS3.7 9.3.1.1): group length, Affected SOP Class UID, Command
+#: Field, Message ID, Priority, Command Data Set Type, Affected SOP Instance UID, Move Originator
+#: AE title and Message ID
+_STORE_RQ = frozenset({0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031})
+_C_STORE_RQ = _FIELD["C-STORE-RQ"]
+_UID = re.compile(rb"[0-9]+(?:\.[0-9]+)*")
+_PDV = struct.Struct(">LBB")  # item length, presentation context ID, message control header
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCommand:
+    """What the receiving side needs of a C-STORE-RQ."""
+
+    message_id: int
+    sop_class: str
+    sop_instance: str
+
+
+def pdvs(body: memoryview) -> list[tuple[int, int, memoryview]] | None:
+    """The PDV items of a P-DATA-TF's body: (presentation context ID, message control header,
+    fragment); None when the items do not fill the body exactly (pynetdicom then judges it)."""
+    items = []
+    pos, end = 0, len(body)
+    while pos < end:
+        if pos + _PDV.size > end:
+            return None
+        length, context_id, control = _PDV.unpack_from(body, pos)
+        if length < 2 or pos + 4 + length > end:
+            return None
+        items.append((context_id, control, body[pos + _PDV.size : pos + 4 + length]))
+        pos += 4 + length
+    return items or None
+
+
+def read_store(command: memoryview) -> StoreCommand | None:
+    """A whole command set as a plain C-STORE-RQ with a data set; None for anything else (another
+    message, an element it may not have, a malformed value), which pynetdicom then decodes."""
+    values: dict[int, memoryview] = {}
+    pos, end = 0, len(command)
+    while pos + 8 <= end:
+        group, element, length = _ELEMENT.unpack_from(command, pos)
+        pos += 8
+        if group != 0 or element not in _STORE_RQ or element in values or pos + length > end:
+            return None
+        values[element] = command[pos : pos + length]
+        pos += length
+    if pos != end:
+        return None
+
+    def us(element: int) -> int | None:
+        raw = values.get(element)
+        return int.from_bytes(raw, "little") if raw is not None and len(raw) == 2 else None
+
+    def uid(element: int) -> str | None:
+        raw = values.get(element)
+        text = bytes(raw).rstrip(b"\x00 ") if raw is not None else b""
+        return text.decode("ascii") if 0 < len(text) <= 64 and _UID.fullmatch(text) else None
+
+    message_id, sop_class, sop_instance = us(0x0110), uid(0x0002), uid(0x1000)
+    if us(0x0100) != _C_STORE_RQ or us(0x0800) in (None, NO_DATA_SET) or us(0x0700) is None:
+        return None
+    if message_id is None or sop_class is None or sop_instance is None:
+        return None
+    return StoreCommand(message_id, sop_class, sop_instance)

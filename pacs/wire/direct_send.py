@@ -30,6 +30,7 @@ import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from pacs.wire import command_set
 from pacs.wire.direct_receive import STORE_SUCCESS, TRANSPORT_CLOSED, HandedOver, Receiver
 from pacs.wire.p_data import COMMAND, LAST, header
 
+_installed: weakref.WeakKeyDictionary[Association, DirectSend] = weakref.WeakKeyDictionary()
 #: bytes of PDUs handed to one socket write, and at most this many buffers (IOV_MAX is 1024)
 WRITE_SIZE = 1 << 20
 MAX_BUFFERS = 512
@@ -57,7 +59,7 @@ def install(assoc: Association) -> DirectSend | None:
     raw = sock.socket if sock is not None else None
     if raw is None or isinstance(raw, ssl.SSLSocket):
         return None
-    direct = DirectSend(assoc, raw)
+    direct = _installed[assoc] = DirectSend(assoc, raw)
     setattr(assoc.dimse, "send_msg", direct.send_msg)  # noqa: B010 - this association only
     dul_send = assoc.dul._send
 
@@ -67,6 +69,11 @@ def install(assoc: Association) -> DirectSend | None:
 
     setattr(assoc.dul, "_send", locked_send)  # noqa: B010 - the DUL's own PDUs, under the same lock
     return direct
+
+
+def sender_of(assoc: Association) -> DirectSend | None:
+    """The direct sender `install` put on `assoc`, if any."""
+    return _installed.get(assoc)
 
 
 def fragments(

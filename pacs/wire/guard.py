@@ -18,6 +18,12 @@ state machine sends an A-ABORT, and the next read reports the connection closed,
 holds nothing open. Each refusal is one `dimse.pdu.refused` WARNING line. The same reader points
 pynetdicom's temporary file of a received C-STORE data set at the archive's own folder
 (`pacs.wire.spool`), so that what a killed process leaves is found at its next start.
+
+Every PDU is read with `recv_into` one buffer per association (pynetdicom reads 4 KB at a time
+into a new bytearray). Once the association is established, a P-DATA-TF is first offered to
+`pacs.wire.direct_store` when the SCP has one: a C-STORE request and its data set are then
+received here, PDU after PDU; what it does not take is decoded and queued as pynetdicom's
+reader would.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.association import Association
 
-from pacs.wire import spool
+from pacs.wire import direct_store, spool
 from pacs.wire.p_data import P_DATA_TF
 from storage.logs import event
 
@@ -65,11 +71,17 @@ def pdu_limit(pdu_type: int, maximum_length: int) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds of one SCP: its announced maximum PDU length and its largest data set."""
+    """The bounds of one SCP: its announced maximum PDU length and its largest data set; where
+    received data sets are written, and the store that takes C-STORE requests directly (None:
+    pynetdicom's path for every message)."""
 
     maximum_length: int
     data_set: int
     spool: Path | None = None
+    store: direct_store.Store | None = None
+
+
+_UNSET = object()
 
 
 class PduGuard:
@@ -82,50 +94,112 @@ class PduGuard:
         self.refused = False
         self.data_set = 0  # data set bytes of the message being received
         self.command = 0  # command set bytes of the message being received
+        self._buffer = bytearray()
+        #: the association's `pacs.wire.direct_store` receiver: made once it is established
+        self.direct: object = _UNSET
 
     def read_pdu_data(self) -> None:
-        """`DULServiceProvider._read_pdu_data`, bounded (see the module docstring)."""
+        """`DULServiceProvider._read_pdu_data`, bounded (see the module docstring). A C-STORE
+        request goes to `pacs.wire.direct_store` when the SCP set one up: then the PDUs of its
+        data set, and the next request of a modality sending a study, are read here in a row."""
         dul = self.dul
         spool.use(self.limits.spool)
         if self.refused:
             dul.event_queue.put("Evt17")  # the connection is as good as closed: end it
             return
         sock = dul.socket
-        if sock is None:
+        if sock is None or sock.socket is None:
             dul.event_queue.put("Evt17")
             return
-        try:
-            head = sock.recv(6)
-            pdu_type, _, length = _HEADER.unpack(head)
-        except (OSError, TimeoutError, struct.error):
-            dul.event_queue.put("Evt17")  # transport closed (or closed inside a header)
+        while True:
+            pdu = self._read(sock.socket)
+            if pdu is None:
+                return
+            pdu_type, head, body = pdu
+            if pdu_type == P_DATA_TF and not self._within_message_limits(body):
+                if isinstance(self.direct, direct_store.DirectStore):  # its partial file goes now
+                    self.direct.abandon("refused: over a bound")
+                return
+            direct = self._direct_store()
+            established = self.dul.state_machine.current_state == "Sta6"
+            if direct is not None and pdu_type == P_DATA_TF and established and direct.take(body):
+                dul._idle_timer.restart()
+                if self._more_follows(sock.socket):
+                    continue
+                return
+            if direct is not None and direct.receiving:  # a release or an abort in the middle of a data set
+                direct.abandon(f"PDU type 0x{pdu_type:02X} in the middle of a data set")
+            self._hand_over(head, body)
             return
+
+    def _read(self, sock: Any) -> tuple[int, bytes, memoryview] | None:
+        """One PDU within its bound: (type, header, body); None when an event was queued instead
+        (the connection closed, an unknown type, a bound passed)."""
+        dul = self.dul
+        try:
+            head = bytes(self._read_exactly(sock, 6))  # a copy: the body is read into the same buffer
+            pdu_type, _, length = _HEADER.unpack(head)
+        except (OSError, EOFError, struct.error):
+            dul.event_queue.put("Evt17")  # transport closed (or closed inside a header)
+            return None
         limit = pdu_limit(pdu_type, self.limits.maximum_length)
         if limit is None:
             dul.event_queue.put("Evt19")  # unrecognised PDU, as pynetdicom does
-            return
+            return None
         if length > limit:
             self._refuse(f"PDU type 0x{pdu_type:02X} of {length} bytes, over {limit}", pdu_type)
-            return
+            return None
         try:
-            body = sock.recv(length)
-        except (OSError, TimeoutError):
-            dul.event_queue.put("Evt17")
-            return
-        if len(body) != length:
+            body = self._read_exactly(sock, length)
+        except (OSError, EOFError):
             dul.event_queue.put("Evt17")  # closed inside the PDU
-            return
-        if pdu_type == P_DATA_TF and not self._within_message_limits(body):
-            return
+            return None
+        return pdu_type, head, body
+
+    def _read_exactly(self, sock: Any, n: int) -> memoryview:
+        """`n` bytes into the guard's one buffer (grown to the largest PDU read), `recv_into` it:
+        no 4 KB reads joined into a new bytearray per PDU. Valid until the next read."""
+        if len(self._buffer) < n:
+            self._buffer = bytearray(n)
+        view = memoryview(self._buffer)[:n]
+        got = 0
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError("the peer closed the connection")
+            got += k
+        return view
+
+    def _hand_over(self, head: bytes, body: memoryview) -> None:
+        """What pynetdicom's reader does with a PDU read whole: decode it, queue its event and it."""
+        dul = self.dul
         try:
-            pdu, evt = dul._decode_pdu(head + body)
+            pdu, evt = dul._decode_pdu(bytearray(head) + body)
         except Exception:  # noqa: BLE001 - pynetdicom's own reader treats any failure as an invalid PDU
             dul.event_queue.put("Evt19")
             return
         dul.event_queue.put(evt)
         dul._recv_pdu.put(pdu)
 
-    def _within_message_limits(self, body: bytes | bytearray) -> bool:
+    def _direct_store(self) -> direct_store.DirectStore | None:
+        """The association's direct C-STORE receiver, made when the association is established
+        (the first PDU read in Sta6); None when it has none (none configured, TLS)."""
+        if self.direct is _UNSET:
+            if self.dul.state_machine.current_state != "Sta6":
+                return None
+            store = self.limits.store
+            self.direct = direct_store.install(self.assoc, store, self.limits.spool) if store is not None else None
+        return cast("direct_store.DirectStore | None", self.direct)
+
+    def _more_follows(self, sock: Any) -> bool:
+        """Read on here: the peer's next PDU is there within `FOLLOW_WAIT` and the reactor has
+        nothing to do (no primitive to send, not stopping)."""
+        dul = self.dul
+        if dul._kill_thread or not dul.to_provider_queue.empty():
+            return False
+        return direct_store.wait_readable(sock, direct_store.FOLLOW_WAIT)
+
+    def _within_message_limits(self, body: bytes | bytearray | memoryview) -> bool:
         """Add the P-DATA fragments of `body` to the message's totals; refuse past a bound."""
         pos = 0
         while pos + _PDV.size <= len(body):

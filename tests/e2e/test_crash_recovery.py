@@ -11,17 +11,19 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pydicom
+import pytest
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
 from storage.archive import Archive
 from storage.index.models import Instance
-from storage.settings import Settings
 from tests.kit import dicom_factory as f
+from tests.kit.backends import BACKENDS, serve_env, settings_of_env
 from tests.kit.inspect import blob_keys, row_counts
 from tests.kit.servers import start_server
 from tests.kit.tools import require_tool
@@ -68,25 +70,36 @@ def _send_until_killed(storescu: str, folder: Path, server) -> set[str]:
     return acked
 
 
-def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -> None:
+@pytest.fixture(params=BACKENDS)
+def backend_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    env, drop = serve_env(request, request.param)
+    try:
+        yield env
+    finally:
+        drop()
+
+
+def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    """On both backends, through the direct C-STORE receive path (the default, `pacs.wire.direct_store`)."""
     storescu = require_tool("storescu")
     folder = tmp_path / "study"
     files = f.study_files(folder, n=N, rows=256, columns=256)
     data_dir = tmp_path / "var"
+    settings = settings_of_env(data_dir, backend_env)
 
-    server = start_server(data_dir)
+    server = start_server(data_dir, env=backend_env)
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert "pacs_instances_stored" in httpx.get(f"{server.url}/metrics", headers=server.admin()).text
     acked = _send_until_killed(storescu, folder, server)
     assert KILL_AFTER <= len(acked) < N, "the kill must land mid-transfer"
 
-    server = start_server(data_dir)  # start-up recovery runs before the SCP listens
+    server = start_server(data_dir, env=backend_env)  # start-up recovery runs before the SCP listens
     try:
         log = server.log_text()
         assert "recovery.done" in log
         # the data set storescu was sending when the kill landed is not left behind
         assert [p for p in (data_dir / "run" / "tmp").rglob("*") if p.is_file()] == []
-        archive = Archive.open(Settings(data_dir=data_dir))
+        archive = Archive.open(settings)
         try:
             with archive.db.read() as s:
                 indexed = dict(s.execute(select(Instance.sop_uid, Instance.object_key)).all())
@@ -112,10 +125,11 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) -
             env={**os.environ, "TCP_NODELAY": "1"},
         )
         assert r.returncode == 0, r.stdout + r.stderr
+        assert re.search(rf"dimse\.assoc\.released .*direct={N} ", server.log_text()), "the direct path answered"
         metrics = httpx.get(f"{server.url}/metrics", headers=server.admin()).text
         assert re.search(r'pacs_instances_already_present_total\{via="dimse"\} (\d+)', metrics)
         deadline = time.monotonic() + 10
-        archive = Archive.open(Settings(data_dir=data_dir))
+        archive = Archive.open(settings)
         try:
             while row_counts(archive)["instances"] < N and time.monotonic() < deadline:
                 time.sleep(0.1)

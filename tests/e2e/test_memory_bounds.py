@@ -28,8 +28,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.kit import dicom_factory as f
-from tests.kit.backends import BACKENDS, s3_storage_url
-from tests.kit.databases import new_database
+from tests.kit.backends import BACKENDS, serve_env
 from tests.kit.servers import ServerProcess, start_server
 
 MiB = 1024 * 1024
@@ -70,17 +69,7 @@ def within_bound(pid: int, probe: Callable[[], None]) -> dict[str, int]:
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`pacs serve` over a backend pair, holding the 100 MiB instance and the 300-instance study."""
     tmp = tmp_path_factory.mktemp(f"memory-{request.param}")
-    env: dict[str, str] = {}
-    drop = None
-    if request.param == "postgres-s3":
-        url, drop = new_database(request.getfixturevalue("postgres_url"))
-        s3 = request.getfixturevalue("s3_settings")
-        env = {
-            "PACS_DATABASE_URL": url,
-            "PACS_STORAGE_URL": s3_storage_url(s3),
-            "PACS_S3_ACCESS_KEY": s3["S3_ACCESS_KEY"],
-            "PACS_S3_SECRET_KEY": s3["S3_SECRET_KEY"],
-        }
+    env, drop = serve_env(request, request.param)
     server = start_server(tmp / "var", env=env)
     try:
         big = f.ct_dataset(rows=SIDE, columns=SIDE, frames=FRAMES)
@@ -90,8 +79,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield Served(server, big, study)
     finally:
         server.kill(signal.SIGTERM)
-        if drop is not None:
-            drop()
+        drop()
 
 
 def _store(server: ServerProcess, datasets: list[Dataset]) -> None:

@@ -81,3 +81,24 @@ def module_archive(request: pytest.FixtureRequest, tmp: Path, **extra: object) -
             yield settings, archive
     finally:
         drop()
+
+
+def serve_env(request: pytest.FixtureRequest, backend: str) -> tuple[dict[str, str], Callable[[], None]]:
+    """The environment a `pacs serve` child process needs for a backend pair (none for SQLite +
+    folder; a fresh database and bucket for PostgreSQL + S3), and how to drop them afterwards."""
+    if backend == "sqlite-fs":
+        return {}, lambda: None
+    url, drop = new_database(request.getfixturevalue("postgres_url"))
+    s3 = request.getfixturevalue("s3_settings")
+    env = {
+        "PACS_DATABASE_URL": url,
+        "PACS_STORAGE_URL": s3_storage_url(s3),
+        "PACS_S3_ACCESS_KEY": s3["S3_ACCESS_KEY"],
+        "PACS_S3_SECRET_KEY": s3["S3_SECRET_KEY"],
+    }
+    return env, drop
+
+
+def settings_of_env(data_dir: Path, env: dict[str, str]) -> Settings:
+    """The settings a `pacs serve` started with `serve_env`'s environment runs with."""
+    return Settings(data_dir=data_dir, **{k.removeprefix("PACS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 from pydicom.tag import Tag
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_ACTION, N_EVENT_REPORT
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 
 from pacs.wire import command_set
 from pacs.wire.direct_send import StoreRequest
@@ -136,3 +136,64 @@ def test_other_commands_and_broken_bytes_go_to_pynetdicom() -> None:
     group_two = success + bytes.fromhex("0200 1000 0200 0000") + b"1\x00"  # an element outside group 0000
     for raw in (find, echo, store_rq, success[:-1], success + b"\x00", success[:12], group_two):
         assert not command_set.is_store_success(memoryview(raw), 7), raw.hex()
+
+
+# ----- reading a C-STORE-RQ (pacs.wire.direct_store) ----------------------------------------------
+
+
+def store_rq(**values: Any) -> bytes:
+    fields = {"MessageID": 7, "AffectedSOPClassUID": CT, "AffectedSOPInstanceUID": "1.2.3.4", "Priority": 2}
+    primitive = make(C_STORE, **{**fields, **values})
+    primitive.DataSet = BytesIO(b"\x00")  # a data set follows
+    return reference(primitive)[1]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"MoveOriginatorApplicationEntityTitle": "MOVER", "MoveOriginatorMessageID": 3},
+        {"AffectedSOPInstanceUID": "1.2.826.0.1.3680043.10.1234." + "9" * 35, "Priority": 0, "MessageID": 65535},
+    ],
+    ids=["plain", "move-originator", "longest-uid"],
+)
+def test_a_store_request_reads_as_pynetdicom_decodes_it(values: dict[str, Any]) -> None:
+    raw = store_rq(**values)
+    got = command_set.read_store(memoryview(raw))
+    decoded = decode_command(raw)
+    assert got == command_set.StoreCommand(
+        decoded.MessageID, str(decoded.AffectedSOPClassUID), str(decoded.AffectedSOPInstanceUID)
+    )
+
+
+def decode_command(raw: bytes) -> Any:
+    return decode(BytesIO(raw), True, True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(reference(make(C_ECHO, MessageID=1, AffectedSOPClassUID="1.2.840.10008.1.1"))[1], id="c-echo"),
+        pytest.param(
+            reference(make(C_STORE, MessageID=1, AffectedSOPClassUID=CT, AffectedSOPInstanceUID="1.2", Priority=2))[1],
+            id="no-data-set",
+        ),
+        pytest.param(store_rq()[:-3], id="truncated"),
+        pytest.param(store_rq() + b"\x00\x00\x02\x09\x00\x00\x00\x00", id="an-element-it-may-not-have"),
+        pytest.param(store_rq().replace(b"1.2.3.4", b"1.2.x.4"), id="not-a-uid"),
+    ],
+)
+def test_anything_but_a_plain_store_request_is_left_to_pynetdicom(raw: bytes) -> None:
+    assert command_set.read_store(memoryview(raw)) is None
+
+
+def test_pdv_items_fill_the_body_or_the_body_is_left_to_pynetdicom() -> None:
+    one = b"\x00\x00\x00\x05\x01\x02abc"
+    two = one + b"\x00\x00\x00\x03\x03\x03z"
+    items = command_set.pdvs(memoryview(two))
+    assert items is not None
+    assert [(c, f, bytes(d)) for c, f, d in items] == [(1, 2, b"abc"), (3, 3, b"z")]
+    assert command_set.pdvs(memoryview(one[:-1])) is None  # an item longer than the body
+    assert command_set.pdvs(memoryview(one + b"\x00")) is None  # bytes after the last item
+    assert command_set.pdvs(memoryview(b"\x00\x00\x00\x01\x01")) is None  # an item without its header
+    assert command_set.pdvs(memoryview(b"")) is None
