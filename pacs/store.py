@@ -47,7 +47,7 @@ def receive(assoc: Association, path: Path, archive: Archive) -> int | Dataset:
     ctx = context_for(assoc, archive)
     stats = state_of(assoc).stats
     try:
-        result = ingest(Source(path=path), ctx, archive=archive)
+        result = ingest(Source(path=path, disposable=True), ctx, archive=archive)
     except (PatientMismatch, NotAuthorized) as exc:  # refusals a data-protection officer asks about
         stats.rejected += 1
         try:

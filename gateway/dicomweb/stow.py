@@ -146,7 +146,7 @@ def _store_part(part: Part, study: str | None, ctx: Context, archive: Archive) -
 
 
 def _source(part: Part) -> Source:
-    return Source(path=part.path) if part.path is not None else Source(data=part.data or b"")
+    return Source(path=part.path, disposable=True) if part.path is not None else Source(data=part.data or b"")
 
 
 def _identify(source: Source) -> tuple[str | None, str | None, str | None]:

@@ -14,10 +14,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.blobs.protocol import BlobInfo, Meta
+from storage.blobs.protocol import BlobInfo, Meta, Staging
 from storage.logs import event
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,16 @@ log = logging.getLogger(__name__)
 XATTR = "user.pacs."
 
 
+#: the fsyncs of staged files (`FileBlobStore.stage`): they release the interpreter lock, so they
+#: run while the caller parses; a few at once per process is what concurrent associations need
+_SYNCER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-fsync")
+
+
 class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self._device = self.root.stat().st_dev
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -42,17 +49,9 @@ class FileBlobStore:
         The rename is atomic, so a reader sees the whole object or none; fsync of the file
         before and of the folder after makes the name survive a power cut, not only a kill.
         """
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, final)
-        dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync(final.parent, folder=True)
 
     def _tmp_for(self, final: Path) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +81,27 @@ class FileBlobStore:
             tmp.unlink(missing_ok=True)
             raise
         return BlobInfo(key=key, size=final.stat().st_size)
+
+    def stage(self, path: Path, meta: Meta | None = None) -> Staging | None:
+        """The received file stays where it is (on this filesystem: the archive's temporary
+        folder) and is fsynced in the background; `put_staged` renames it into place. A process
+        killed in between leaves it in its temporary folder, which start-up recovery empties."""
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if info.st_dev != self._device:
+            return None  # another filesystem: a rename cannot take it
+        _set_meta(path, meta)  # before the fsync, as `put_file` does: as durable as the bytes
+        return Staging(path, info.st_size, meta, _SYNCER.submit(_fsync, path))
+
+    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
+        staging.synced.result()
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging.path, final)
+        _fsync(final.parent, folder=True)
+        return BlobInfo(key=key, size=staging.size)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -137,6 +157,15 @@ class FileBlobStore:
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise OSError(f"blob folder {self.root} is not writable")
+
+
+def _fsync(path: Path, *, folder: bool = False) -> None:
+    """fsync a file, or a folder (so that a name created or renamed in it is durable)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _set_meta(path: Path, meta: Meta | None) -> None:

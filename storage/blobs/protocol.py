@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,6 +29,17 @@ class BlobInfo:
 Meta = Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Staging:
+    """A file on its way into the store before its key is known (`BlobStore.stage`): `synced`
+    completes once its bytes are durable, while the caller parses and reserves the key."""
+
+    path: Path
+    size: int
+    meta: Meta | None
+    synced: Future[None]
+
+
 class BlobStore(Protocol):
     """What the archive needs from an object store.
 
@@ -38,6 +50,17 @@ class BlobStore(Protocol):
     def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo: ...
 
     def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo: ...
+
+    def stage(self, path: Path, meta: Meta | None = None) -> Staging | None:
+        """Start making the caller's disposable file at `path` durable where it lies, before its
+        key is known, so that the wait overlaps the parse and the key's reservation; None when
+        this store cannot take the file as it is (a remote store, another filesystem): the caller
+        then uses `put_file`. The file becomes the store's only in `put_staged`."""
+        ...
+
+    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
+        """Store a staged file under `key` (moved, not copied); durable on return."""
+        ...
 
     def open(self, key: str) -> BinaryIO: ...
 

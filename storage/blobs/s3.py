@@ -16,7 +16,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from storage.blobs.protocol import BlobInfo, Meta
+from storage.blobs.protocol import BlobInfo, Meta, Staging
 
 PART_SIZE = 16 * 1024 * 1024
 #: the prefix of an object's user metadata names (`x-amz-meta-pacs-org`...)
@@ -70,6 +70,13 @@ class S3BlobStore:
         size = path.stat().st_size
         with open(path, "rb") as f:
             return self.put(key, f, size, meta)
+
+    def stage(self, path: Path, meta: Meta | None = None) -> Staging | None:  # noqa: ARG002 - the protocol's
+        """Nothing to stage: an object store takes the bytes over the network (`put_file`)."""
+        return None
+
+    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
+        return self.put_file(key, staging.path, staging.meta)
 
     def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo:
         self.client.put_object(

@@ -74,6 +74,9 @@ class Source:
 
     path: Path | None = None
     data: bytes | None = None
+    #: the file is the caller's temporary copy (a received C-STORE data set): the blob store may
+    #: take it as it is instead of copying it (`BlobStore.stage`); an imported file never is
+    disposable: bool = False
 
     def open(self) -> BinaryIO:
         if self.path is not None:

@@ -26,7 +26,7 @@ from storage import metrics
 from storage.access.context import Channel, Context
 from storage.access.policy import may_write_into
 from storage.archive import Archive
-from storage.blobs.protocol import BlobInfo, new_key
+from storage.blobs.protocol import BlobInfo, Staging, new_key
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
 from storage.errors import (
@@ -84,6 +84,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     try:
         _check_size(source, ctx, archive)
         source = with_preamble(source)
+        staging = _stage(archive, source, ctx)  # its fsync runs while the header is parsed
         parsed = parse(source)
         if expect_study is not None and parsed.study_uid != expect_study:
             raise StudyMismatch(f"StudyInstanceUID {parsed.study_uid} is not the study {expect_study} of the request")
@@ -95,7 +96,7 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     if pending_id is None:
         return _already_present(ctx, parsed, source.size)
     try:
-        blob = _write_blob(archive, key, source, ctx)
+        blob = _write_blob(archive, key, source, ctx, staging)
         with archive.db.write_conn() as conn:
             _commit(conn, parsed, blob, ctx, pending_id)
     except IntegrityError as exc:
@@ -254,7 +255,19 @@ def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bo
     return True
 
 
-def _write_blob(archive: Archive, key: str, source: Source, ctx: Context) -> BlobInfo:
+def _stage(archive: Archive, source: Source, ctx: Context) -> Staging | None:
+    """Hand a disposable file (a received data set) to the blob store before its key exists,
+    so that making it durable overlaps the parse and the reservation (DESIGN: still durable
+    before the index commit). What stays unstaged (an import, a STOW-RS part, a remote store)
+    is copied by `_write_blob`."""
+    if source.path is None or not source.disposable:
+        return None
+    return archive.blobs.stage(source.path, provenance.of(ctx))
+
+
+def _write_blob(archive: Archive, key: str, source: Source, ctx: Context, staging: Staging | None) -> BlobInfo:
+    if staging is not None:
+        return archive.blobs.put_staged(key, staging)
     meta = provenance.of(ctx)  # who sent it and for whom: what `pacs reindex` needs besides the bytes
     if source.path is not None:
         return archive.blobs.put_file(key, source.path, meta)

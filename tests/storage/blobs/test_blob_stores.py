@@ -154,3 +154,40 @@ def test_a_filesystem_without_extended_attributes_stores_the_object_all_the_same
     store.put("ab/cd/y.dcm", io.BytesIO(b"DICM"), 4, {"org": "hosp-a"})
     assert store.open("ab/cd/x.dcm").read() == b"DICM" and store.meta("ab/cd/x.dcm") == {}
     assert [r.getMessage() for r in caplog.records].count("blobs.no_xattrs") == 1  # said once per process
+
+
+def test_a_staged_file_is_moved_into_place_with_its_metadata_or_copied_where_it_cannot_be(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """`stage` + `put_staged` (a received data set, `storage.ingest.pipeline`): on the filesystem
+    store the caller's file becomes the object (renamed, not copied) with its metadata; a store
+    that cannot take it (S3) says so, and `put_file` stores it as before."""
+    received = tmp_path / "received.dcm"
+    received.write_bytes(b"DICM" * 1000)
+    meta = {"org": "spital-a", "channel": "dimse"}
+    staging = store.stage(received, meta)
+    key = new_key()
+    if isinstance(store, FileBlobStore):
+        assert staging is not None
+        info = store.put_staged(key, staging)
+        assert not received.exists()  # moved, not copied
+    else:
+        assert staging is None
+        info = store.put_file(key, received, meta)
+    assert info.size == 4000
+    with store.open(key) as blob:
+        assert blob.read() == b"DICM" * 1000
+    assert store.meta(key) == meta
+
+
+def test_a_file_on_another_filesystem_is_not_staged(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.fail("this test needs /dev/shm as a filesystem of its own (Linux's tmpfs)")
+    store = FileBlobStore(tmp_path / "objects")
+    elsewhere = shm / f"pacs-test-{new_key().replace('/', '-')}"
+    elsewhere.write_bytes(b"x")
+    try:
+        assert store.stage(elsewhere) is None
+    finally:
+        elsewhere.unlink()
