@@ -9,6 +9,8 @@
 #   1x1  one storescu over the whole set                  ours --dicom-workers 1   (target >= 1.2x Orthanc inst/s)
 #   2x2  two storescu in parallel, P0001+P0002 / P0003+P0004, ours --dicom-workers 2   (target >= 1.5x)
 #   2x1  the same two storescu, ours --dicom-workers 1     (for information)
+#   import  `pacs import -j 0` (every core) of the set from disk, against Orthanc's 1-association
+#           C-STORE of the same repetition                        (target >= 2x Orthanc inst/s)
 # Orthanc has no worker setting: it runs the same client side (A associations) in every pair.
 # Each repetition runs every configuration as a pair, Orthanc first then ours, each from an empty
 # server (orthanc.sh wipe + start; a fresh --data-dir for ours), and checks afterwards that the server
@@ -21,7 +23,7 @@
 # Settings (environment):
 #   PACS_BIN        our server        (default $REPO/.venv/bin/pacs, else `pacs` on PATH)
 #   REPS            repetitions       (default 3)
-#   CONFIGS         configurations    (default "1x1 2x2 2x1")
+#   CONFIGS         configurations    (default "1x1 2x2 2x1 import")
 #   BENCH_SHARED    Orthanc harness   (default $REPO/../shared/bench)
 #   BENCH_DATA      data folder       (default /tmp/bench-data; dataset $BENCH_DATA/ct2000, created if missing,
 #                                      Orthanc's storage $BENCH_DATA/orthanc, ours $BENCH_DATA/pacs-ingest)
@@ -36,7 +38,7 @@ BENCH_SHARED=${BENCH_SHARED:-$(cd "$(dirname "$0")/../../shared/bench" && pwd)}
 export BENCH_DATA=${BENCH_DATA:-/tmp/bench-data}
 BENCH_PY=${BENCH_PY:-/tmp/bench-venv/bin/python}
 REPS=${REPS:-3}
-CONFIGS=${CONFIGS:-"1x1 2x2 2x1"}
+CONFIGS=${CONFIGS:-"1x1 2x2 2x1 import"}
 PACS_DICOM_PORT=${PACS_DICOM_PORT:-11400}
 PACS_HTTP_PORT=${PACS_HTTP_PORT:-8400}
 ORTHANC_DICOM_PORT=4242
@@ -191,13 +193,40 @@ run_pacs() { # REP CONFIG ASSOC WORKERS
   rm -rf "$PACS_DIR"
 }
 
+run_import() { # REP: `pacs import` of the set from disk, every core (-j 0), into a fresh data dir
+  local rep=$1 t0 t1 started load count blobs rev cpu out
+  rev=$(commit)
+  rm -rf "$PACS_DIR"; mkdir -p "$PACS_DIR"
+  sync
+  started=$(date -u +%FT%TZ); load=$(cut -d' ' -f1 /proc/loadavg)
+  t0=$(now)
+  SCU_RC=0
+  /usr/bin/time -f '%U %S' -o "$LOGS/r$rep-import.time" "$PACS_BIN" import -j 0 --data-dir "$PACS_DIR" "$DATASET" \
+    > "$LOGS/r$rep-import.log" 2>&1 || SCU_RC=$?
+  t1=$(now)
+  cpu=$(awk '{printf "%.2f", $1 + $2}' "$LOGS/r$rep-import.time")
+  out=$(tr -s ' ' < "$LOGS/r$rep-import.log")
+  count=$(grep -o 'stored │ [0-9]*' <<< "$out" | grep -o '[0-9]*$' || echo 0)
+  blobs=$(find "$PACS_DIR" -path '*/objects/*' -type f 2>/dev/null | wc -l)
+  record "$rep" import pacs 0 "$(nproc)" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+    "$cpu -" "$count" "$blobs" "$started" "$load" "$rev"
+  rm -rf "$PACS_DIR"
+}
+
 # ---------------------------------------------------------------- main
-for cfg in $CONFIGS; do [[ $cfg =~ ^[1-9]x[1-9]$ ]] || die "bad configuration '$cfg' (want AxW, e.g. 2x2)"; done
+for cfg in $CONFIGS; do
+  [[ $cfg =~ ^[1-9]x[1-9]$ || $cfg == import ]] || die "bad configuration '$cfg' (want AxW, e.g. 2x2, or import)"
+done
 log "dataset $DATASET: $FILES files, $BYTES bytes; pacs $PACS_BIN @ $(commit); REPS=$REPS CONFIGS='$CONFIGS'; nproc $(nproc)"
 log "raw results: $TSV"
 find "$DATASET" -name '*.dcm' -type f -exec cat {} + > /dev/null   # same warm page cache for every run
 for rep in $(seq 1 "$REPS"); do
   for cfg in $CONFIGS; do
+    if [ "$cfg" = import ]; then  # against Orthanc's one-association C-STORE, in the same repetition
+      run_orthanc "$rep" import 1
+      run_import "$rep"
+      continue
+    fi
     run_orthanc "$rep" "$cfg" "${cfg%x*}"
     run_pacs "$rep" "$cfg" "${cfg%x*}" "${cfg#*x}"
   done

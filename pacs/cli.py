@@ -12,6 +12,7 @@ not exist, and says how to name the right one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -164,6 +165,9 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)", exists=True)],
     data_dir: DataDir = None,
     org: Annotated[str | None, typer.Option(help="Attribute the studies to this organization")] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=0, max=64, help="Worker processes (0: one per core)")
+    ] = 0,
 ) -> None:
     """Bulk-import DICOM files through the same ingest pipeline as C-STORE and STOW-RS."""
     settings = existing_archive(load_settings(data_dir=data_dir), INDEX, OBJECTS)
@@ -171,7 +175,7 @@ def import_(
     from pacs.importer import UnknownOrganization, run_import
 
     try:
-        code = run_import(settings, paths, org=org, console=out)
+        code = run_import(settings, paths, org=org, console=out, jobs=jobs or os.cpu_count() or 1)
     except UnknownOrganization as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code)

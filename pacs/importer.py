@@ -1,15 +1,21 @@
 """`pacs import`: walk folders, ingest every file, show progress, then a summary.
 
-Files go through `storage.ingest.pipeline.ingest` one by one, exactly as a C-STORE would; what is
-refused is listed with its reason so an operator can fix or discard it.
+Files go through `storage.ingest.pipeline.ingest`, exactly as a C-STORE would; what is refused is
+listed with its reason so an operator can fix or discard it. `--jobs N` (default: every core)
+ingests with N worker processes, each with its own archive, batches of files handed out in
+order and their results read back in order for the progress bar; one job ingests in-process.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,8 +49,19 @@ def walk(paths: list[Path]) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def run_import(settings: Settings, paths: list[Path], *, org: str | None, console: Console) -> int:
-    """Import everything under `paths`; exit code 0 if nothing was rejected, else 1.
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What became of one file: `outcome` is an `Outcome` value or "rejected" (with its reason)."""
+
+    path: str
+    outcome: str
+    reason: str = ""
+    detail: str = ""
+
+
+def run_import(settings: Settings, paths: list[Path], *, org: str | None, console: Console, jobs: int = 1) -> int:
+    """Import everything under `paths` with `jobs` processes; exit code 0 if nothing was
+    rejected, else 1.
 
     Raises
     ------
@@ -62,10 +79,9 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
             raise UnknownOrganization(
                 f"organization {org!r} is not registered: pacs org add {org} --name ..."
             ) from None
-    files = list(walk(paths))
-    ctx = Context.console(Principal.system("pacs-import", org), audit=archive.audit)
+    files = [str(path) for path in walk(paths)]
     counts: Counter[str] = Counter()
-    rejected: list[tuple[Path, StorageError]] = []
+    rejected: list[FileResult] = []
     try:
         with Progress(
             TextColumn("[bold]import"),
@@ -77,13 +93,10 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
             transient=False,
         ) as progress:
             task = progress.add_task("import", total=len(files), status="")
-            for path in files:
-                try:
-                    result = ingest(Source(path=path), ctx, archive=archive)
-                    counts[result.outcome.value] += 1
-                except StorageError as exc:
-                    counts["rejected"] += 1
-                    rejected.append((path, exc))
+            for result in _results(settings, archive, files, org, jobs):
+                counts[result.outcome] += 1
+                if result.outcome == REJECTED:
+                    rejected.append(result)
                 progress.update(task, advance=1, status=_status(counts))
     finally:
         archive.close()
@@ -91,12 +104,58 @@ def run_import(settings: Settings, paths: list[Path], *, org: str | None, consol
     return 1 if rejected else 0
 
 
+REJECTED = "rejected"
+#: files one task of a worker process takes: few enough that the progress bar moves, enough
+#: that sending them and their results between processes costs nothing next to their ingest
+BATCH = 8
+
+
+def _results(settings: Settings, archive: Archive, files: list[str], org: str | None, jobs: int) -> Iterator[FileResult]:
+    """Each file's result, in the order of `files`: ingested here (one job, or few files), or by
+    `jobs` worker processes (the interpreter lock makes threads no faster: parsing is Python)."""
+    if jobs <= 1 or len(files) <= BATCH:
+        ctx = _context(archive, org)
+        yield from (ingest_file(path, ctx, archive) for path in files)
+        return
+    batches = [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
+    spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads and connections
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(settings, org)) as pool:
+        for batch in pool.map(_ingest_batch, batches):
+            yield from batch
+
+
+def _context(archive: Archive, org: str | None) -> Context:
+    return Context.console(Principal.system("pacs-import", org), audit=archive.audit)
+
+
+def ingest_file(path: str, ctx: Context, archive: Archive) -> FileResult:
+    """One file through the pipeline, as a C-STORE would send it."""
+    try:
+        result = ingest(Source(path=Path(path)), ctx, archive=archive)
+    except StorageError as exc:
+        return FileResult(path, REJECTED, exc.reason, exc.detail)
+    return FileResult(path, result.outcome.value)
+
+
+#: a worker process's archive and request context (`_start_worker`)
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(settings: Settings, org: str | None) -> None:
+    archive = Archive.open(settings, pool_size=2)
+    _worker["archive"], _worker["ctx"] = archive, _context(archive, org)
+
+
+def _ingest_batch(paths: list[str]) -> list[FileResult]:
+    return [ingest_file(path, _worker["ctx"], _worker["archive"]) for path in paths]
+
+
 def _status(counts: Counter[str]) -> str:
     stored, present = counts[Outcome.STORED.value], counts[Outcome.ALREADY_PRESENT.value]
-    return f"stored {stored}  present {present}  rejected {counts['rejected']}"
+    return f"stored {stored}  present {present}  rejected {counts[REJECTED]}"
 
 
-def _summary(console: Console, counts: Counter[str], rejected: list[tuple[Path, StorageError]]) -> None:
+def _summary(console: Console, counts: Counter[str], rejected: list[FileResult]) -> None:
     present = counts[Outcome.ALREADY_PRESENT.value]
     if present and present == sum(counts.values()):
         console.print(f"all {present} file{'s' if present > 1 else ''} already present: nothing new was stored")
@@ -105,11 +164,11 @@ def _summary(console: Console, counts: Counter[str], rejected: list[tuple[Path, 
     table = Table(title="import summary", show_header=False)
     table.add_row("stored", str(counts[Outcome.STORED.value]))
     table.add_row("already present", str(counts[Outcome.ALREADY_PRESENT.value]))
-    table.add_row("rejected", str(counts["rejected"]))
+    table.add_row("rejected", str(counts[REJECTED]))
     console.print(table)
     if rejected:
         console.print("[bold]rejected[/bold] (file: reason: detail)")
-        for path, exc in rejected[:MAX_LISTED]:
-            console.print(f"  {path}: {exc.reason}: {exc.detail}", soft_wrap=True, highlight=False, markup=False)
+        for r in rejected[:MAX_LISTED]:
+            console.print(f"  {r.path}: {r.reason}: {r.detail}", soft_wrap=True, highlight=False, markup=False)
         if len(rejected) > MAX_LISTED:
             console.print(f"... and {len(rejected) - MAX_LISTED} more")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from storage.access.principal import Principal
 from storage.archive import Archive
 from storage.index.migrate import alembic_config, upgrade
-from storage.index.models import PatientIdentity, Study
+from storage.index.models import Instance, PatientIdentity, Study
 from tests.kit import dicom_factory as f
 from tests.kit.backends import settings_for
 from tests.kit.net import free_port
@@ -56,6 +56,40 @@ def test_import_reports_stored_duplicates_and_rejections(tmp_path: Path) -> None
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already present │ 5" in " ".join(again.stdout.split())
     assert "all 5 files already present: nothing new was stored" in again.stdout
+
+
+def read_blob(archive: Archive, key: str) -> bytes:
+    with archive.blobs.open(key) as blob:
+        return blob.read()
+
+
+def test_import_with_several_jobs_ends_as_one_job_does(tmp_path: Path) -> None:
+    """`pacs import -j 3` (worker processes) against `-j 1` (in-process): the same summary, the
+    same rejections in the same order, the same index and the same stored bytes."""
+    src = tmp_path / "in"
+    for n, study in enumerate(("a", "b")):
+        f.study_files(src / study, n=15, patient_id=f"JOBS-{n}")
+    shutil.copy(next((src / "a").iterdir()), src / "a" / "zz-copy.dcm")
+    (src / "b" / "notes.txt").write_text("not an image")
+    (src / "cut.dcm").write_bytes(f.truncated(50))
+    states, outputs = [], []
+    for jobs in ("1", "3"):
+        data = tmp_path / f"var-{jobs}"
+        r = pacs("import", "-j", jobs, str(src), data_dir=data)
+        assert r.returncode == 1, r.stdout + r.stderr
+        outputs.append([line for line in r.stdout.splitlines() if "│" in line or ": " in line])
+        archive = Archive.open(settings_for(data))
+        try:
+            with archive.db.read() as s:
+                studies = sorted(s.execute(select(Study.study_uid, Study.num_series, Study.num_instances)).all())
+                rows = sorted(s.execute(select(Instance.sop_uid, Instance.size, Instance.object_key)).all())
+            stored = {sop: (size, read_blob(archive, key)) for sop, size, key in rows}
+        finally:
+            archive.close()
+        states.append((studies, stored))
+    assert outputs[0] == outputs[1]
+    assert states[0] == states[1]
+    assert len(states[0][1]) == 30
 
 
 def test_import_to_an_unknown_organization_stops_before_reading_a_file(tmp_path: Path) -> None:
