@@ -110,7 +110,9 @@ REJECTED = "rejected"
 BATCH = 8
 
 
-def _results(settings: Settings, archive: Archive, files: list[str], org: str | None, jobs: int) -> Iterator[FileResult]:
+def _results(
+    settings: Settings, archive: Archive, files: list[str], org: str | None, jobs: int
+) -> Iterator[FileResult]:
     """Each file's result, in the order of `files`: ingested here (one job, or few files), or by
     `jobs` worker processes (the interpreter lock makes threads no faster: parsing is Python)."""
     if jobs <= 1 or len(files) <= BATCH:
