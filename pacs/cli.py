@@ -165,9 +165,7 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)", exists=True)],
     data_dir: DataDir = None,
     org: Annotated[str | None, typer.Option(help="Attribute the studies to this organization")] = None,
-    jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=0, max=64, help="Worker processes (0: one per core)")
-    ] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, max=64, help="Worker processes (0: one per core)")] = 0,
 ) -> None:
     """Bulk-import DICOM files through the same ingest pipeline as C-STORE and STOW-RS."""
     settings = existing_archive(load_settings(data_dir=data_dir), INDEX, OBJECTS)
