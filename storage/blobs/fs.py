@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.blobs.protocol import BlobInfo, Meta, Staging
+from storage.blobs.protocol import BlobInfo, Meta, Placed, Staging
 from storage.logs import event
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,13 @@ class FileBlobStore:
         _set_meta(path, meta)  # before the fsync, as `put_file` does: as durable as the bytes
         return Staging(path, info.st_size, meta, _SYNCER.submit(_fsync, path))
 
-    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
+    def put_staged(self, key: str, staging: Staging) -> Placed:
         staging.synced.result()
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging.path, final)
-        _fsync(final.parent, folder=True)
-        return BlobInfo(key=key, size=staging.size)
+        durable = _SYNCER.submit(_fsync, final.parent, folder=True)  # while the caller commits its index row
+        return Placed(BlobInfo(key=key, size=staging.size), durable)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")

@@ -40,6 +40,16 @@ class Staging:
     synced: Future[None]
 
 
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A staged file in place under its key (`BlobStore.put_staged`): readable now, `durable` once
+    its name survives a power cut too (the folder's fsync), which the caller may await while it
+    commits the index row, the pending row keeping the key until then."""
+
+    info: BlobInfo
+    durable: Future[None]
+
+
 class BlobStore(Protocol):
     """What the archive needs from an object store.
 
@@ -58,8 +68,9 @@ class BlobStore(Protocol):
         then uses `put_file`. The file becomes the store's only in `put_staged`."""
         ...
 
-    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
-        """Store a staged file under `key` (moved, not copied); durable on return."""
+    def put_staged(self, key: str, staging: Staging) -> Placed:
+        """Store a staged file under `key` (moved, not copied): its bytes durable and readable on
+        return, its name durable once `Placed.durable` completes."""
         ...
 
     def open(self, key: str) -> BinaryIO: ...

@@ -8,6 +8,7 @@ An S3 PUT answers only once the object is stored, which is the durability ingest
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO, cast
 from urllib.parse import urlparse
@@ -16,7 +17,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from storage.blobs.protocol import BlobInfo, Meta, Staging
+from storage.blobs.protocol import BlobInfo, Meta, Placed, Staging
 
 PART_SIZE = 16 * 1024 * 1024
 #: the prefix of an object's user metadata names (`x-amz-meta-pacs-org`...)
@@ -75,8 +76,10 @@ class S3BlobStore:
         """Nothing to stage: an object store takes the bytes over the network (`put_file`)."""
         return None
 
-    def put_staged(self, key: str, staging: Staging) -> BlobInfo:
-        return self.put_file(key, staging.path, staging.meta)
+    def put_staged(self, key: str, staging: Staging) -> Placed:
+        durable: Future[None] = Future()
+        durable.set_result(None)  # a completed PUT is durable, name and all
+        return Placed(self.put_file(key, staging.path, staging.meta), durable)
 
     def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo:
         self.client.put_object(

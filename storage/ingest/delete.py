@@ -121,6 +121,26 @@ def _remove_instances(conn: Connection, where: ColumnElement[bool], owner: str) 
     return keys
 
 
+def remove_unbacked(conn: Connection, key: str) -> bool:
+    """Take out of the index the instance whose blob `key` is not in the store: a power cut
+    between its index commit and its folder's fsync (`storage.ingest.pipeline._settle`) lost its
+    name. It was never acknowledged. Its series and study counts follow, an emptied series or
+    study goes. False when no instance has that key."""
+    row = conn.execute(
+        select(Instance.id, Instance.series_id, Instance.study_id).where(Instance.object_key == key)
+    ).first()
+    if row is None:
+        return False
+    conn.execute(delete(Instance).where(Instance.id == row.id))
+    left = int(conn.scalar(select(func.count(Instance.id)).where(Instance.series_id == row.series_id)) or 0)
+    if left:
+        conn.execute(update(Series).where(Series.id == row.series_id).values(num_instances=left))
+    else:
+        conn.execute(delete(Series).where(Series.id == row.series_id))
+    _refresh_study(conn, int(row.study_id))
+    return True
+
+
 def _refresh_study(conn: Connection, study_id: int) -> int:
     """Recompute the study's aggregates after a series went; delete it if it is empty.
 

@@ -7,6 +7,12 @@ transaction, drop the pending row and insert patient, study, series and instance
 the aggregates. Only after that commit does the caller answer success. A crash before the
 commit leaves a pending row that start-up recovery (`storage.ingest.recovery`) cleans up; a crash
 after it leaves a complete instance.
+
+A received data set (a disposable file in the archive's folder) is staged instead of copied
+(`BlobStore.stage`): its fsync starts before the parse, it is renamed into place after the
+reservation, and its folder's fsync runs while the index commits; its pending row is dropped
+only once that fsync is done (`_settle`), so that recovery can tell an instance whose blob a
+power cut lost. Success is still answered only after both are durable.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -95,10 +102,15 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     pending_id = _reserve(archive, parsed.sop_uid, key)
     if pending_id is None:
         return _already_present(ctx, parsed, source.size)
+    durable: Future[None] | None = None
     try:
-        blob = _write_blob(archive, key, source, ctx, staging)
-        with archive.db.write_conn() as conn:
-            _commit(conn, parsed, blob, ctx, pending_id)
+        if staging is not None:
+            placed = archive.blobs.put_staged(key, staging)
+            blob, durable = placed.info, placed.durable
+        else:
+            blob = _write_blob(archive, key, source, ctx)
+        with archive.db.write_conn() as conn:  # a staged blob's pending row stays until its name is durable
+            _commit(conn, parsed, blob, ctx, None if durable is not None else pending_id)
     except IntegrityError as exc:
         _cleanup(archive, key, pending_id)
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
@@ -127,6 +139,8 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
             raise
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
 
+    if durable is not None:
+        _settle(archive, durable, pending_id, key)
     ctx.touched(parsed.study_uid, parsed.patient_id[:64])
     elapsed = time.perf_counter() - started
     metrics.INSTANCES_STORED.labels(_via(ctx)).inc()
@@ -247,7 +261,7 @@ def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bo
     size = source.path.stat().st_size if source.path is not None else len(source.data or b"")
     try:
         with archive.db.write_conn() as conn:
-            _commit(conn, parsed, BlobInfo(key=key, size=size), ctx, pending_id=0)  # no pending row is 0
+            _commit(conn, parsed, BlobInfo(key=key, size=size), ctx, pending_id=None)
     except IntegrityError:
         if _is_present(archive, parsed.sop_uid):
             return False
@@ -265,9 +279,32 @@ def _stage(archive: Archive, source: Source, ctx: Context) -> Staging | None:
     return archive.blobs.stage(source.path, provenance.of(ctx))
 
 
-def _write_blob(archive: Archive, key: str, source: Source, ctx: Context, staging: Staging | None) -> BlobInfo:
-    if staging is not None:
-        return archive.blobs.put_staged(key, staging)
+def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) -> None:
+    """After the index commit of a staged blob: wait for its name to be durable (the folder's
+    fsync ran while the index committed), then drop its pending row. Until then, a power cut
+    could have lost the name of a blob the index already points at: the pending row is what
+    lets recovery find such an instance and take it out (`storage.ingest.recovery`); it was
+    never acknowledged.
+
+    Raises
+    ------
+    OutOfResources
+        The folder's fsync failed: the instance is not acknowledged (its pending row stays,
+        recovery keeps it if its blob is there; a retry finds it already present).
+    """
+    try:
+        durable.result()
+    except OSError as exc:
+        event(log, "ingest.settle_failed", level=logging.ERROR, object_key=key, error=type(exc).__name__)
+        raise OutOfResources(f"could not make the instance durable: {type(exc).__name__}") from exc
+    try:
+        with archive.db.write_conn(light=True) as conn:
+            conn.execute(_UNRESERVE, {"pending_id": pending_id})
+    except Exception as exc:  # noqa: BLE001 - stored and durable: the sweep drops the row later
+        event(log, "ingest.settle_deferred", level=logging.WARNING, object_key=key, error=type(exc).__name__)
+
+
+def _write_blob(archive: Archive, key: str, source: Source, ctx: Context) -> BlobInfo:
     meta = provenance.of(ctx)  # who sent it and for whom: what `pacs reindex` needs besides the bytes
     if source.path is not None:
         return archive.blobs.put_file(key, source.path, meta)
@@ -289,10 +326,12 @@ def _cleanup(archive: Archive, key: str, pending_id: int) -> None:
         event(log, "ingest.cleanup_failed", level=logging.ERROR, object_key=key, error=repr(exc))
 
 
-def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, pending_id: int) -> None:
-    """Index the instance, its series, study and patient, in the caller's one transaction."""
+def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, pending_id: int | None) -> None:
+    """Index the instance, its series, study and patient, in the caller's one transaction, and
+    drop its pending row (`pending_id`; None: the caller drops it later, `_settle`)."""
     now = utcnow()
-    conn.execute(_UNRESERVE, {"pending_id": pending_id})
+    if pending_id is not None:
+        conn.execute(_UNRESERVE, {"pending_id": pending_id})
     row = conn.execute(_SERIES_OF, {"series_uid": p.series_uid}).first()
     new_series = row is None
     if row is not None and row.study_uid != p.study_uid:

@@ -2,7 +2,10 @@
 
 A pending row names a blob no index row points at: one that was never acknowledged (the
 commit that would have acknowledged it also deletes the row) or one a DELETE orphaned.
-Recovery deletes that blob, if it exists at all, then the row. It reads the pending table,
+Recovery deletes that blob, if it exists at all, then the row. A received data set's row
+outlives its index commit by the fsync of its folder (`storage.ingest.pipeline._settle`): a
+row whose key is indexed keeps its instance when the blob is there, and takes the instance
+out of the index when a power cut lost the blob. It reads the pending table,
 never lists the bucket: cost follows the number of interrupted writes, not the size of the
 archive.
 
@@ -21,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, select
 
 from storage.archive import Archive, owner_is_gone
-from storage.index.models import PendingBlob
+from storage.index.models import Instance, PendingBlob
+from storage.ingest.delete import remove_unbacked
 from storage.logs import event
 
 log = logging.getLogger(__name__)
@@ -99,12 +103,32 @@ def _remove_pending(archive: Archive) -> tuple[int, int]:
     for row_id, key, owner, created_at in rows:
         if not _writer_is_gone(owner, created_at, grace=grace, now=now):
             continue
+        if _settled(archive, row_id, key, owner):
+            removed += 1
+            continue
         archive.blobs.delete(key)
         with archive.db.write() as session:
             session.execute(delete(PendingBlob).where(PendingBlob.id == row_id))
         removed += 1
         event(log, "recovery.removed", object_key=key, owner=owner)
     return removed, len(rows) - removed
+
+
+def _settled(archive: Archive, row_id: int, key: str, owner: str) -> bool:
+    """A pending row whose key the index already points at: a staged blob whose writer died
+    between its index commit and dropping the row (`storage.ingest.pipeline._settle`). The
+    instance stays if its blob is there; if a power cut lost the blob's name, the instance goes
+    (it was never acknowledged). False for a key nothing indexes (the usual case)."""
+    with archive.db.write_conn() as conn:
+        if conn.scalar(select(Instance.id).where(Instance.object_key == key)) is None:
+            return False
+        if archive.blobs.exists(key):
+            event(log, "recovery.settled", object_key=key, owner=owner)
+        else:
+            remove_unbacked(conn, key)
+            event(log, "recovery.unbacked_removed", level=logging.WARNING, object_key=key, owner=owner)
+        conn.execute(delete(PendingBlob).where(PendingBlob.id == row_id))
+    return True
 
 
 def clean_temp(archive: Archive) -> int:

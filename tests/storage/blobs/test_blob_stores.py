@@ -169,7 +169,9 @@ def test_a_staged_file_is_moved_into_place_with_its_metadata_or_copied_where_it_
     key = new_key()
     if isinstance(store, FileBlobStore):
         assert staging is not None
-        info = store.put_staged(key, staging)
+        placed = store.put_staged(key, staging)
+        info = placed.info
+        assert placed.durable.result(timeout=10) is None  # the folder's fsync
         assert not received.exists()  # moved, not copied
     else:
         assert staging is None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import socket
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import insert, select
 
@@ -14,6 +16,7 @@ from storage.blobs.protocol import new_key
 from storage.index.models import PendingBlob
 from storage.ingest.recovery import recover, sweep
 from storage.logs import FIELDS
+from tests.kit.backends import migrated_archive, settings_for
 from tests.kit.inspect import blob_keys
 
 
@@ -101,7 +104,10 @@ if point == "after-blob":      # blob durable, index not committed
 elif point == "after-commit":  # index committed, success not yet sent
     real = ingest_mod._result
     ingest_mod._result = die
-ingest(Source(path=Path(sys.argv[7])), Context.console(), archive=archive)
+elif point == "before-settle":  # a staged blob: index committed, its folder's fsync awaited, row kept
+    ingest_mod._settle = die
+staged = point == "before-settle"  # a received data set (the archive's own temporary file)
+ingest(Source(path=Path(sys.argv[7]), disposable=staged), Context.console(), archive=archive)
 """
 
 
@@ -155,3 +161,55 @@ def test_killed_after_commit_leaves_a_complete_instance(archive: Archive, tmp_pa
     with archive.db.read() as s:
         key = s.scalar(select(Instance.object_key).where(Instance.sop_uid == sop))
     assert key in blob_keys(archive)
+
+
+def _fs_archive(tmp_path: Path) -> AbstractContextManager[Archive]:
+    """Staging is the filesystem store's (S3 takes the bytes over the network): SQLite + folder."""
+    return migrated_archive(settings_for(tmp_path / "var"))
+
+
+def test_killed_between_a_staged_blobs_index_commit_and_its_settling_keeps_the_instance(tmp_path: Path) -> None:
+    from storage.index.models import Instance
+    from tests.kit.inspect import row_counts
+
+    with _fs_archive(tmp_path) as archive:
+        sop = _crash_during_ingest(archive, tmp_path, "before-settle")
+        assert row_counts(archive)["pending_blobs"] == 1 and row_counts(archive)["instances"] == 1
+        assert recover(archive).removed == 1  # the row goes, the instance and its blob stay
+        assert row_counts(archive)["pending_blobs"] == 0 and row_counts(archive)["instances"] == 1
+        with archive.db.read() as s:
+            key = s.scalar(select(Instance.object_key).where(Instance.sop_uid == sop))
+        assert key in blob_keys(archive)
+
+
+def test_an_indexed_instance_whose_blob_a_power_cut_lost_is_taken_out_with_its_counts(tmp_path: Path) -> None:
+    """The state a power cut can leave between a staged blob's index commit and its folder's
+    fsync: the index row, the pending row, no blob. Recovery takes the instance out; the other
+    instance of its series stays, with the series' and study's counts right."""
+    from storage.access.context import Context
+    from storage.dicom.parse import Source
+    from storage.index.models import Instance, Series, Study
+    from storage.ingest.pipeline import ingest
+    from tests.kit import dicom_factory as f
+
+    with _fs_archive(tmp_path) as archive:
+        study, series = f.uid(), f.uid()
+        paths = [f.write(tmp_path / f"{i}.dcm", f.ct_dataset(study_uid=study, series_uid=series)) for i in range(2)]
+        for path in paths:
+            ingest(Source(path=path, disposable=True), Context.console(), archive=archive)
+        with archive.db.read() as s:
+            lost_key = s.scalars(select(Instance.object_key).order_by(Instance.id)).first()
+        assert lost_key is not None
+        dead = f"{socket.gethostname()}:999999"
+        with archive.db.write() as s:
+            s.execute(insert(PendingBlob).values(object_key=lost_key, owner=dead, created_at=datetime.now(UTC)))
+        archive.blobs.delete(lost_key)  # its name did not survive
+
+        assert recover(archive).removed == 1
+        with archive.db.read() as s:
+            keys = s.scalars(select(Instance.object_key)).all()
+            counts = s.execute(select(Study.num_instances, Study.num_series)).one()
+            in_series = s.scalar(select(Series.num_instances))
+        assert lost_key not in keys and len(keys) == 1
+        assert tuple(counts) == (1, 1) and in_series == 1
+        assert not any(p.exists() for p in paths)  # staged: moved into the store, not copied
