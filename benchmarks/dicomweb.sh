@@ -243,8 +243,12 @@ phase_load() {
   pacs_stop
   rm -rf "$PACS_DIR"
   mkdir -p "$PACS_DIR"   # a new archive: `pacs import` works only on a data folder that exists
+  # the studies belong to the benchmark's organization, whose workstation (dimse.sh) queries them:
+  # an import without --org is held unassigned, which only admins (the QIDO token) see
+  "$PACS_BIN" org add bench --name "Benchmark workstation" --data-dir "$PACS_DIR" > "$LOGS/load-org-add.log" 2>&1 \
+    || die "pacs org add failed (see $LOGS/load-org-add.log)"
   t0=$(now)
-  "$PACS_BIN" import --data-dir "$PACS_DIR" "${SETS[@]}" > "$LOGS/load-pacs-import.log" 2>&1 \
+  "$PACS_BIN" import --org bench --data-dir "$PACS_DIR" "${SETS[@]}" > "$LOGS/load-pacs-import.log" 2>&1 \
     || die "pacs import failed (see $LOGS/load-pacs-import.log)"
   t1=$(now)
   pacs_start "$PACS_DIR" "$LOGS/pacs.log"

@@ -117,13 +117,18 @@ phase_find() {
     hf find "dimse: echoscu (floor)" "$server" "association + C-ECHO" \
       echoscu -aet "$SCU_AET" -aec "$(called_of "$server")" 127.0.0.1 "$(port_of "$server")"
   done
+  local matches
   while IFS='|' read -r name keys; do
+    matches=
     for server in orthanc pacs; do
       called=$(called_of "$server"); port=$(port_of "$server")
       # shellcheck disable=SC2086
       local args=(-aet "$SCU_AET" -aec "$called" -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID -k PatientID
                   -k StudyDate -k AccessionNumber -k StudyDescription $keys 127.0.0.1 "$port")
       n=$(findscu -v "${args[@]}" 2>&1 | grep -c 'Find Response.*Pending' || true)
+      # a server that answers fewer matches is not faster, it is wrong (or its caller sees less)
+      [ -z "$matches" ] || [ "$n" = "$matches" ] || die "findscu $name: Orthanc $matches matches, ours $n"
+      matches=$n
       hf find "dimse: findscu $name" "$server" "$n matches" findscu "${args[@]}"
     done
   done < <(find_queries)
