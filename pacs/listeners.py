@@ -29,7 +29,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs.admission import Admission
-from pacs.wire import guard
+from pacs.wire import guard, wakeups
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
 from storage.settings import Settings
@@ -131,6 +131,7 @@ class GuardedHandler(RequestHandler):
     def _create_association(self) -> Association:
         self.assoc = super()._create_association()
         guard.install(self.assoc, self.server.limits)
+        wakeups.install(self.assoc)
         return self.assoc
 
     def handle(self) -> None:

@@ -44,7 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import association, commitment, dispatch, echo, find, get, listeners, move, policy, ports, store
 from pacs.admission import Admission
-from pacs.wire import direct_store, guard, negotiation, spool
+from pacs.wire import direct_store, guard, negotiation, spool, wakeups
 from storage.archive import Archive
 from storage.logs import event
 from storage.metrics import ASSOCIATIONS
@@ -105,6 +105,7 @@ def configure_pynetdicom() -> None:
     _config.PASS_CONTEXTVARS = True
     negotiation.install()  # C-GET storage contexts: a syntax every instance can be sent in
     spool.install()  # received C-STORE data sets land in the archive's folder (pacs.wire.guard sets it)
+    wakeups.patch()  # pynetdicom's polling threads wake when their work arrives (pacs.wire.wakeups)
 
 
 PLAIN, TLS = "plain", "tls"  # the two kinds of DICOM port, and the dispatcher's tags for them
@@ -229,6 +230,7 @@ def _on_rejected(e: evt.Event) -> None:
 
 def _on_closed(e: evt.Event, how: str) -> None:
     spool.discard_partial(e.assoc)
+    wakeups.end(e.assoc)
     direct = direct_store.end(e.assoc, how)
     s = association.end(e.assoc)
     event(
