@@ -51,6 +51,8 @@ ASSOCIATION_LIMIT = 256 * 1024
 FIXED_LIMIT = 4
 #: a DIMSE command set: a few hundred bytes, a few KB with an Error Comment and UID lists
 COMMAND_LIMIT = 64 * 1024
+#: the largest read buffer an association keeps between PDUs (the default PDU is 1 MiB)
+KEPT_BUFFER = 1024 * 1024
 #: the PDU length field's ceiling when the announced maximum is 0 ("no limit", PS3.8 D.1)
 UNLIMITED = 128 * 1024 * 1024
 
@@ -157,11 +159,16 @@ class PduGuard:
         return pdu_type, head, body
 
     def _read_exactly(self, sock: Any, n: int) -> memoryview:
-        """`n` bytes into the guard's one buffer (grown to the largest PDU read), `recv_into` it:
+        """`n` bytes into the guard's one buffer (grown to the largest PDU read, up to
+        `KEPT_BUFFER`; a larger PDU gets a buffer of its own, let go after it), `recv_into` it:
         no 4 KB reads joined into a new bytearray per PDU. Valid until the next read."""
-        if len(self._buffer) < n:
-            self._buffer = bytearray(n)
-        view = memoryview(self._buffer)[:n]
+        if n > KEPT_BUFFER:
+            buffer = bytearray(n)  # a peer's one huge PDU must not stay held for the association's life
+        else:
+            if len(self._buffer) < n:
+                self._buffer = bytearray(n)
+            buffer = self._buffer
+        view = memoryview(buffer)[:n]
         got = 0
         while got < n:
             k = sock.recv_into(view[got:])
