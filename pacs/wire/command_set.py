@@ -119,25 +119,35 @@ def is_store_success(command: memoryview, message_id: int) -> bool:
     validate each UID) takes ~0.3 ms. Any other command set, a warning, a failure, an
     Error Comment, something malformed, answers False and goes to pynetdicom.
     """
+    values = _read_elements(command, _PLAIN_STORE_RSP)
+    if values is None:
+        return False
+    return (
+        _us(values, 0x0100) == _C_STORE_RSP
+        and _us(values, 0x0120) == message_id
+        and _us(values, 0x0800) == NO_DATA_SET
+        and _us(values, 0x0900) == 0x0000
+    )
+
+
+def _read_elements(command: memoryview, allowed: frozenset[int]) -> dict[int, memoryview] | None:
+    """The values of a command set's elements by element number; None when it holds an element
+    outside `allowed` (or outside group 0000), one twice, or is cut short."""
     values: dict[int, memoryview] = {}
     pos, end = 0, len(command)
     while pos + 8 <= end:
         group, element, length = _ELEMENT.unpack_from(command, pos)
         pos += 8
-        if group != 0 or element not in _PLAIN_STORE_RSP or element in values or pos + length > end:
-            return False
+        if group != 0 or element not in allowed or element in values or pos + length > end:
+            return None
         values[element] = command[pos : pos + length]
         pos += length
-    if pos != end:
-        return False
+    return values if pos == end else None
 
-    def us(element: int) -> int | None:
-        raw = values.get(element)
-        return int.from_bytes(raw, "little") if raw is not None and len(raw) == 2 else None
 
-    return (
-        us(0x0100) == _C_STORE_RSP and us(0x0120) == message_id and us(0x0800) == NO_DATA_SET and us(0x0900) == 0x0000
-    )
+def _us(values: dict[int, memoryview], element: int) -> int | None:
+    raw = values.get(element)
+    return int.from_bytes(raw, "little") if raw is not None and len(raw) == 2 else None
 
 
 # ----- reading a C-STORE request ------------------------------------------------------------------
@@ -179,21 +189,12 @@ def pdvs(body: memoryview) -> list[tuple[int, int, memoryview]] | None:
 def read_store(command: memoryview) -> StoreCommand | None:
     """A whole command set as a plain C-STORE-RQ with a data set; None for anything else (another
     message, an element it may not have, a malformed value), which pynetdicom then decodes."""
-    values: dict[int, memoryview] = {}
-    pos, end = 0, len(command)
-    while pos + 8 <= end:
-        group, element, length = _ELEMENT.unpack_from(command, pos)
-        pos += 8
-        if group != 0 or element not in _STORE_RQ or element in values or pos + length > end:
-            return None
-        values[element] = command[pos : pos + length]
-        pos += length
-    if pos != end:
+    values = _read_elements(command, _STORE_RQ)
+    if values is None:
         return None
 
     def us(element: int) -> int | None:
-        raw = values.get(element)
-        return int.from_bytes(raw, "little") if raw is not None and len(raw) == 2 else None
+        return _us(values, element)
 
     def uid(element: int) -> str | None:
         raw = values.get(element)
