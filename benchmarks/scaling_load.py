@@ -29,6 +29,8 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from _stats import cell  # "median (min-max)", as every benchmark table here
+
 
 def out(*parts: object) -> None:
     sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
@@ -151,14 +153,8 @@ def _num(r: dict[str, str], col: str) -> float:
 
 
 def _cell(values: list[float], digits: int = 1) -> str:
-    """The median, with (min-max) when there are several repetitions."""
-    v = sorted(x for x in values if x == x)
-    if not v:
-        return "–"
-    med = statistics.median(v)
-    if len(v) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} ({v[0]:.{digits}f}–{v[-1]:.{digits}f})"
+    """`_stats.cell` (the median, with min-max) of the values measured (NaN: not measured)."""
+    return cell([x for x in values if x == x], digits)
 
 
 def table(args: argparse.Namespace) -> None:
