@@ -170,12 +170,14 @@ def import_(
     """Bulk-import DICOM files through the same ingest pipeline as C-STORE and STOW-RS."""
     settings = existing_archive(load_settings(data_dir=data_dir), INDEX, OBJECTS)
     configure_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
-    from pacs.importer import UnknownOrganization, run_import
+    from pacs.importer import UnknownOrganization, WorkerLost, run_import
 
     try:
         code = run_import(settings, paths, org=org, console=out, jobs=jobs or os.cpu_count() or 1)
     except UnknownOrganization as exc:
         raise fail(str(exc)) from None
+    except WorkerLost as exc:
+        raise fail(str(exc), 1) from None
     raise typer.Exit(code)
 
 

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ MAX_LISTED = 50
 
 class UnknownOrganization(ValueError):
     """`--org` names no registered organization: nothing is imported."""
+
+
+class WorkerLost(RuntimeError):
+    """A worker process of a parallel import died: the import stopped part way."""
 
 
 def walk(paths: list[Path]) -> Iterator[Path]:
@@ -122,8 +127,14 @@ def _results(
     batches = [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
     spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads and connections
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(settings, org)) as pool:
-        for batch in pool.map(_ingest_batch, batches):
-            yield from batch
+        try:
+            for batch in pool.map(_ingest_batch, batches):
+                yield from batch
+        except BrokenProcessPool:
+            raise WorkerLost(
+                "an import worker process died (killed, or out of memory): what was stored stays;"
+                " run the same import again (stored files count as already present), or with -j 1"
+            ) from None
 
 
 def _context(archive: Archive, org: str | None) -> Context:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from storage.index.migrate import alembic_config, upgrade
 from storage.index.models import Instance, PatientIdentity, Study
 from tests.kit import dicom_factory as f
 from tests.kit.backends import settings_for
+from tests.kit.inspect import row_counts
 from tests.kit.net import free_port
 from tests.kit.seed import seed, seed_orgs
 from tests.kit.servers import pacs_executable
@@ -90,6 +94,44 @@ def test_import_with_several_jobs_ends_as_one_job_does(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     assert states[0] == states[1]
     assert len(states[0][1]) == 30
+
+
+def test_a_parallel_import_whose_worker_dies_says_so_and_a_second_run_finishes_it(tmp_path: Path) -> None:
+    src, data = tmp_path / "in", tmp_path / "var"
+    f.study_files(src, n=600)
+    data.mkdir()
+    command = [pacs_executable(), "import", "-j", "2", str(src), "--data-dir", str(data)]
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while len(workers) < 3 and time.monotonic() < deadline and proc.poll() is None:  # the resource tracker, 2 workers
+        workers = children.read_text().split() if children.exists() else []
+        time.sleep(0.05)
+    assert proc.poll() is None, "the import ended before its workers could be seen"
+    archive = Archive.open(settings_for(data))
+    try:
+        while row_counts(archive)["instances"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the workers are importing
+    finally:
+        archive.close()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    said = " ".join(out.split())
+    assert "an import worker process died" in said and "run the same import again" in said
+    assert "Traceback" not in out
+
+    again = pacs("import", "-j", "2", str(src), data_dir=data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    summary = " ".join(again.stdout.split())
+    assert "rejected │ 0" in summary and "already present │ 0" not in summary  # the first run had stored some
+    archive = Archive.open(settings_for(data))
+    try:
+        assert row_counts(archive)["instances"] == 600  # each file once, whichever run stored it
+    finally:
+        archive.close()
 
 
 def test_import_to_an_unknown_organization_stops_before_reading_a_file(tmp_path: Path) -> None:
