@@ -125,7 +125,12 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(tmp_path: Path, b
             env={**os.environ, "TCP_NODELAY": "1"},
         )
         assert r.returncode == 0, r.stdout + r.stderr
-        assert re.search(rf"dimse\.assoc\.released .*direct={N} ", server.log_text()), "the direct path answered"
+        # the association's line is written once the release is answered: storescu may have exited first
+        released = rf"dimse\.assoc\.released .*direct={N} "
+        deadline = time.monotonic() + 10
+        while not re.search(released, server.log_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert re.search(released, server.log_text()), "the direct path answered"
         metrics = httpx.get(f"{server.url}/metrics", headers=server.admin()).text
         assert re.search(r'pacs_instances_already_present_total\{via="dimse"\} (\d+)', metrics)
         deadline = time.monotonic() + 10
