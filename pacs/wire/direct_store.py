@@ -9,11 +9,11 @@ milliseconds of wall time and ~1/3 of the SCP's CPU (benchmarks/README.md, [10/1
 
 Here, once the guard (`pacs.wire.guard`) has read a P-DATA-TF that holds a whole C-STORE-RQ
 command set and nothing else, the same thread decodes that command set (`command_set.read_store`),
-opens the temporary file as pynetdicom would (preamble, the file meta pynetdicom writes, in the
-archive's folder), writes each data fragment of the following PDUs into it straight from one
-reused buffer, runs the store (`pacs.store.receive`, the handler pynetdicom's path calls) once
-the last fragment is in, and answers through the association's direct sender
-(`pacs.wire.direct_send`). It then waits a moment for the peer's next PDU, so that a modality
+opens the temporary file as pynetdicom would (preamble, the file meta pynetdicom writes, packed
+by `pacs.wire.file_meta`, in the archive's folder), writes each data fragment of the following
+PDUs into it straight from one reused buffer, runs the store (`pacs.store.receive`, the handler
+pynetdicom's path calls) once the last fragment is in, and answers through the association's
+direct sender (`pacs.wire.direct_send`). It then waits a moment for the peer's next PDU, so that a modality
 sending a study is served by one thread without a hand-off or a sleep between instances.
 
 What is handed back to pynetdicom, untouched: any PDU that is not a P-DATA-TF, a command set
@@ -39,17 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.service_class import StorageServiceClass
 
 from pacs.wire import command_set, direct_send
 from pacs.wire.command_set import StoreCommand
+from pacs.wire.file_meta import part10_head
 from storage.logs import event
 
 log = logging.getLogger(__name__)
@@ -72,19 +69,12 @@ class _Incoming:
     def __init__(self, request: StoreCommand, context_id: int, transfer_syntax: str, folder: Path | None) -> None:
         self.request = request
         self.context_id = context_id
-        head = DicomBytesIO()
-        head.write(b"\x00" * 128 + b"DICM")
-        meta = create_file_meta(
-            sop_class_uid=UID(request.sop_class),
-            sop_instance_uid=UID(request.sop_instance),
-            transfer_syntax=UID(transfer_syntax),
-        )
-        write_file_meta_info(head, meta)
+        head = part10_head(request.sop_class, request.sop_instance, transfer_syntax)
         fd, name = tempfile.mkstemp(suffix=".dcm", dir=folder)
         self.fd: int | None = fd
         self.path = Path(name)
         try:
-            self.write(memoryview(head.getvalue()))
+            self.write(memoryview(head))
         except BaseException:
             self.discard()
             raise
