@@ -53,8 +53,19 @@ class FileBlobStore:
         os.replace(tmp, final)
         _fsync(final.parent, folder=True)
 
+    def _make_folder(self, folder: Path) -> None:
+        """Create `folder` and its missing parents under the root, each new name fsynced in its
+        parent: the folder's own fsync, after a rename into it, does not make its name durable."""
+        missing = []
+        while folder != self.root and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)  # another writer may make it first: fsynced here all the same
+            _fsync(new.parent, folder=True)
+
     def _tmp_for(self, final: Path) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folder(final.parent)
         return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
 
     def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo:
@@ -98,8 +109,11 @@ class FileBlobStore:
     def put_staged(self, key: str, staging: Staging) -> Placed:
         staging.synced.result()
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging.path, final)
+        try:
+            os.replace(staging.path, final)
+        except FileNotFoundError:  # the first object of its folder (most keys' folder exists)
+            self._make_folder(final.parent)
+            os.replace(staging.path, final)
         durable = _SYNCER.submit(_fsync, final.parent, folder=True)  # while the caller commits its index row
         return Placed(BlobInfo(key=key, size=staging.size), durable)
 
