@@ -1,6 +1,7 @@
-"""`pacs.wire.wakeups`: which sleeps of pynetdicom's threads it takes over, and that an association
-leaves nothing behind (its bell's two sockets). Its effect on latency is measured in
-benchmarks/README.md ([10/10]), not asserted here; the DIMSE tests run through it."""
+"""`pacs.wire.wakeups`: which sleeps of pynetdicom's threads it takes over, that whatever the
+reactor must do wakes it, and that an association leaves nothing behind (its bell's two
+sockets). Its effect on latency is measured in benchmarks/README.md ([10/10]), not asserted
+here; the DIMSE tests run through it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import threading
 import time
 
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from pacs.server import RunningScp
 from pacs.wire import wakeups
@@ -66,3 +68,62 @@ def test_associations_register_their_threads_and_close_their_bell_when_they_end(
             time.sleep(0.02)
     gc.collect()
     assert bells and all(b.rx.fileno() == -1 and b.tx.fileno() == -1 for b in bells)  # closed with their association
+
+
+class _Established:
+    is_established = True
+
+
+def test_the_reactor_of_an_established_association_sleeps_long_in_its_poll_loop_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[float] = []
+    monkeypatch.setattr(wakeups, "_until_woken", lambda _woken, seconds: asked.append(seconds))
+    established, negotiating = _Established(), _Established()
+    negotiating.is_established = False
+    for assoc in (established, negotiating):
+        for seconds in (wakeups.POLL, 0.0001):
+            wakeups._reactor_wait(lambda a=assoc: a, threading.Event(), seconds)  # type: ignore[misc]
+    assert asked == [wakeups.REACTOR_IDLE, 0.0001, wakeups.POLL, 0.0001]
+
+
+def test_pausing_the_reactor_wakes_it() -> None:
+    woken = threading.Event()
+    checkpoint = wakeups._Checkpoint(woken)
+    assert checkpoint.is_set() and not woken.is_set()  # running, as pynetdicom's own starts
+    checkpoint.clear()
+    assert woken.is_set() and not checkpoint.is_set()
+
+
+@pytest.mark.parametrize("ending", ["release", "abort"])
+def test_every_request_wakes_a_reactor_that_would_sleep_a_minute(
+    scp: RunningScp, ending: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the reactor's idle sleep longer than the peer's timeouts, an echo, a C-FIND and the
+    end of the association are still answered: each reached the reactor with a wake-up."""
+    monkeypatch.setattr(wakeups, "REACTOR_IDLE", 60.0)
+    ae = AE(ae_title="CT1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.port,
+        [build_context(Verification), build_context(StudyRootQueryRetrieveInformationModelFind)],
+        ae_title="MUNIPACS",
+    )
+    assert assoc.is_established
+    for _ in range(3):
+        assert assoc.send_c_echo().Status == 0
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        statuses = [status.Status for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+        assert statuses[-1] == 0
+    if ending == "release":
+        assoc.release()
+        assert assoc.is_released  # the peer's A-RELEASE-RP came before the client's 10 s timeout
+    else:
+        assoc.abort()
+    deadline = time.monotonic() + 10
+    while scp.server.ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not scp.server.ae.active_associations
