@@ -3,6 +3,7 @@ recorder, opened once and shared by every request and association of the process
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,8 +16,12 @@ from storage.blobs import from_settings
 from storage.blobs.protocol import BlobStore
 from storage.errors import OutOfResources
 from storage.index.db import Database
+from storage.index.settled import Settled
+from storage.logs import event
 from storage.processes import owner_is_gone, process_owner
 from storage.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Archive", "owner_is_gone", "process_owner"]
 
@@ -31,6 +36,8 @@ class Archive:
     audit: AuditRecorder = NO_AUDIT
     #: request rates per caller, for both edges (PACS_HTTP_RATE_LIMIT, PACS_DICOM_RATE_LIMIT)
     rate_limits: RateLimits = field(default_factory=lambda: RateLimits.of(0, 0))
+    #: pending rows of staged blobs to drop with the next reservation (`storage.index.settled`)
+    settled: Settled = field(default_factory=Settled)
 
     @classmethod
     def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:
@@ -92,5 +99,9 @@ class Archive:
         return folder
 
     def close(self) -> None:
+        try:
+            self.settled.flush(self.db)  # the last instances' pending rows: the next start finds none
+        except Exception as exc:  # noqa: BLE001 - the database is away: start-up recovery settles them
+            event(log, "archive.settle_deferred", level=logging.WARNING, error=type(exc).__name__)
         self.audit.close()
         self.db.dispose()

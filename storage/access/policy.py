@@ -178,15 +178,16 @@ def _active_share_to(org: str) -> ColumnElement[bool]:
     )
 
 
-def may_write_into(ctx: Context, owners: set[str]) -> bool:
-    """Whether `ctx` may add instances to an existing study owned by `owners` over STOW-RS or import.
+def may_write_into(ctx: Context, owned: bool) -> bool:
+    """Whether `ctx` may add instances over STOW-RS or import to an existing study, which its
+    organization owns (`owned`, one of the study's owners) or not.
 
     A share or an emergency access reads, it never writes: a token holder writes into its
     organization's studies only (an admin and the console anywhere). A modality is not asked:
     `storage.ingest` makes its organization a co-owner, since a device cannot know who sees what.
     """
     principal = ctx.principal
-    return principal.is_admin or (principal.org is not None and principal.org in owners)
+    return principal.is_admin or (principal.org is not None and owned)
 
 
 def may_read(ctx: Context) -> bool:

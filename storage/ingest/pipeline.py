@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import metrics
@@ -205,19 +205,37 @@ def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestR
 
 
 _PRESENT = select(Instance.id).where(Instance.sop_uid == bindparam("sop_uid"))
-_RESERVE = insert(PendingBlob).returning(PendingBlob.id)
-_UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
-_SERIES_OF = (
-    select(Series.id, Series.study_id, Study.study_uid)
-    .join(Study, Study.id == Series.study_id)
-    .where(Series.series_uid == bindparam("series_uid"))
+#: the reservation, unless the instance is stored already (then no row): one statement
+_RESERVE = (
+    insert(PendingBlob)
+    .from_select(
+        ["object_key", "owner", "created_at"],
+        select(
+            bindparam("object_key", type_=PendingBlob.object_key.type),
+            bindparam("owner", type_=PendingBlob.owner.type),
+            bindparam("created_at", type_=PendingBlob.created_at.type),
+        ).where(~exists().where(Instance.sop_uid == bindparam("sop_uid"))),
+    )
+    .returning(PendingBlob.id)
 )
-_STUDY_OF = (
-    select(Study.id, Study.patient_id, PatientIdentity.issuer_kind, PatientIdentity.issuer)
+_UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
+_SERIES_EXISTS = select(Series.id).where(Series.series_uid == bindparam("series_uid"))
+#: where an instance goes, when its study exists: the study, its patient, the series if it
+#: exists (in this study or, wrongly, in another) and whether the sender's organization owns it
+_PLACE_OF = (
+    select(
+        Study.id,
+        Study.patient_id,
+        PatientIdentity.issuer_kind,
+        PatientIdentity.issuer,
+        Series.id.label("series_id"),
+        Series.study_id.label("series_study_id"),
+        exists().where(StudyOwner.study_id == Study.id, StudyOwner.org_id == bindparam("org")).label("owned"),
+    )
     .join(PatientIdentity, PatientIdentity.id == Study.identity_id)
+    .outerjoin(Series, Series.series_uid == bindparam("series_uid"))
     .where(Study.study_uid == bindparam("study_uid"))
 )
-_OWNERS_OF = select(StudyOwner.org_id).where(StudyOwner.study_id == bindparam("study_id"))
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_INSTANCE_IN_SERIES = (
     update(Series).where(Series.id == bindparam("sid")).values(num_instances=Series.num_instances + 1)
@@ -235,16 +253,24 @@ def _is_present(archive: Archive, sop_uid: str) -> bool:
 
 
 def _reserve(archive: Archive, sop_uid: str, key: str) -> int | None:
-    """Check for a stored copy and reserve the key in one short transaction.
+    """Check for a stored copy and reserve the key in one short transaction, which also drops
+    the pending rows of earlier instances that have settled since (`storage.index.settled`).
 
     The reservation is a light commit: lost in a power cut it would only leave an orphan
-    blob, never a visible half instance, so it does not pay for a WAL fsync.
+    blob, never a visible half instance, and a settled row back that recovery drops again, so
+    it does not pay for a WAL fsync.
     """
-    with archive.db.write_conn(light=True) as conn:
-        if conn.scalar(_PRESENT, {"sop_uid": sop_uid}) is not None:
-            return None
-        row = conn.execute(_RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow()})
-        return int(row.scalar_one())
+    settled: list[int] = []
+    try:
+        with archive.db.write_conn(light=True) as conn:
+            settled = archive.settled.drop_within(conn)
+            pending_id = conn.scalar(
+                _RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow(), "sop_uid": sop_uid}
+            )
+    except BaseException:
+        archive.settled.give_back(settled)
+        raise
+    return None if pending_id is None else int(pending_id)
 
 
 def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bool:
@@ -281,7 +307,8 @@ def _stage(archive: Archive, source: Source, ctx: Context) -> Staging | None:
 
 def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) -> None:
     """After the index commit of a staged blob: wait for its name to be durable (the folder's
-    fsync ran while the index committed), then drop its pending row. Until then, a power cut
+    fsync ran while the index committed), then let its pending row go (with the next
+    reservation, `storage.index.settled`). Until its name is durable, a power cut
     could have lost the name of a blob the index already points at: the pending row is what
     lets recovery find such an instance and take it out (`storage.ingest.recovery`); it was
     never acknowledged.
@@ -297,11 +324,7 @@ def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) 
     except OSError as exc:
         event(log, "ingest.settle_failed", level=logging.ERROR, object_key=key, error=type(exc).__name__)
         raise OutOfResources(f"could not make the instance durable: {type(exc).__name__}") from exc
-    try:
-        with archive.db.write_conn(light=True) as conn:
-            conn.execute(_UNRESERVE, {"pending_id": pending_id})
-    except Exception as exc:  # noqa: BLE001 - stored and durable: the sweep drops the row later
-        event(log, "ingest.settle_deferred", level=logging.WARNING, object_key=key, error=type(exc).__name__)
+    archive.settled.add(pending_id)
 
 
 def _write_blob(archive: Archive, key: str, source: Source, ctx: Context) -> BlobInfo:
@@ -332,16 +355,19 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     now = utcnow()
     if pending_id is not None:
         conn.execute(_UNRESERVE, {"pending_id": pending_id})
-    row = conn.execute(_SERIES_OF, {"series_uid": p.series_uid}).first()
-    new_series = row is None
-    if row is not None and row.study_uid != p.study_uid:
-        raise InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
-    study = conn.execute(_STUDY_OF, {"study_uid": p.study_uid}).first()
-    if study is not None:
-        study_id = int(study.id)
-        owners = set(conn.scalars(_OWNERS_OF, {"study_id": study_id}))
-        _check_may_add(ctx, p, study, owners)
+    org = ctx.principal.org
+    place = conn.execute(_PLACE_OF, {"study_uid": p.study_uid, "series_uid": p.series_uid, "org": org}).first()
+    series_id: int | None = None
+    if place is not None:
+        if place.series_id is not None and place.series_study_id != place.id:
+            raise _series_elsewhere(p)
+        study_id = int(place.id)
+        series_id = None if place.series_id is None else int(place.series_id)
+        owned = bool(place.owned)
+        _check_may_add(ctx, p, place, owned)
     else:
+        if conn.scalar(_SERIES_EXISTS, {"series_uid": p.series_uid}) is not None:
+            raise _series_elsewhere(p)
         sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
         key = identities.identity_key(
             p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
@@ -356,10 +382,12 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
         )
         identity_id = identities.upsert(conn, key, demographics)
         study_id = _upsert_study(conn, p, identity_id, ctx)
-        owners = set()
-    if ctx.principal.org is not None and ctx.principal.org not in owners:
-        _add_owner(conn, study_id, ctx.principal.org, now)
-    series_id = int(row.id) if row is not None else _upsert_series(conn, p, study_id)
+        owned = False
+    if org is not None and not owned:
+        _add_owner(conn, study_id, org, now)
+    new_series = series_id is None
+    if series_id is None:
+        series_id = _upsert_series(conn, p, study_id)
     conn.execute(
         _INSERT_INSTANCE,
         {
@@ -397,7 +425,11 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
         )
 
 
-def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owners: set[str]) -> None:
+def _series_elsewhere(p: ParsedInstance) -> InvalidUid:
+    return InvalidUid(f"SeriesInstanceUID {p.series_uid} already belongs to another study")
+
+
+def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owned: bool) -> None:
     """Refuse an instance of another patient, or a token holder's write into another's study.
 
     The study's patient is its PatientID with the IssuerOfPatientID it was sent with (none when
@@ -412,7 +444,7 @@ def _check_may_add(ctx: Context, p: ParsedInstance, study: Any, owners: set[str]
             f"the instance's patient ({p.patient_id[:64]!r}, issuer {p.issuer_of_patient_id[:64]!r})"
             f" is not the patient of study {p.study_uid}"
         )
-    if ctx.channel is not Channel.DIMSE and not may_write_into(ctx, owners):
+    if ctx.channel is not Channel.DIMSE and not may_write_into(ctx, owned):
         raise StudyNotWritable(f"study {p.study_uid} cannot be written by this caller")
 
 

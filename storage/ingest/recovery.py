@@ -56,7 +56,10 @@ def sweep(archive: Archive) -> int:
     """While serving: the pending writes of processes that are gone or older than the grace
     period, which include those a failed write could not clean up itself while the database
     or the object store was away (`ingest.cleanup_deferred`); how many were removed.
-    Temporary files are left to start-up: those of this process may be in use."""
+    Temporary files are left to start-up: those of this process may be in use. First, the
+    pending rows of this process's settled instances that no reservation has dropped since
+    (`storage.index.settled`): no instance came after them."""
+    archive.settled.flush(archive.db)
     removed, _kept = _remove_pending(archive)
     if removed:
         event(log, "recovery.swept", removed=removed)

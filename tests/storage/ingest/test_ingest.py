@@ -137,12 +137,15 @@ def test_bad_input_is_refused_and_leaves_nothing(archive: Archive, case: str, ma
     assert blob_keys(archive) == before_keys
 
 
-def test_series_uid_reused_in_another_study_is_refused(archive: Archive) -> None:
-    series = f.uid()
+@pytest.mark.parametrize("study_exists", [False, True])
+def test_series_uid_reused_in_another_study_is_refused(archive: Archive, study_exists: bool) -> None:
+    series, other_study = f.uid(), f.uid()
     store(archive, f.to_bytes(f.ct_dataset(series_uid=series)))
+    if study_exists:  # the other study is there already, with a series of its own
+        store(archive, f.to_bytes(f.ct_dataset(study_uid=other_study)))
     before_rows, before_keys = row_counts(archive), blob_keys(archive)
     with pytest.raises(InvalidUid):
-        store(archive, f.to_bytes(f.ct_dataset(series_uid=series)))
+        store(archive, f.to_bytes(f.ct_dataset(study_uid=other_study, series_uid=series)))
     assert (row_counts(archive), blob_keys(archive)) == (before_rows, before_keys)
 
 

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import insert, select
 
 from storage.archive import Archive
@@ -106,7 +107,10 @@ elif point == "after-commit":  # index committed, success not yet sent
     ingest_mod._result = die
 elif point == "before-settle":  # a staged blob: index committed, its folder's fsync awaited, row kept
     ingest_mod._settle = die
-staged = point == "before-settle"  # a received data set (the archive's own temporary file)
+elif point == "after-settle":  # a staged blob settled: its row waits for the next reservation
+    settle = ingest_mod._settle
+    ingest_mod._settle = lambda *a, **k: (settle(*a, **k), die())
+staged = point in ("before-settle", "after-settle")  # a received data set (the archive's own temporary file)
 ingest(Source(path=Path(sys.argv[7]), disposable=staged), Context.console(), archive=archive)
 """
 
@@ -168,12 +172,15 @@ def _fs_archive(tmp_path: Path) -> AbstractContextManager[Archive]:
     return migrated_archive(settings_for(tmp_path / "var"))
 
 
-def test_killed_between_a_staged_blobs_index_commit_and_its_settling_keeps_the_instance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("point", ["before-settle", "after-settle"])
+def test_killed_between_a_staged_blobs_index_commit_and_dropping_its_row_keeps_the_instance(
+    tmp_path: Path, point: str
+) -> None:
     from storage.index.models import Instance
     from tests.kit.inspect import row_counts
 
     with _fs_archive(tmp_path) as archive:
-        sop = _crash_during_ingest(archive, tmp_path, "before-settle")
+        sop = _crash_during_ingest(archive, tmp_path, point)
         assert row_counts(archive)["pending_blobs"] == 1 and row_counts(archive)["instances"] == 1
         assert recover(archive).removed == 1  # the row goes, the instance and its blob stay
         assert row_counts(archive)["pending_blobs"] == 0 and row_counts(archive)["instances"] == 1
@@ -213,3 +220,37 @@ def test_an_indexed_instance_whose_blob_a_power_cut_lost_is_taken_out_with_its_c
         assert lost_key not in keys and len(keys) == 1
         assert tuple(counts) == (1, 1) and in_series == 1
         assert not any(p.exists() for p in paths)  # staged: moved into the store, not copied
+
+
+def test_a_settled_row_goes_with_the_next_reservation_the_sweep_or_the_archives_close(tmp_path: Path) -> None:
+    """A staged instance's pending row outlives its answer until the next instance's
+    reservation drops it (`storage.index.settled`); the last one goes with the sweep, or when
+    the process closes its archive."""
+    from storage.access.context import Context
+    from storage.dicom.parse import Source
+    from storage.ingest.pipeline import ingest
+    from tests.kit import dicom_factory as f
+
+    def pending(archive: Archive) -> list[str]:
+        with archive.db.read() as s:
+            return list(s.scalars(select(PendingBlob.object_key).order_by(PendingBlob.id)))
+
+    def receive(archive: Archive, i: int) -> None:
+        path = f.write(tmp_path / f"{i}.dcm", f.ct_dataset())
+        ingest(Source(path=path, disposable=True), Context.console(), archive=archive)
+
+    with _fs_archive(tmp_path) as archive:
+        receive(archive, 0)
+        first = pending(archive)
+        assert len(first) == 1  # answered, its row waiting
+        receive(archive, 1)
+        second = pending(archive)
+        assert len(second) == 1 and second != first  # the first went with the second's reservation
+        assert archive.settled.flush(archive.db) == 1 and pending(archive) == []
+        receive(archive, 2)
+        assert sweep(archive) == 0 and pending(archive) == []  # no instance followed: the sweep drops it
+        other = Archive.open(archive.settings)  # another process of the same archive, stopping
+        receive(other, 3)
+        assert len(pending(archive)) == 1
+        other.close()
+        assert pending(archive) == []
