@@ -43,38 +43,39 @@ class FileBlobStore:
             raise ValueError(f"invalid object key {key!r}")
         return self.root / key
 
-    def _commit(self, tmp: Path, final: Path) -> None:
+    def _commit(self, tmp: Path, final: Path, made: list[Path]) -> None:
         """Make the already-written `tmp` durable under its final name.
 
         The rename is atomic, so a reader sees the whole object or none; fsync of the file
-        before and of the folder after makes the name survive a power cut, not only a kill.
+        before and of the folders after (`_folders_to_sync`) makes the name survive a power
+        cut, not only a kill.
         """
         _fsync(tmp)
         os.replace(tmp, final)
-        _fsync(final.parent, folder=True)
+        _fsync_folders(_folders_to_sync(final, made))
 
-    def _make_folder(self, folder: Path) -> None:
-        """Create `folder` and its missing parents under the root, each new name fsynced in its
-        parent: the folder's own fsync, after a rename into it, does not make its name durable."""
+    def _make_folders(self, folder: Path) -> list[Path]:
+        """Create `folder` and its missing parents under the root; those this call found missing
+        (another writer may make one at the same time: it counts as made here too)."""
         missing = []
         while folder != self.root and not folder.is_dir():
             missing.append(folder)
             folder = folder.parent
         for new in reversed(missing):
-            new.mkdir(exist_ok=True)  # another writer may make it first: fsynced here all the same
-            _fsync(new.parent, folder=True)
+            new.mkdir(exist_ok=True)
+        return missing
 
-    def _tmp_for(self, final: Path) -> Path:
-        self._make_folder(final.parent)
-        return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    def _tmp_for(self, final: Path) -> tuple[Path, list[Path]]:
+        made = self._make_folders(final.parent)
+        return final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp", made
 
     def put_file(self, key: str, path: Path, meta: Meta | None = None) -> BlobInfo:
         final = self._path(key)
-        tmp = self._tmp_for(final)
+        tmp, made = self._tmp_for(final)
         try:
             shutil.copyfile(path, tmp)  # sendfile/copy_file_range: no copy through Python
             _set_meta(tmp, meta)
-            self._commit(tmp, final)
+            self._commit(tmp, final, made)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -82,12 +83,12 @@ class FileBlobStore:
 
     def put(self, key: str, data: BinaryIO, size: int, meta: Meta | None = None) -> BlobInfo:  # noqa: ARG002 - S3 needs the size
         final = self._path(key)
-        tmp = self._tmp_for(final)
+        tmp, made = self._tmp_for(final)
         try:
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(data, out, 1 << 20)
             _set_meta(tmp, meta)
-            self._commit(tmp, final)
+            self._commit(tmp, final, made)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -109,12 +110,14 @@ class FileBlobStore:
     def put_staged(self, key: str, staging: Staging) -> Placed:
         staging.synced.result()
         final = self._path(key)
+        made: list[Path] = []
         try:
             os.replace(staging.path, final)
-        except FileNotFoundError:  # the first object of its folder (most keys' folder exists)
-            self._make_folder(final.parent)
+        except FileNotFoundError:  # the first object of its folder (in a full archive, most folders exist)
+            made = self._make_folders(final.parent)
             os.replace(staging.path, final)
-        durable = _SYNCER.submit(_fsync, final.parent, folder=True)  # while the caller commits its index row
+        # while the caller commits its index row
+        durable = _SYNCER.submit(_fsync_folders, _folders_to_sync(final, made))
         return Placed(BlobInfo(key=key, size=staging.size), durable)
 
     def open(self, key: str) -> BinaryIO:
@@ -180,6 +183,17 @@ def _fsync(path: Path, *, folder: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _folders_to_sync(final: Path, made: list[Path]) -> list[Path]:
+    """What to fsync so that `final`'s name survives a power cut: its folder, and the parent of
+    each folder made for it (a folder's own fsync does not make its name in its parent durable)."""
+    return [final.parent, *(folder.parent for folder in made)]
+
+
+def _fsync_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        _fsync(folder, folder=True)
 
 
 def _set_meta(path: Path, meta: Meta | None) -> None:

@@ -193,3 +193,27 @@ def test_a_file_on_another_filesystem_is_not_staged(tmp_path: Path) -> None:
         assert store.stage(elsewhere) is None
     finally:
         elsewhere.unlink()
+
+
+@pytest.mark.parametrize("how", ["put", "put_staged"])
+def test_a_name_in_new_folders_is_made_durable_in_every_folder_it_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The fan-out folders of a fresh store are made on demand: each new folder's name is fsynced
+    in its parent, besides the object's name in its folder, before the write counts as durable;
+    a second object in the same folder fsyncs that folder only."""
+    store = FileBlobStore(tmp_path / "blobs")
+    synced: list[Path] = []
+    real = fs._fsync
+    monkeypatch.setattr(fs, "_fsync", lambda path, folder=False: (synced.append(path) if folder else None, real(path)))
+    root = store.root
+    for key in ("ab/cd/one.dcm", "ab/cd/two.dcm"):
+        if how == "put":
+            store.put(key, io.BytesIO(b"x"), 1)
+        else:
+            received = tmp_path / "received.dcm"
+            received.write_bytes(b"x")
+            staging = store.stage(received)
+            assert staging is not None
+            store.put_staged(key, staging).durable.result()
+    assert synced == [root / "ab/cd", root / "ab", root, root / "ab/cd"]
