@@ -19,6 +19,8 @@ from storage.index.db import Database
 from storage.index.models import PendingBlob
 
 _DROP = delete(PendingBlob).where(PendingBlob.id.in_(bindparam("ids", expanding=True)))
+#: the usual case, one association's previous instance: without the expanding IN's rendering
+_DROP_ONE = delete(PendingBlob).where(PendingBlob.id == bindparam("id"))
 
 
 class Settled:
@@ -39,7 +41,10 @@ class Settled:
             ids, self._ids = self._ids, []
         if ids:
             try:
-                conn.execute(_DROP, {"ids": ids})
+                if len(ids) == 1:
+                    conn.execute(_DROP_ONE, {"id": ids[0]})
+                else:
+                    conn.execute(_DROP, {"ids": ids})
             except BaseException:
                 self.give_back(ids)
                 raise
