@@ -160,7 +160,12 @@ def _start_worker(settings: Settings, org: str | None) -> None:
 
 
 def _ingest_batch(paths: list[str]) -> list[FileResult]:
-    return [ingest_file(path, _worker["ctx"], _worker["archive"]) for path in paths]
+    archive = _worker["archive"]
+    results = [ingest_file(path, _worker["ctx"], archive) for path in paths]
+    # the pool ends its workers without closing their archives: drop the pending rows of this
+    # batch's settled files now (`storage.index.settled`), not at the next start
+    archive.settled.flush(archive.db)
+    return results
 
 
 def _status(counts: Counter[str]) -> str:

@@ -107,6 +107,12 @@ class FileBlobStore:
         _set_meta(path, meta)  # before the fsync, as `put_file` does: as durable as the bytes
         return Staging(path, info.st_size, meta, _SYNCER.submit(_fsync, path))
 
+    def stages(self, folder: Path) -> bool:
+        try:
+            return folder.stat().st_dev == self._device
+        except OSError:
+            return False
+
     def put_staged(self, key: str, staging: Staging) -> Placed:
         staging.synced.result()
         final = self._path(key)

@@ -68,6 +68,12 @@ class BlobStore(Protocol):
         then uses `put_file`. The file becomes the store's only in `put_staged`."""
         ...
 
+    def stages(self, folder: Path) -> bool:
+        """Whether `stage` takes a file in `folder` as it is (this store, on that filesystem):
+        worth copying an operator's file there first (`pacs import`), rather than copying it
+        into the store with `put_file` after the parse."""
+        ...
+
     def put_staged(self, key: str, staging: Staging) -> Placed:
         """Store a staged file under `key` (moved, not copied): its bytes durable and readable on
         return, its name durable once `Placed.durable` completes."""

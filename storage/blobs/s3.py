@@ -76,6 +76,9 @@ class S3BlobStore:
         """Nothing to stage: an object store takes the bytes over the network (`put_file`)."""
         return None
 
+    def stages(self, folder: Path) -> bool:  # noqa: ARG002 - the protocol's
+        return False
+
     def put_staged(self, key: str, staging: Staging) -> Placed:
         durable: Future[None] = Future()
         durable.set_result(None)  # a completed PUT is durable, name and all

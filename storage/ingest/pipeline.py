@@ -12,18 +12,22 @@ A received data set (a disposable file in the archive's folder) is staged instea
 (`BlobStore.stage`): its fsync starts before the parse, it is renamed into place after the
 reservation, and its folder's fsync runs while the index commits; its pending row is dropped
 only once that fsync is done (`_settle`), so that recovery can tell an instance whose blob a
-power cut lost. Success is still answered only after both are durable.
+power cut lost. Success is still answered only after both are durable. An imported file is
+copied into that folder first and staged the same way (`_stageable_copy`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import shutil
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, text, update
@@ -87,11 +91,22 @@ def ingest(source: Source, ctx: Context, *, archive: Archive, expect_study: str 
     OutOfResources
         The blob store or the database failed; nothing of it was kept.
     """
+    copy = _stageable_copy(archive, source)
+    try:
+        return _ingest(source, ctx, archive, expect_study, copy)
+    finally:
+        if copy is not None:  # moved into the store, unless the object was refused or present
+            copy.unlink(missing_ok=True)
+
+
+def _ingest(
+    source: Source, ctx: Context, archive: Archive, expect_study: str | None, copy: Path | None
+) -> IngestResult:
     started = time.perf_counter()
     try:
         _check_size(source, ctx, archive)
         source = with_preamble(source)
-        staging = _stage(archive, source, ctx)  # its fsync runs while the header is parsed
+        staging = _stage(archive, source, ctx, copy)  # its fsync runs while the header is parsed
         parsed = parse(source)
         if expect_study is not None and parsed.study_uid != expect_study:
             raise StudyMismatch(f"StudyInstanceUID {parsed.study_uid} is not the study {expect_study} of the request")
@@ -295,14 +310,33 @@ def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bo
     return True
 
 
-def _stage(archive: Archive, source: Source, ctx: Context) -> Staging | None:
-    """Hand a disposable file (a received data set) to the blob store before its key exists,
-    so that making it durable overlaps the parse and the reservation (DESIGN: still durable
-    before the index commit). What stays unstaged (an import, a STOW-RS part, a remote store)
-    is copied by `_write_blob`."""
-    if source.path is None or not source.disposable:
+def _stage(archive: Archive, source: Source, ctx: Context, copy: Path | None) -> Staging | None:
+    """Hand a disposable file (a received data set, a STOW-RS part, an import's `copy`) to the
+    blob store before its key exists, so that making it durable overlaps the parse and the
+    reservation (DESIGN: still durable before the index commit). What stays unstaged (an object
+    in memory, a remote store) is written by `_write_blob`."""
+    if source.path is None:
+        return None  # in memory (a STOW-RS part, or a file that lacked its preamble)
+    if copy is not None:
+        return archive.blobs.stage(copy, provenance.of(ctx))
+    return archive.blobs.stage(source.path, provenance.of(ctx)) if source.disposable else None
+
+
+def _stageable_copy(archive: Archive, source: Source) -> Path | None:
+    """A file that is not ours to move (`pacs import`'s), copied into the archive's temporary
+    folder where the blob store can stage it as a received data set: its fsync then overlaps
+    the parse and its folder's the index commit, which `pacs import` otherwise waited for in
+    turn (~40 % of a worker's time). The same one copy as `put_file` would make, made earlier.
+    None where staging would not take it (a remote store, another filesystem)."""
+    if source.path is None or source.disposable or not archive.blobs.stages(archive.temp_dir):
         return None
-    return archive.blobs.stage(source.path, provenance.of(ctx))
+    copy = archive.temp_dir / f"import-{uuid.uuid4().hex}.dcm"
+    try:
+        shutil.copyfile(source.path, copy)  # copy_file_range: no copy through Python
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return copy
 
 
 def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) -> None:

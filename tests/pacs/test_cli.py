@@ -21,7 +21,7 @@ from storage.index.migrate import alembic_config, upgrade
 from storage.index.models import Instance, PatientIdentity, Study
 from tests.kit import dicom_factory as f
 from tests.kit.backends import settings_for
-from tests.kit.inspect import row_counts
+from tests.kit.inspect import row_counts, temporary_files
 from tests.kit.net import free_port
 from tests.kit.seed import seed, seed_orgs
 from tests.kit.servers import pacs_executable
@@ -88,12 +88,16 @@ def test_import_with_several_jobs_ends_as_one_job_does(tmp_path: Path) -> None:
                 studies = sorted(s.execute(select(Study.study_uid, Study.num_series, Study.num_instances)).all())
                 rows = sorted(s.execute(select(Instance.sop_uid, Instance.size, Instance.object_key)).all())
             stored = {sop: (size, read_blob(archive, key)) for sop, size, key in rows}
+            # each file's copy went into the store (staged) or away: none left, nor a pending row
+            assert temporary_files(archive) == [] and row_counts(archive)["pending_blobs"] == 0
         finally:
             archive.close()
         states.append((studies, stored))
     assert outputs[0] == outputs[1]
     assert states[0] == states[1]
     assert len(states[0][1]) == 30
+    originals = {p.read_bytes() for study in ("a", "b") for p in (src / study).glob("*.dcm") if p.name != "zz-copy.dcm"}
+    assert {blob for _size, blob in states[0][1].values()} == originals  # stored as they were on disk
 
 
 def test_a_parallel_import_whose_worker_dies_says_so_and_a_second_run_finishes_it(tmp_path: Path) -> None:
