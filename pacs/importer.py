@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
@@ -157,15 +158,14 @@ _worker: dict[str, Any] = {}
 def _start_worker(settings: Settings, org: str | None) -> None:
     archive = Archive.open(settings, pool_size=2)
     _worker["archive"], _worker["ctx"] = archive, _context(archive, org)
+    # A pool's worker ends through multiprocessing's exit, which runs its finalizers but not
+    # `atexit`: the archive is closed there, so that its last files' pending rows and its
+    # unused reserved keys' are dropped now, not by the next start's recovery.
+    Finalize(archive, archive.close, exitpriority=10)
 
 
 def _ingest_batch(paths: list[str]) -> list[FileResult]:
-    archive = _worker["archive"]
-    results = [ingest_file(path, _worker["ctx"], archive) for path in paths]
-    # the pool ends its workers without closing their archives: drop the pending rows of this
-    # batch's settled files now (`storage.index.settled`), not at the next start
-    archive.settled.flush(archive.db)
-    return results
+    return [ingest_file(path, _worker["ctx"], _worker["archive"]) for path in paths]
 
 
 def _status(counts: Counter[str]) -> str:

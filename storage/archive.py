@@ -16,6 +16,7 @@ from storage.blobs import from_settings
 from storage.blobs.protocol import BlobStore
 from storage.errors import OutOfResources
 from storage.index.db import Database
+from storage.index.reserved import Reserved
 from storage.index.settled import Settled
 from storage.logs import event
 from storage.processes import owner_is_gone, process_owner
@@ -38,6 +39,8 @@ class Archive:
     rate_limits: RateLimits = field(default_factory=lambda: RateLimits.of(0, 0))
     #: pending rows of staged blobs to drop with the next reservation (`storage.index.settled`)
     settled: Settled = field(default_factory=Settled)
+    #: object keys reserved ahead for ingest (`storage.index.reserved`)
+    reserved: Reserved = field(default_factory=lambda: Reserved(max_age=300.0))
 
     @classmethod
     def open(cls, settings: Settings, *, pool_size: int = 16) -> Archive:
@@ -51,6 +54,7 @@ class Archive:
             owner=owner,
             audit=AuditTrail(db, owner) if settings.audit else NO_AUDIT,
             rate_limits=RateLimits.of(settings.http_rate_limit, settings.dicom_rate_limit),
+            reserved=Reserved(max_age=settings.recovery_grace_seconds / 2),
         )
 
     @classmethod
@@ -99,8 +103,9 @@ class Archive:
         return folder
 
     def close(self) -> None:
-        try:
-            self.settled.flush(self.db)  # the last instances' pending rows: the next start finds none
+        try:  # the last instances' pending rows and the unused reserved keys': the next start finds none
+            self.settled.flush(self.db)
+            self.reserved.release(self.db)
         except Exception as exc:  # noqa: BLE001 - the database is away: start-up recovery settles them
             event(log, "archive.settle_deferred", level=logging.WARNING, error=type(exc).__name__)
         self.audit.close()

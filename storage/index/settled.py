@@ -1,10 +1,10 @@
-"""The pending rows of staged blobs whose names are durable, dropped with the next reservation.
+"""The pending rows of staged blobs whose names are durable, dropped with the next index commit.
 
 Why: a staged blob's pending row outlives its index commit by its folder's fsync
 (`storage.ingest.pipeline._settle`); dropping it in a transaction of its own cost every
-received instance a third write transaction. The ids wait here instead and go in the next
-reservation's transaction (`pipeline._reserve`), or in the sweep's when no instance follows
-(`storage.ingest.recovery.sweep`), or when the process closes its archive. One left behind by
+received instance a write transaction of its own. The ids wait here instead and go in the next
+instance's index commit (`pipeline._index`), or in the sweep's transaction when no instance
+follows (`storage.ingest.recovery.sweep`), or when the process closes its archive. One left behind by
 a killed process is harmless: start-up recovery finds its instance indexed and its blob
 present, and drops it (`recovery.settled`).
 """
@@ -49,6 +49,11 @@ class Settled:
                 self.give_back(ids)
                 raise
         return ids
+
+    def waiting(self) -> set[int]:
+        """The ids not dropped yet."""
+        with self._lock:
+            return set(self._ids)
 
     def give_back(self, ids: list[int]) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
 """The one ingest pipeline: C-STORE, STOW-RS and `pacs import` all store through `ingest`.
 
 The order is what makes an acknowledgement safe (DESIGN.md "Ingest rules", after the
-store orchestrator of Microsoft's DICOM server): parse and validate; reserve a pending row
-that names a fresh server-made key; write the blob durably under that key; then, in one
+store orchestrator of Microsoft's DICOM server): parse and validate; take a pending row that
+names a fresh server-made key (reserved ahead, a batch at a time: `storage.index.reserved`);
+write the blob durably under that key; then, in one
 transaction, drop the pending row and insert patient, study, series and instance rows with
 the aggregates. Only after that commit does the caller answer success. A crash before the
 commit leaves a pending row that start-up recovery (`storage.ingest.recovery`) cleans up; a crash
@@ -113,10 +114,9 @@ def _ingest(
     except RejectedInput as exc:
         _rejected(ctx, exc, source.describe())
         raise
-    key = new_key()
-    pending_id = _reserve(archive, parsed.sop_uid, key)
-    if pending_id is None:
+    if _is_present(archive, parsed.sop_uid):  # a read: no turn at the write lock
         return _already_present(ctx, parsed, source.size)
+    pending_id, key = archive.reserved.take(archive.db, archive.owner, new_key)
     durable: Future[None] | None = None
     try:
         if staging is not None:
@@ -124,8 +124,8 @@ def _ingest(
             blob, durable = placed.info, placed.durable
         else:
             blob = _write_blob(archive, key, source, ctx)
-        with archive.db.write_conn() as conn:  # a staged blob's pending row stays until its name is durable
-            _commit(conn, parsed, blob, ctx, None if durable is not None else pending_id)
+        # a staged blob's pending row stays until its name is durable
+        _index(archive, parsed, blob, ctx, None if durable is not None else pending_id)
     except IntegrityError as exc:
         _cleanup(archive, key, pending_id)
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
@@ -220,19 +220,6 @@ def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestR
 
 
 _PRESENT = select(Instance.id).where(Instance.sop_uid == bindparam("sop_uid"))
-#: the reservation, unless the instance is stored already (then no row): one statement
-_RESERVE = (
-    insert(PendingBlob)
-    .from_select(
-        ["object_key", "owner", "created_at"],
-        select(
-            bindparam("object_key", type_=PendingBlob.object_key.type),
-            bindparam("owner", type_=PendingBlob.owner.type),
-            bindparam("created_at", type_=PendingBlob.created_at.type),
-        ).where(~exists().where(Instance.sop_uid == bindparam("sop_uid"))),
-    )
-    .returning(PendingBlob.id)
-)
 _UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
 _SERIES_EXISTS = select(Series.id).where(Series.series_uid == bindparam("series_uid"))
 #: where an instance goes, when its study exists: the study, its patient, the series if it
@@ -263,29 +250,21 @@ _COUNT_INSTANCE_IN_STUDY = (
 
 
 def _is_present(archive: Archive, sop_uid: str) -> bool:
-    with archive.db.engine.connect() as conn:
+    with archive.db.statement_engine.connect() as conn:  # PostgreSQL: no transaction around one read
         return conn.scalar(_PRESENT, {"sop_uid": sop_uid}) is not None
 
 
-def _reserve(archive: Archive, sop_uid: str, key: str) -> int | None:
-    """Check for a stored copy and reserve the key in one short transaction, which also drops
-    the pending rows of earlier instances that have settled since (`storage.index.settled`).
-
-    The reservation is a light commit: lost in a power cut it would only leave an orphan
-    blob, never a visible half instance, and a settled row back that recovery drops again, so
-    it does not pay for a WAL fsync.
-    """
+def _index(archive: Archive, p: ParsedInstance, blob: BlobInfo, ctx: Context, pending_id: int | None) -> None:
+    """The index commit (`_commit`), which also drops the pending rows of earlier instances
+    that have settled since (`storage.index.settled`)."""
     settled: list[int] = []
     try:
-        with archive.db.write_conn(light=True) as conn:
+        with archive.db.write_conn() as conn:
             settled = archive.settled.drop_within(conn)
-            pending_id = conn.scalar(
-                _RESERVE, {"object_key": key, "owner": archive.owner, "created_at": utcnow(), "sop_uid": sop_uid}
-            )
+            _commit(conn, p, blob, ctx, pending_id)
     except BaseException:
         archive.settled.give_back(settled)
         raise
-    return None if pending_id is None else int(pending_id)
 
 
 def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bool:
@@ -342,7 +321,7 @@ def _stageable_copy(archive: Archive, source: Source) -> Path | None:
 def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) -> None:
     """After the index commit of a staged blob: wait for its name to be durable (the folder's
     fsync ran while the index committed), then let its pending row go (with the next
-    reservation, `storage.index.settled`). Until its name is durable, a power cut
+    index commit, `storage.index.settled`). Until its name is durable, a power cut
     could have lost the name of a blob the index already points at: the pending row is what
     lets recovery find such an instance and take it out (`storage.ingest.recovery`); it was
     never acknowledged.

@@ -57,7 +57,7 @@ def sweep(archive: Archive) -> int:
     period, which include those a failed write could not clean up itself while the database
     or the object store was away (`ingest.cleanup_deferred`); how many were removed.
     Temporary files are left to start-up: those of this process may be in use. First, the
-    pending rows of this process's settled instances that no reservation has dropped since
+    pending rows of this process's settled instances that no index commit has dropped since
     (`storage.index.settled`): no instance came after them."""
     archive.settled.flush(archive.db)
     removed, _kept = _remove_pending(archive)

@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from storage.archive import Archive
 from storage.blobs.protocol import new_key
 from storage.index.models import PendingBlob
+from storage.index.reserved import BATCH
 from storage.ingest.recovery import recover, sweep
 from storage.logs import FIELDS
 from tests.kit.backends import migrated_archive, settings_for
@@ -115,6 +116,10 @@ ingest(Source(path=Path(sys.argv[7]), disposable=staged), Context.console(), arc
 """
 
 
+#: the keys a killed writer had reserved ahead and not used (`storage.index.reserved`)
+UNUSED = BATCH - 1
+
+
 def _crash_during_ingest(archive: Archive, tmp_path, point: str) -> str:
     import subprocess
     import sys
@@ -149,9 +154,10 @@ def test_killed_between_blob_and_commit_leaves_nothing_visible(archive: Archive,
     from tests.kit.inspect import row_counts
 
     _crash_during_ingest(archive, tmp_path, "after-blob")
-    assert row_counts(archive)["pending_blobs"] == 1 and len(blob_keys(archive)) == 1
+    # its instance's row, and those of the keys it had reserved ahead and not used
+    assert row_counts(archive)["pending_blobs"] == UNUSED + 1 and len(blob_keys(archive)) == 1
     assert row_counts(archive)["instances"] == 0  # nothing visible
-    assert recover(archive).removed == 1  # the writer's pid is dead
+    assert recover(archive).removed == UNUSED + 1  # the writer's pid is dead
     assert row_counts(archive)["pending_blobs"] == 0 and blob_keys(archive) == set()
 
 
@@ -161,7 +167,7 @@ def test_killed_after_commit_leaves_a_complete_instance(archive: Archive, tmp_pa
 
     sop = _crash_during_ingest(archive, tmp_path, "after-commit")
     staged = archive.blobs.stages(archive.temp_dir)  # the file's copy was staged: its row waited for its folder
-    assert recover(archive).removed == (1 if staged else 0)  # that row goes, the instance stays
+    assert recover(archive).removed == UNUSED + (1 if staged else 0)  # that row goes, the instance stays
     assert row_counts(archive)["pending_blobs"] == 0 and row_counts(archive)["instances"] == 1
     with archive.db.read() as s:
         key = s.scalar(select(Instance.object_key).where(Instance.sop_uid == sop))
@@ -182,8 +188,8 @@ def test_killed_between_a_staged_blobs_index_commit_and_dropping_its_row_keeps_t
 
     with _fs_archive(tmp_path) as archive:
         sop = _crash_during_ingest(archive, tmp_path, point)
-        assert row_counts(archive)["pending_blobs"] == 1 and row_counts(archive)["instances"] == 1
-        assert recover(archive).removed == 1  # the row goes, the instance and its blob stay
+        assert row_counts(archive)["pending_blobs"] == UNUSED + 1 and row_counts(archive)["instances"] == 1
+        assert recover(archive).removed == UNUSED + 1  # the row goes, the instance and its blob stay
         assert row_counts(archive)["pending_blobs"] == 0 and row_counts(archive)["instances"] == 1
         with archive.db.read() as s:
             key = s.scalar(select(Instance.object_key).where(Instance.sop_uid == sop))
@@ -223,18 +229,21 @@ def test_an_indexed_instance_whose_blob_a_power_cut_lost_is_taken_out_with_its_c
         assert not any(p.exists() for p in paths)  # staged: moved into the store, not copied
 
 
-def test_a_settled_row_goes_with_the_next_reservation_the_sweep_or_the_archives_close(tmp_path: Path) -> None:
-    """A staged instance's pending row outlives its answer until the next instance's
-    reservation drops it (`storage.index.settled`); the last one goes with the sweep, or when
-    the process closes its archive."""
+def test_a_settled_row_goes_with_the_next_index_commit_the_sweep_or_the_archives_close(tmp_path: Path) -> None:
+    """A staged instance's pending row outlives its answer until the next instance's index
+    commit drops it (`storage.index.settled`); the last one goes with the sweep, or when the
+    process closes its archive, which also releases the keys it reserved ahead and did not use."""
     from storage.access.context import Context
     from storage.dicom.parse import Source
     from storage.ingest.pipeline import ingest
     from tests.kit import dicom_factory as f
 
-    def pending(archive: Archive) -> list[str]:
-        with archive.db.read() as s:
-            return list(s.scalars(select(PendingBlob.object_key).order_by(PendingBlob.id)))
+    def pending(*archives: Archive) -> list[str]:
+        """Pending rows, but for the keys these archives reserved ahead and have not used."""
+        unused = set().union(*(a.reserved.unused() for a in archives))
+        with archives[0].db.read() as s:
+            rows = s.execute(select(PendingBlob.id, PendingBlob.object_key).order_by(PendingBlob.id)).all()
+        return [key for pending_id, key in rows if pending_id not in unused]
 
     def receive(archive: Archive, i: int) -> None:
         path = f.write(tmp_path / f"{i}.dcm", f.ct_dataset())
@@ -246,12 +255,12 @@ def test_a_settled_row_goes_with_the_next_reservation_the_sweep_or_the_archives_
         assert len(first) == 1  # answered, its row waiting
         receive(archive, 1)
         second = pending(archive)
-        assert len(second) == 1 and second != first  # the first went with the second's reservation
+        assert len(second) == 1 and second != first  # the first went with the second's commit
         assert archive.settled.flush(archive.db) == 1 and pending(archive) == []
         receive(archive, 2)
         assert sweep(archive) == 0 and pending(archive) == []  # no instance followed: the sweep drops it
         other = Archive.open(archive.settings)  # another process of the same archive, stopping
         receive(other, 3)
-        assert len(pending(archive)) == 1
+        assert len(pending(archive, other)) == 1 and len(other.reserved.unused()) == BATCH - 1
         other.close()
-        assert pending(archive) == []
+        assert pending(archive) == []  # its settled row and its unused keys' rows are gone
