@@ -1,0 +1,49 @@
+"""`storage.index.reserved`: object keys reserved a batch per transaction, handed out in turn."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from storage.archive import Archive
+from storage.blobs.protocol import new_key
+from storage.index.models import PendingBlob
+from storage.index.reserved import BATCH, Reserved
+
+
+def rows(archive: Archive) -> dict[int, str]:
+    with archive.db.read() as s:
+        return dict(s.execute(select(PendingBlob.id, PendingBlob.object_key)).all())
+
+
+def test_keys_are_reserved_a_batch_at_a_time_and_each_handed_out_once(archive: Archive) -> None:
+    reserved = Reserved(max_age=60)
+    taken = [reserved.take(archive.db, archive.owner, new_key) for _ in range(BATCH + 1)]
+    assert len(set(taken)) == BATCH + 1  # no key twice
+    assert len(rows(archive)) == 2 * BATCH  # two reservations: every key's row is committed
+    assert all(rows(archive)[pending_id] == key for pending_id, key in taken)
+    assert len(reserved.unused()) == BATCH - 1
+    assert reserved.release(archive.db) == BATCH - 1
+    assert set(rows(archive)) == {pending_id for pending_id, _ in taken}  # the unused ones' rows went
+
+
+def test_a_key_older_than_its_age_limit_is_not_handed_out(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep removes a live process's rows older than the recovery grace: a key waits at
+    most half of it, then a fresh batch is reserved instead."""
+    reserved = Reserved(max_age=60)
+    first = reserved.take(archive.db, archive.owner, new_key)
+    stale = reserved.unused()
+    later = time.monotonic() + 61
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    second = reserved.take(archive.db, archive.owner, new_key)
+    assert second[0] not in stale | {first[0]}  # from a fresh batch
+    assert reserved.unused().isdisjoint(stale) and len(reserved.unused()) == BATCH - 1
+    assert len(rows(archive)) == 2 * BATCH  # the stale batch's rows stay for the sweep
+
+
+def test_without_a_grace_period_keys_are_reserved_one_at_a_time(archive: Archive) -> None:
+    reserved = Reserved(max_age=0)
+    reserved.take(archive.db, archive.owner, new_key)
+    assert len(rows(archive)) == 1 and reserved.unused() == set()
