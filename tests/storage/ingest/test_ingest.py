@@ -246,3 +246,20 @@ def test_file_meta_without_preamble_is_stored_as_a_conformant_file(archive: Arch
         stored = blob.read()
     assert stored[128:132] == b"DICM" and stored[132:] == data
     assert pydicom.dcmread(io.BytesIO(stored)) == ds
+
+
+def test_a_received_copy_sent_again_is_already_present_and_leaves_nothing(archive: Archive) -> None:
+    """A received data set (staged where the store can) is found to be stored already by the index
+    commit itself, not by a read before it: its blob, pending row and file all go, and the
+    answer is the one a read would have given."""
+    ds = f.ct_dataset()
+    first = f.write(archive.temp_dir / "first.dcm", ds)
+    assert ingest(Source(path=first, disposable=True), ctx(CT_A), archive=archive).outcome is Outcome.STORED
+    before_rows, before_keys = row_counts(archive), blob_keys(archive)
+    again = f.write(archive.temp_dir / "again.dcm", ds)
+    result = ingest(Source(path=again, disposable=True), ctx(CT_A), archive=archive)
+    assert result.outcome is Outcome.ALREADY_PRESENT and result.size == len(f.to_bytes(ds))
+    assert (row_counts(archive), blob_keys(archive)) == (before_rows, before_keys)
+    for received in (first, again):  # the caller's, as the SCP deletes its temporary files
+        received.unlink(missing_ok=True)
+    assert not any(archive.temp_dir.iterdir())
