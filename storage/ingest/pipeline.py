@@ -114,12 +114,27 @@ def _ingest(
     except RejectedInput as exc:
         _rejected(ctx, exc, source.describe())
         raise
-    # A copy sent again is found by a read before its blob is written. A staged blob is only
-    # renamed into place: the index commit's unique SOP Instance UID finds the copy then (the
-    # IntegrityError below), and a new instance saves the read (7 % of the SCP's CPU per instance).
+    # An object stored already is found by a read before its blob is written. A received one,
+    # staged, is only renamed into place: the index commit's unique SOP Instance UID finds it
+    # then (the IntegrityError below), and each new instance saves the read (7 % of the SCP's
+    # CPU). An import's copy keeps the read: a second import of a folder moves nothing.
     size = staging.size if staging is not None else source.size  # a staged file is moved away
-    if staging is None and _is_present(archive, parsed.sop_uid):
+    if (staging is None or copy is not None) and _is_present(archive, parsed.sop_uid):
         return _already_present(ctx, parsed, size)
+    return _store(archive, source, parsed, staging, ctx, size, started)
+
+
+def _store(
+    archive: Archive,
+    source: Source,
+    parsed: ParsedInstance,
+    staging: Staging | None,
+    ctx: Context,
+    size: int,
+    started: float,
+) -> IngestResult:
+    """Steps 2 to 5 of DESIGN's ingest for a parsed object not known to be stored: its key, its
+    blob (placed if staged, else written), the index commit, then what the caller is told."""
     pending_id, key = archive.reserved.take(archive.db, archive.owner, new_key)
     durable: Future[None] | None = None
     try:
@@ -307,10 +322,12 @@ def _stage(archive: Archive, source: Source, ctx: Context, copy: Path | None) ->
 
 def _stageable_copy(archive: Archive, source: Source) -> Path | None:
     """A file that is not ours to move (`pacs import`'s), copied into the archive's temporary
-    folder where the blob store can stage it as a received data set: its fsync then overlaps
-    the parse and its folder's the index commit, which `pacs import` otherwise waited for in
-    turn (~40 % of a worker's time). The same one copy as `put_file` would make, made earlier.
-    None where staging would not take it (a remote store, another filesystem)."""
+    folder where the blob store can stage it as a received data set: its fsync then overlaps the
+    parse and its folder's the index commit, which `pacs import` otherwise waited for in turn
+    (~40 % of a worker's time). The same one copy as `put_file` would make, made earlier; the
+    price is a copy of a file found stored already, deleted unused (a second import of the same
+    files took 3.8 s instead of 3.0 s for 2,000 CT slices). None where staging would not take
+    it (a remote store, another filesystem)."""
     if source.path is None or source.disposable or not archive.blobs.stages(archive.temp_dir):
         return None
     copy = archive.temp_dir / f"import-{uuid.uuid4().hex}.dcm"
