@@ -31,7 +31,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from storage import metrics
@@ -115,9 +117,9 @@ def _ingest(
         _rejected(ctx, exc, source.describe())
         raise
     # An object stored already is found by a read before its blob is written. A received one,
-    # staged, is only renamed into place: the index commit's unique SOP Instance UID finds it
-    # then (the IntegrityError below), and each new instance saves the read (7 % of the SCP's
-    # CPU). An import's copy keeps the read: a second import of a folder moves nothing.
+    # staged, is only renamed into place: the index commit finds it then (`_StoredAlready`),
+    # and each new instance saves the read (7 % of the SCP's CPU). An import's copy keeps the
+    # read: a second import of a folder moves nothing.
     size = staging.size if staging is not None else source.size  # a staged file is moved away
     if (staging is None or copy is not None) and _is_present(archive, parsed.sop_uid):
         return _already_present(ctx, parsed, size)
@@ -145,6 +147,9 @@ def _store(
             blob = _write_blob(archive, key, source, ctx)
         # a staged blob's pending row stays until its name is durable
         _index(archive, parsed, blob, ctx, None if durable is not None else pending_id)
+    except _StoredAlready:  # sent again (a staged copy is not looked for before), or concurrently
+        _cleanup(archive, key, pending_id)
+        return _already_present(ctx, parsed, size)
     except IntegrityError as exc:
         _cleanup(archive, key, pending_id)
         if _is_present(archive, parsed.sop_uid):  # a concurrent sender committed it first
@@ -257,7 +262,19 @@ _PLACE_OF = (
     .outerjoin(Series, Series.series_uid == bindparam("series_uid"))
     .where(Study.study_uid == bindparam("study_uid"))
 )
-_INSERT_INSTANCE = insert(Instance)
+#: the instance's row, unless its SOP Instance UID is indexed already (sent again, or by a
+#: concurrent sender): then no id comes back, without the error a unique violation would log on
+#: the server, and the commit is undone (`_StoredAlready`)
+_INSERT_INSTANCE = {
+    dialect: make(Instance).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(Instance.id)
+    for dialect, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
+
+
+class _StoredAlready(Exception):
+    """The instance's SOP Instance UID was indexed by the time of its commit."""
+
+
 _COUNT_INSTANCE_IN_SERIES = (
     update(Series).where(Series.id == bindparam("sid")).values(num_instances=Series.num_instances + 1)
 )
@@ -301,6 +318,8 @@ def index_stored(archive: Archive, key: str, source: Source, ctx: Context) -> bo
     try:
         with archive.db.write_conn() as conn:
             _commit(conn, parsed, BlobInfo(key=key, size=size), ctx, pending_id=None)
+    except _StoredAlready:
+        return False
     except IntegrityError:
         if _is_present(archive, parsed.sop_uid):
             return False
@@ -422,8 +441,8 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     new_series = series_id is None
     if series_id is None:
         series_id = _upsert_series(conn, p, study_id)
-    conn.execute(
-        _INSERT_INSTANCE,
+    instance_id = conn.scalar(
+        _INSERT_INSTANCE[conn.dialect.name],
         {
             "sop_uid": p.sop_uid,
             "series_id": series_id,
@@ -443,6 +462,8 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
             "created_at": now,
         },
     )
+    if instance_id is None:
+        raise _StoredAlready(p.sop_uid)
     conn.execute(_COUNT_INSTANCE_IN_SERIES, {"sid": series_id})
     conn.execute(_COUNT_INSTANCE_IN_STUDY, {"stid": study_id, "now": now})
     if new_series:
