@@ -37,7 +37,7 @@ class Archive:
     audit: AuditRecorder = NO_AUDIT
     #: request rates per caller, for both edges (PACS_HTTP_RATE_LIMIT, PACS_DICOM_RATE_LIMIT)
     rate_limits: RateLimits = field(default_factory=lambda: RateLimits.of(0, 0))
-    #: pending rows of staged blobs to drop with the next reservation (`storage.index.settled`)
+    #: pending rows of staged blobs to drop with the next index commit (`storage.index.settled`)
     settled: Settled = field(default_factory=Settled)
     #: object keys reserved ahead for ingest (`storage.index.reserved`)
     reserved: Reserved = field(default_factory=lambda: Reserved(max_age=300.0))

@@ -7,7 +7,8 @@ received instance and, with two writer processes, one more wait for SQLite's wri
 (`pacs import` workers waited 16 % of their time there). A process now reserves `BATCH` keys
 in one transaction and hands them out one per instance. A key is handed out only while its row
 is younger than half the recovery grace, since the sweep may remove a live process's older
-rows; the rest are released when the process closes its archive. A process killed with keys
+rows: older ones are released with the next reservation, the rest when the process closes its
+archive. A process killed with keys
 in hand leaves their rows to start-up recovery, which removes them (no blob has their names).
 """
 
@@ -28,7 +29,8 @@ from storage.index.models import PendingBlob, utcnow
 BATCH = 16
 
 _RESERVE = insert(PendingBlob).returning(PendingBlob.id, PendingBlob.object_key)
-_RELEASE = delete(PendingBlob).where(PendingBlob.id.in_(bindparam("ids", expanding=True)))
+#: by object key, never by row id: SQLite hands a deleted row's id to the next row
+_RELEASE = delete(PendingBlob).where(PendingBlob.object_key.in_(bindparam("keys", expanding=True)))
 
 
 class Reserved:
@@ -43,15 +45,18 @@ class Reserved:
     def take(self, db: Database, owner: str, new_key: Callable[[], str]) -> tuple[int, str]:
         """A reserved key and its pending row's id; reserves a batch when none is left."""
         now = time.monotonic()
+        stale: list[str] = []
         with self._lock:
             while self._keys:
                 pending_id, key, made = self._keys.popleft()
                 if now - made < self.max_age:
                     return pending_id, key
-                # too old to hand out: the sweep removes its row (no blob has its name)
+                stale.append(key)  # too old to hand out (the process was idle): released below
         batch = BATCH if self.max_age > 0 else 1
         created = utcnow()
         with db.write_conn(light=True) as conn:  # lost in a power cut: the blobs were never written
+            if stale:
+                conn.execute(_RELEASE, {"keys": stale})
             rows = conn.execute(
                 _RESERVE, [{"object_key": new_key(), "owner": owner, "created_at": created} for _ in range(batch)]
             ).all()
@@ -60,17 +65,17 @@ class Reserved:
             self._keys.extend((pending_id, key, now) for pending_id, key in rest)
         return first
 
-    def unused(self) -> set[int]:
-        """The pending-row ids of the keys not handed out yet."""
+    def unused(self) -> set[str]:
+        """The keys not handed out yet."""
         with self._lock:
-            return {pending_id for pending_id, _key, _made in self._keys}
+            return {key for _pending_id, key, _made in self._keys}
 
     def release(self, db: Database) -> int:
         """Drop the rows of the keys not handed out (the process stops); how many."""
         with self._lock:
-            ids = [pending_id for pending_id, _key, _made in self._keys]
+            keys = [key for _pending_id, key, _made in self._keys]
             self._keys.clear()
-        if ids:
+        if keys:
             with db.write_conn(light=True) as conn:
-                conn.execute(_RELEASE, {"ids": ids})
-        return len(ids)
+                conn.execute(_RELEASE, {"keys": keys})
+        return len(keys)

@@ -18,54 +18,57 @@ from sqlalchemy import Connection, bindparam, delete
 from storage.index.db import Database
 from storage.index.models import PendingBlob
 
-_DROP = delete(PendingBlob).where(PendingBlob.id.in_(bindparam("ids", expanding=True)))
+#: by object key, never by row id: SQLite hands a deleted row's id to the next row, and another
+#: process's sweep may have removed a row this process still lists (an idle worker's)
+_DROP = delete(PendingBlob).where(PendingBlob.object_key.in_(bindparam("keys", expanding=True)))
 #: the usual case, one association's previous instance: without the expanding IN's rendering
-_DROP_ONE = delete(PendingBlob).where(PendingBlob.id == bindparam("id"))
+_DROP_ONE = delete(PendingBlob).where(PendingBlob.object_key == bindparam("key"))
 
 
 class Settled:
-    """This process's settled pending-row ids (thread-safe; a few per association in flight)."""
+    """This process's settled pending rows, by object key (thread-safe; a few per association
+    in flight)."""
 
     def __init__(self) -> None:
-        self._ids: list[int] = []
+        self._keys: list[str] = []
         self._lock = threading.Lock()
 
-    def add(self, pending_id: int) -> None:
+    def add(self, key: str) -> None:
         with self._lock:
-            self._ids.append(pending_id)
+            self._keys.append(key)
 
-    def drop_within(self, conn: Connection) -> list[int]:
-        """Drop the settled rows in the caller's transaction; the ids, which the caller gives
+    def drop_within(self, conn: Connection) -> list[str]:
+        """Drop the settled rows in the caller's transaction; their keys, which the caller gives
         back (`give_back`) if that transaction does not commit."""
         with self._lock:
-            ids, self._ids = self._ids, []
-        if ids:
+            keys, self._keys = self._keys, []
+        if keys:
             try:
-                if len(ids) == 1:
-                    conn.execute(_DROP_ONE, {"id": ids[0]})
+                if len(keys) == 1:
+                    conn.execute(_DROP_ONE, {"key": keys[0]})
                 else:
-                    conn.execute(_DROP, {"ids": ids})
+                    conn.execute(_DROP, {"keys": keys})
             except BaseException:
-                self.give_back(ids)
+                self.give_back(keys)
                 raise
-        return ids
+        return keys
 
-    def waiting(self) -> set[int]:
-        """The ids not dropped yet."""
+    def waiting(self) -> set[str]:
+        """The keys whose rows are not dropped yet."""
         with self._lock:
-            return set(self._ids)
+            return set(self._keys)
 
-    def give_back(self, ids: list[int]) -> None:
+    def give_back(self, keys: list[str]) -> None:
         with self._lock:
-            self._ids[:0] = ids
+            self._keys[:0] = keys
 
     def flush(self, db: Database) -> int:
         """Drop the settled rows in a transaction of their own; how many."""
-        ids: list[int] = []
+        keys: list[str] = []
         try:
             with db.write_conn(light=True) as conn:
-                ids = self.drop_within(conn)
+                keys = self.drop_within(conn)
         except BaseException:
-            self.give_back(ids)
+            self.give_back(keys)
             raise
-        return len(ids)
+        return len(keys)

@@ -179,7 +179,7 @@ def _store(
         raise OutOfResources(f"could not store the instance: {type(exc).__name__}") from exc
 
     if durable is not None:
-        _settle(archive, durable, pending_id, key)
+        _settle(archive, durable, key)
     ctx.touched(parsed.study_uid, parsed.patient_id[:64])
     elapsed = time.perf_counter() - started
     metrics.INSTANCES_STORED.labels(_via(ctx)).inc()
@@ -293,7 +293,7 @@ def _is_present(archive: Archive, sop_uid: str) -> bool:
 def _index(archive: Archive, p: ParsedInstance, blob: BlobInfo, ctx: Context, pending_id: int | None) -> None:
     """The index commit (`_commit`), which also drops the pending rows of earlier instances
     that have settled since (`storage.index.settled`)."""
-    settled: list[int] = []
+    settled: list[str] = []
     try:
         with archive.db.write_conn() as conn:
             settled = archive.settled.drop_within(conn)
@@ -358,7 +358,7 @@ def _stageable_copy(archive: Archive, source: Source) -> Path | None:
     return copy
 
 
-def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) -> None:
+def _settle(archive: Archive, durable: Future[None], key: str) -> None:
     """After the index commit of a staged blob: wait for its name to be durable (the folder's
     fsync ran while the index committed), then let its pending row go (with the next
     index commit, `storage.index.settled`). Until its name is durable, a power cut
@@ -377,7 +377,7 @@ def _settle(archive: Archive, durable: Future[None], pending_id: int, key: str) 
     except OSError as exc:
         event(log, "ingest.settle_failed", level=logging.ERROR, object_key=key, error=type(exc).__name__)
         raise OutOfResources(f"could not make the instance durable: {type(exc).__name__}") from exc
-    archive.settled.add(pending_id)
+    archive.settled.add(key)
 
 
 def _write_blob(archive: Archive, key: str, source: Source, ctx: Context) -> BlobInfo:

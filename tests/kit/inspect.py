@@ -16,19 +16,19 @@ def row_counts(archive: Archive) -> dict[str, int]:
     """Rows per table; pending rows without `archive`'s own bookkeeping, which no request left:
     those of keys it reserved ahead and has not used (`storage.index.reserved`), and those of
     settled instances it drops with its next commit (`storage.index.settled`)."""
-    unused = own_pending(archive)
+    own = own_pending(archive)
     with archive.db.read() as s:
         counts = {
             m.__tablename__: int(s.scalar(select(func.count()).select_from(m)) or 0)
             for m in (PatientIdentity, Study, Series, Instance)
         }
-        pending = s.scalars(select(PendingBlob.id)).all()
-    counts[PendingBlob.__tablename__] = sum(1 for pending_id in pending if pending_id not in unused)
+        pending = s.scalars(select(PendingBlob.object_key)).all()
+    counts[PendingBlob.__tablename__] = sum(1 for key in pending if key not in own)
     return counts
 
 
-def own_pending(archive: Archive) -> set[int]:
-    """The pending-row ids `archive`'s process keeps for itself (see `row_counts`)."""
+def own_pending(archive: Archive) -> set[str]:
+    """The object keys of the pending rows `archive`'s process keeps for itself (`row_counts`)."""
     return archive.reserved.unused() | archive.settled.waiting()
 
 

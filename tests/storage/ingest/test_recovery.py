@@ -242,8 +242,8 @@ def test_a_settled_row_goes_with_the_next_index_commit_the_sweep_or_the_archives
         """Pending rows, but for the keys these archives reserved ahead and have not used."""
         unused = set().union(*(a.reserved.unused() for a in archives))
         with archives[0].db.read() as s:
-            rows = s.execute(select(PendingBlob.id, PendingBlob.object_key).order_by(PendingBlob.id)).all()
-        return [key for pending_id, key in rows if pending_id not in unused]
+            keys = s.scalars(select(PendingBlob.object_key).order_by(PendingBlob.id)).all()
+        return [key for key in keys if key not in unused]
 
     def receive(archive: Archive, i: int) -> None:
         path = f.write(tmp_path / f"{i}.dcm", f.ct_dataset())
