@@ -29,6 +29,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from storage.dicom.charset import TEXT_VRS, check_decodes, fold, python_encodings
+from storage.dicom.columns import Columns
+from storage.dicom.columns import integer as _int
+from storage.dicom.columns import text as _text
 from storage.dicom.dicomjson import (
     PIXEL_DATA,
     UNDEFINED,
@@ -291,15 +294,6 @@ def _check_text(ds: Dataset) -> None:
                 check_decodes(raw.value, encodings, f"({tag.group:04X},{tag.elem:04X})")
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
 #: bounds on what a peer sends about its patient beyond the key attributes
 MAX_ADDRESS = 256
 MAX_OTHER_IDS = 16
@@ -316,19 +310,7 @@ def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> ParsedInstance:
-    try:
-        name = _text(ds, "PatientName")
-    except (UnicodeError, LookupError) as exc:  # pragma: no cover - _check_text runs first
-        raise BadCharset(str(exc)) from None
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
     frames = _int(ds, "NumberOfFrames") or (1 if rows else None)
     frame_length = _frame_length(ds, rows, columns)
@@ -338,32 +320,37 @@ def _extract(ds: Dataset, fp: BinaryIO, uids: dict[str, str], tsuid: str) -> Par
     if layout is not None and layout.kind == "native":
         _check_native_length(ds, layout.length, rows, columns, frames)
     full = dicom_json_dict(ds)
+    col = Columns(ds, full)  # the index columns from the JSON just made, not converted again
+    try:
+        name = col.text("PatientName")
+    except (UnicodeError, LookupError) as exc:  # pragma: no cover - _check_text runs first
+        raise BadCharset(str(exc)) from None
     return ParsedInstance(
         sop_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=tsuid,
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_id=col.text("PatientID"),
+        issuer_of_patient_id=col.text("IssuerOfPatientID"),
         patient_name=name,
-        birth_date=_text(ds, "PatientBirthDate")[:8],
-        sex=_text(ds, "PatientSex")[:16],
-        patient_address=_text(ds, "PatientAddress")[:MAX_ADDRESS],
+        birth_date=col.text("PatientBirthDate")[:8],
+        sex=col.text("PatientSex")[:16],
+        patient_address=col.text("PatientAddress")[:MAX_ADDRESS],
         other_patient_ids=_other_patient_ids(ds),
-        study_date=_text(ds, "StudyDate")[:8],
-        study_time=_text(ds, "StudyTime")[:16],
-        accession_number=_text(ds, "AccessionNumber")[:16],
-        study_id=_text(ds, "StudyID")[:16],
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician=fold(_text(ds, "ReferringPhysicianName")),
-        modality=_text(ds, "Modality")[:16],
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        body_part=_text(ds, "BodyPartExamined")[:16],
-        series_date=_text(ds, "SeriesDate")[:8],
-        series_time=_text(ds, "SeriesTime")[:16],
-        instance_number=_int(ds, "InstanceNumber"),
+        study_date=col.text("StudyDate")[:8],
+        study_time=col.text("StudyTime")[:16],
+        accession_number=col.text("AccessionNumber")[:16],
+        study_id=col.text("StudyID")[:16],
+        study_description=col.text("StudyDescription"),
+        referring_physician=fold(col.text("ReferringPhysicianName")),
+        modality=col.text("Modality")[:16],
+        series_number=col.integer("SeriesNumber"),
+        series_description=col.text("SeriesDescription"),
+        body_part=col.text("BodyPartExamined")[:16],
+        series_date=col.text("SeriesDate")[:8],
+        series_time=col.text("SeriesTime")[:16],
+        instance_number=col.integer("InstanceNumber"),
         rows=rows,
         columns=columns,
         number_of_frames=frames,
