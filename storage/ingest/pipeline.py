@@ -245,7 +245,12 @@ def _already_present(ctx: Context, parsed: ParsedInstance, size: int) -> IngestR
 
 _PRESENT = select(Instance.id).where(Instance.sop_uid == bindparam("sop_uid"))
 _UNRESERVE = delete(PendingBlob).where(PendingBlob.id == bindparam("pending_id"))
-_SERIES_EXISTS = select(Series.id).where(Series.series_uid == bindparam("series_uid"))
+#: the study of a series, read when the instance's study was not found
+_STUDY_OF_SERIES = (
+    select(Study.study_uid)
+    .join(Series, Series.study_id == Study.id)
+    .where(Series.series_uid == bindparam("series_uid"))
+)
 #: where an instance goes, when its study exists: the study, its patient, the series if it
 #: exists (in this study or, wrongly, in another) and whether the sender's organization owns it
 _PLACE_OF = (
@@ -409,7 +414,7 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     if pending_id is not None:
         conn.execute(_UNRESERVE, {"pending_id": pending_id})
     org = ctx.principal.org
-    place = conn.execute(_PLACE_OF, {"study_uid": p.study_uid, "series_uid": p.series_uid, "org": org}).first()
+    place = _place_of(conn, p, org)
     series_id: int | None = None
     if place is not None:
         if place.series_id is not None and place.series_study_id != place.id:
@@ -419,8 +424,6 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
         owned = bool(place.owned)
         _check_may_add(ctx, p, place, owned)
     else:
-        if conn.scalar(_SERIES_EXISTS, {"series_uid": p.series_uid}) is not None:
-            raise _series_elsewhere(p)
         sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
         key = identities.identity_key(
             p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
@@ -478,6 +481,23 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
                 modalities="\\".join(sorted(set(modalities))),
             )
         )
+
+
+def _place_of(conn: Connection, p: ParsedInstance, org: str | None) -> Any:
+    """The instance's study as `_PLACE_OF` reads it, or None for a new study, whose series must
+    then be new too (else `InvalidUid`: it belongs to another study)."""
+    where = {"study_uid": p.study_uid, "series_uid": p.series_uid, "org": org}
+    place = conn.execute(_PLACE_OF, where).first()
+    if place is not None:
+        return place
+    series_study = conn.scalar(_STUDY_OF_SERIES, {"series_uid": p.series_uid})
+    if series_study is None:
+        return None
+    if series_study != p.study_uid:
+        raise _series_elsewhere(p)
+    # PostgreSQL (read committed): a concurrent sender committed this very study between the two
+    # reads; read it again (seen under load in CI, as a false "belongs to another study")
+    return conn.execute(_PLACE_OF, where).first()
 
 
 def _series_elsewhere(p: ParsedInstance) -> InvalidUid:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from storage.access.context import Context
 from storage.archive import Archive
@@ -263,3 +264,30 @@ def test_a_received_copy_sent_again_is_already_present_and_leaves_nothing(archiv
     for received in (first, again):  # the caller's, as the SCP deletes its temporary files
         received.unlink(missing_ok=True)
     assert not any(archive.temp_dir.iterdir())
+
+
+def test_a_study_a_concurrent_sender_commits_between_two_reads_is_joined(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL under read committed: the study is not there at the commit's first read and is
+    there, with this series, at the next (another association committed it meanwhile). The
+    instance joins that study; it is not refused as "a series of another study"."""
+    import storage.ingest.pipeline as pipeline
+
+    study, series = f.uid(), f.uid()
+    store(archive, f.to_bytes(f.ct_dataset(study_uid=study, series_uid=series)))
+    place_of, nothing = pipeline._PLACE_OF, select(Study.id).where(Study.id < 0)
+    original = Connection.execute
+    reads: list[object] = []
+
+    def first_read_finds_no_study(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if statement is place_of and not reads:
+            reads.append(statement)
+            statement = nothing  # as if the study were not committed yet
+        return original(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", first_read_finds_no_study)
+    assert store(archive, f.to_bytes(f.ct_dataset(study_uid=study, series_uid=series))) is Outcome.STORED
+    assert reads
+    with archive.db.read() as s:
+        assert s.scalar(select(Study.num_instances).where(Study.study_uid == study)) == 2
