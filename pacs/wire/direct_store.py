@@ -13,8 +13,9 @@ opens the temporary file as pynetdicom would (preamble, the file meta pynetdicom
 by `pacs.wire.file_meta`, in the archive's folder), writes each data fragment of the following
 PDUs into it straight from one reused buffer, runs the store (`pacs.store.receive`, the handler
 pynetdicom's path calls) once the last fragment is in, and answers through the association's
-direct sender (`pacs.wire.direct_send`). It then waits a moment for the peer's next PDU, so that a modality
-sending a study is served by one thread without a hand-off or a sleep between instances.
+direct sender (`pacs.wire.direct_send`). It then waits a moment for the peer's next PDU, so
+that a modality sending a study is served by one thread without a hand-off or a sleep between
+instances.
 
 What is handed back to pynetdicom, untouched: any PDU that is not a P-DATA-TF, a command set
 that is not a plain C-STORE-RQ on an accepted context of its SOP class, a PDU mixing commands

@@ -8,8 +8,8 @@ received instance and, with two writer processes, one more wait for SQLite's wri
 in one transaction and hands them out one per instance. A key is handed out only while its row
 is younger than half the recovery grace, since the sweep may remove a live process's older
 rows: older ones are released with the next reservation, the rest when the process closes its
-archive. A process killed with keys
-in hand leaves their rows to start-up recovery, which removes them (no blob has their names).
+archive. A process killed with keys in hand leaves their rows to start-up recovery, which
+removes them (no blob has their names).
 """
 
 from __future__ import annotations

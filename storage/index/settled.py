@@ -2,11 +2,11 @@
 
 Why: a staged blob's pending row outlives its index commit by its folder's fsync
 (`storage.ingest.pipeline._settle`); dropping it in a transaction of its own cost every
-received instance a write transaction of its own. The ids wait here instead and go in the next
-instance's index commit (`pipeline._index`), or in the sweep's transaction when no instance
-follows (`storage.ingest.recovery.sweep`), or when the process closes its archive. One left behind by
-a killed process is harmless: start-up recovery finds its instance indexed and its blob
-present, and drops it (`recovery.settled`).
+received instance a write transaction more. Their object keys wait here instead and go in the
+next instance's index commit (`pipeline._index`), or in the sweep's transaction when no
+instance follows (`storage.ingest.recovery.sweep`), or when the process closes its archive.
+One left behind by a killed process is harmless: start-up recovery finds its instance indexed
+and its blob present, and drops it (`recovery.settled`).
 """
 
 from __future__ import annotations

@@ -3,11 +3,10 @@
 The order is what makes an acknowledgement safe (DESIGN.md "Ingest rules", after the
 store orchestrator of Microsoft's DICOM server): parse and validate; take a pending row that
 names a fresh server-made key (reserved ahead, a batch at a time: `storage.index.reserved`);
-write the blob durably under that key; then, in one
-transaction, drop the pending row and insert patient, study, series and instance rows with
-the aggregates. Only after that commit does the caller answer success. A crash before the
-commit leaves a pending row that start-up recovery (`storage.ingest.recovery`) cleans up; a crash
-after it leaves a complete instance.
+write the blob durably under that key; then, in one transaction, drop the pending row and
+insert patient, study, series and instance rows with the aggregates. Only after that commit
+does the caller answer success. A crash before the commit leaves a pending row that start-up
+recovery (`storage.ingest.recovery`) cleans up; a crash after it leaves a complete instance.
 
 A received data set (a disposable file in the archive's folder) is staged instead of copied
 (`BlobStore.stage`): its fsync starts before the parse, it is renamed into place after the
