@@ -39,14 +39,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from storage.audit import atna
 from storage.audit.syslog import SEVERITY_NOTICE, SEVERITY_WARNING, SyslogSender, Target, syslog_message
-from storage.index.db import Database
+from storage.index.db import Database, dialect_insert
 from storage.index.models import AuditCursor, AuditRecord
 from storage.logs import event
 from storage.processes import owner_is_gone
@@ -267,8 +265,7 @@ class Forwarder:
     def _ensure_row(self, session: Session) -> None:
         """The target's cursor, at the start of the trail, if it has none yet (two may race)."""
         values = {"target": self._key, "last_id": 0, "claimed_by": None, "claimed_until": None}
-        dialect = session.get_bind().dialect.name
-        ins = pg_insert(AuditCursor) if dialect == "postgresql" else sqlite_insert(AuditCursor)
+        ins = dialect_insert(session.get_bind().dialect.name, AuditCursor)
         session.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["target"]))
 
     def _advance(self, last_id: int) -> None:

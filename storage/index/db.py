@@ -176,6 +176,12 @@ class Database:
         self.light_engine.dispose()
 
 
+def dialect_insert(dialect: str, model: type[Base]) -> Any:
+    """An INSERT into `model` in `dialect`'s own form (PostgreSQL's or SQLite's), the one that
+    has `on_conflict_do_nothing` and `on_conflict_do_update`; both backends are all there is."""
+    return pg_insert(model) if dialect == "postgresql" else sqlite_insert(model)
+
+
 def insert_or_get(conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING, then the id of whichever row holds `key`.
 
@@ -189,7 +195,7 @@ def insert_or_get_new(
     conn: Connection, model: type[Base], key: dict[str, Any], values: dict[str, Any]
 ) -> tuple[int, bool]:
     """`insert_or_get`, and whether this call created the row (the one caller that did)."""
-    ins = pg_insert(model) if conn.dialect.name == "postgresql" else sqlite_insert(model)
+    ins = dialect_insert(conn.dialect.name, model)
     table = model.__table__
     new_id = conn.scalar(
         ins.values(**key, **values).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)

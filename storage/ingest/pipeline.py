@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, exists, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from storage import metrics
@@ -53,7 +51,7 @@ from storage.errors import (
     StudyNotWritable,
     TooLarge,
 )
-from storage.index.db import insert_or_get
+from storage.index.db import dialect_insert, insert_or_get
 from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study, StudyOwner, utcnow
 from storage.ingest import provenance
 from storage.logs import event
@@ -270,8 +268,8 @@ _PLACE_OF = (
 #: concurrent sender): then no id comes back, without the error a unique violation would log on
 #: the server, and the commit is undone (`_StoredAlready`)
 _INSERT_INSTANCE = {
-    dialect: make(Instance).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(Instance.id)
-    for dialect, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+    dialect: dialect_insert(dialect, Instance).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(Instance.id)
+    for dialect in ("sqlite", "postgresql")
 }
 
 

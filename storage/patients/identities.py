@@ -15,11 +15,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storage.dicom.charset import fold
-from storage.index.db import insert_or_get_new
+from storage.index.db import dialect_insert, insert_or_get_new
 from storage.index.models import IdentityAlias, LinkQueueItem, PatientIdentity, Study, StudyOwner, utcnow
 from storage.patients import cnp
 
@@ -151,14 +149,14 @@ def _add_aliases(conn: Connection, identity_id: int, pairs: list[tuple[str, str]
     """Index the identity under each (issuer, value), once."""
     if not pairs:
         return
-    ins = pg_insert(IdentityAlias) if conn.dialect.name == "postgresql" else sqlite_insert(IdentityAlias)
+    ins = dialect_insert(conn.dialect.name, IdentityAlias)
     rows = [{"identity_id": identity_id, "issuer": issuer[:64], "value": value[:64]} for issuer, value in pairs]
     conn.execute(ins.on_conflict_do_nothing(), rows)
 
 
 def _queue(conn: Connection, identity_id: int, now: datetime) -> None:
     """Queue the identity for the linker, once (two ingests of one identity may both queue it)."""
-    ins = pg_insert(LinkQueueItem) if conn.dialect.name == "postgresql" else sqlite_insert(LinkQueueItem)
+    ins = dialect_insert(conn.dialect.name, LinkQueueItem)
     conn.execute(ins.values(identity_id=identity_id, queued_at=now).on_conflict_do_nothing())
 
 

@@ -28,10 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, delete, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from storage.index.db import Database
+from storage.index.db import Database, dialect_insert
 from storage.index.models import (
     OPT_IN,
     OPT_OUT,
@@ -366,7 +364,7 @@ def add_candidate(conn: Connection, a: int, b: int, verdict: Verdict, why: str |
     reasons = [asdict(r) for r in verdict.reasons]
     if why:
         reasons.append({"field": "merge", "level": why, "weight": 0.0})
-    ins = pg_insert(LinkCandidate) if conn.dialect.name == "postgresql" else sqlite_insert(LinkCandidate)
+    ins = dialect_insert(conn.dialect.name, LinkCandidate)
     score = verdict.score if math.isfinite(verdict.score) else 0.0
     conn.execute(
         ins.values(

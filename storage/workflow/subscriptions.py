@@ -33,14 +33,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from storage.access.context import Context
 from storage.access.principal import Principal, Role
 from storage.errors import Conflict, Gone, NotFound
 from storage.index.claims import as_utc, held, take
+from storage.index.db import dialect_insert
 from storage.index.models import Subscription, SubscriptionDelivery
 from storage.settings import Settings
 
@@ -274,8 +273,7 @@ def record_matches(
         for uid, version in studies
     ]
     if rows:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(SubscriptionDelivery).on_conflict_do_nothing(
+        stmt = dialect_insert(session.get_bind().dialect.name, SubscriptionDelivery).on_conflict_do_nothing(
             index_elements=["subscription_id", "study_uid", "study_version"]
         )
         session.execute(stmt, rows)
