@@ -414,8 +414,6 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     place = _place_of(conn, p, org)
     series_id: int | None = None
     if place is not None:
-        if place.series_id is not None and place.series_study_id != place.id:
-            raise _series_elsewhere(p)
         study_id = int(place.id)
         series_id = None if place.series_id is None else int(place.series_id)
         owned = bool(place.owned)
@@ -481,11 +479,13 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
 
 
 def _place_of(conn: Connection, p: ParsedInstance, org: str | None) -> Any:
-    """The instance's study as `_PLACE_OF` reads it, or None for a new study, whose series must
-    then be new too (else `InvalidUid`: it belongs to another study)."""
+    """The instance's study as `_PLACE_OF` reads it, or None for a new study. Its series, if it
+    exists, must be in that study (else `InvalidUid`: it belongs to another study)."""
     where = {"study_uid": p.study_uid, "series_uid": p.series_uid, "org": org}
     place = conn.execute(_PLACE_OF, where).first()
     if place is not None:
+        if place.series_id is not None and place.series_study_id != place.id:
+            raise _series_elsewhere(p)
         return place
     series_study = conn.scalar(_STUDY_OF_SERIES, {"series_uid": p.series_uid})
     if series_study is None:
