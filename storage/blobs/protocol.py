@@ -121,6 +121,20 @@ def new_key() -> str:
     return object_key(uuid.uuid4())
 
 
+def new_keys(count: int) -> list[str]:
+    """`count` fresh keys in one folder, for keys used one after another (a batch of reserved
+    keys, `storage.index.reserved`).
+
+    On the filesystem store a new folder costs a mkdir and an fsync of its parent folder. Random
+    keys spread over 65,536 folders, so until an archive holds a few hundred thousand objects
+    almost every instance made its own folder. Keys of a batch in one folder make it once per
+    batch. The folder is as random as a single key's, so folders still fill evenly; the key is
+    still its own name's first four hex digits under the fan-out.
+    """
+    folder = uuid.uuid4().hex[:4]
+    return [object_key(uuid.UUID(folder + uuid.uuid4().hex[4:])) for _ in range(count)]
+
+
 def object_key(u: uuid.UUID) -> str:
     """Fan the key out over two directory levels so no folder grows past ~65k entries."""
     h = u.hex

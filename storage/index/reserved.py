@@ -42,7 +42,7 @@ class Reserved:
         self._keys: deque[tuple[int, str, float]] = deque()
         self._lock = threading.Lock()
 
-    def take(self, db: Database, owner: str, new_key: Callable[[], str]) -> tuple[int, str]:
+    def take(self, db: Database, owner: str, new_keys: Callable[[int], list[str]]) -> tuple[int, str]:
         """A reserved key and its pending row's id; reserves a batch when none is left."""
         now = time.monotonic()
         stale: list[str] = []
@@ -58,7 +58,7 @@ class Reserved:
             if stale:
                 conn.execute(_RELEASE, {"keys": stale})
             rows = conn.execute(
-                _RESERVE, [{"object_key": new_key(), "owner": owner, "created_at": created} for _ in range(batch)]
+                _RESERVE, [{"object_key": key, "owner": owner, "created_at": created} for key in new_keys(batch)]
             ).all()
         first, *rest = [(int(row.id), str(row.object_key)) for row in rows]
         with self._lock:

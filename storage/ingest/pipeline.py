@@ -37,7 +37,7 @@ from storage import metrics
 from storage.access.context import Channel, Context
 from storage.access.policy import may_write_into
 from storage.archive import Archive
-from storage.blobs.protocol import BlobInfo, Staging, new_key
+from storage.blobs.protocol import BlobInfo, Staging, new_keys
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
 from storage.errors import (
@@ -134,7 +134,7 @@ def _store(
 ) -> IngestResult:
     """Steps 2 to 5 of DESIGN's ingest for a parsed object not known to be stored: its key, its
     blob (placed if staged, else written), the index commit, then what the caller is told."""
-    pending_id, key = archive.reserved.take(archive.db, archive.owner, new_key)
+    pending_id, key = archive.reserved.take(archive.db, archive.owner, new_keys)
     durable: Future[None] | None = None
     try:
         if staging is not None:

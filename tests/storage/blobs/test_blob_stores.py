@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from storage.blobs import from_settings, fs
 from storage.blobs.fs import FileBlobStore
-from storage.blobs.protocol import BlobStore, new_key, object_key
+from storage.blobs.protocol import BlobStore, new_key, new_keys, object_key
 from storage.settings import Settings
 from tests.kit.backends import s3_storage_url
 from tests.kit.inspect import blob_keys
@@ -36,6 +37,18 @@ def test_keys_are_server_made_and_fanned_out() -> None:
     u = uuid.UUID("0123456789abcdef0123456789abcdef")
     assert object_key(u) == "01/23/0123456789abcdef0123456789abcdef.dcm"
     assert new_key() != new_key()
+
+
+def test_keys_made_together_share_a_folder_and_nothing_else() -> None:
+    """A batch of reserved keys makes one new folder on the filesystem store, not one per key."""
+    keys = new_keys(16)
+    assert len(set(keys)) == 16
+    folders = {key.rsplit("/", 1)[0] for key in keys}
+    assert len(folders) == 1
+    (folder,) = folders
+    assert all(re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.dcm", key) for key in keys)
+    assert all(key.rsplit("/", 1)[1].startswith(folder.replace("/", "")) for key in keys)
+    assert all(uuid.UUID(key.rsplit("/", 1)[1][:32]).version == 4 for key in keys)
 
 
 def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from storage.archive import Archive
 from storage.dicom.parse import Source
 from storage.errors import BadCharset, InvalidUid, MissingUid, NotDicom, RejectedInput, Truncated
 from storage.index.models import Instance, PatientIdentity, Series, Study
+from storage.index.reserved import BATCH
 from storage.ingest.pipeline import Outcome, ingest
 from tests.kit import dicom_factory as f
 from tests.kit.inspect import blob_keys, row_counts
@@ -291,3 +292,14 @@ def test_a_study_a_concurrent_sender_commits_between_two_reads_is_joined(
     assert reads
     with archive.db.read() as s:
         assert s.scalar(select(Study.num_instances).where(Study.study_uid == study)) == 2
+
+
+def test_instances_received_one_after_another_share_their_folder(archive: Archive) -> None:
+    """A process's reserved keys share one fan-out folder: on the filesystem store a batch of
+    instances makes one new folder (a mkdir and an fsync of its parent) between them, not one
+    each, as random keys did in an archive's first few hundred thousand objects."""
+    for n in range(BATCH):
+        assert store(archive, f.to_bytes(f.ct_dataset(sop_uid=f"1.2.826.0.1.3680043.10.1.{n + 1}"))) is Outcome.STORED
+    with archive.db.read() as s:
+        keys = s.scalars(select(Instance.object_key)).all()
+    assert len(keys) == BATCH and len({key.rsplit("/", 1)[0] for key in keys}) == 1
