@@ -30,7 +30,6 @@ import os
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,10 @@ from pacs.wire import command_set
 from pacs.wire.direct_receive import STORE_SUCCESS, TRANSPORT_CLOSED, HandedOver, Receiver
 from pacs.wire.p_data import COMMAND, LAST, header
 
-_installed: weakref.WeakKeyDictionary[Association, DirectSend] = weakref.WeakKeyDictionary()
+#: the attribute of an association that holds its `DirectSend`. Not a WeakKeyDictionary: its
+#: value holds the association, so the weak key never died, and every association ever
+#: served stayed in memory (~47 KB each: 14 MB per 300 C-ECHO associations).
+_ATTRIBUTE = "_pacs_direct_send"
 #: bytes of PDUs handed to one socket write, and at most this many buffers (IOV_MAX is 1024)
 WRITE_SIZE = 1 << 20
 MAX_BUFFERS = 512
@@ -59,7 +61,8 @@ def install(assoc: Association) -> DirectSend | None:
     raw = sock.socket if sock is not None else None
     if raw is None or isinstance(raw, ssl.SSLSocket):
         return None
-    direct = _installed[assoc] = DirectSend(assoc, raw)
+    direct = DirectSend(assoc, raw)
+    setattr(assoc, _ATTRIBUTE, direct)  # a cycle with the association, collected with it
     setattr(assoc.dimse, "send_msg", direct.send_msg)  # noqa: B010 - this association only
     dul_send = assoc.dul._send
 
@@ -73,7 +76,8 @@ def install(assoc: Association) -> DirectSend | None:
 
 def sender_of(assoc: Association) -> DirectSend | None:
     """The direct sender `install` put on `assoc`, if any."""
-    return _installed.get(assoc)
+    direct: DirectSend | None = getattr(assoc, _ATTRIBUTE, None)
+    return direct
 
 
 def fragments(

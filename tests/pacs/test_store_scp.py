@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
+from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
@@ -26,7 +29,7 @@ from storage.errors import RejectedInput
 from storage.index.models import Instance, Study
 from storage.logs import FIELDS
 from tests.kit import dicom_factory as f
-from tests.kit.dimse import STUDY_ROOT, keys, pyfind
+from tests.kit.dimse import STUDY_ROOT, findscu, keys, pyfind
 from tests.kit.inspect import blob_keys, row_counts, temporary_files
 from tests.kit.tools import require_tool
 
@@ -307,3 +310,26 @@ def test_many_concurrent_associations(scp: RunningScp, archive: Archive) -> None
     with archive.db.read() as s:
         study_row = s.scalars(select(Study)).one()
     assert (study_row.num_instances, study_row.num_series) == (50, 10)
+
+
+def _ended_acceptors() -> list[Association]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, Association) and o.is_acceptor and not o.is_alive()]
+
+
+def test_an_ended_association_is_not_kept_in_memory(scp: RunningScp, tmp_path: Path) -> None:
+    """Every association the SCP served, ended, is freed: a server that kept them (the direct
+    sender's table once held each one through its own value) grew ~47 KB per association, a
+    modality network's day of them in a few hundred MB."""
+    f.study_files(tmp_path / "study", n=2)
+    echoscu = require_tool("echoscu")
+    earlier = weakref.WeakSet(_ended_acceptors())  # another test's, whatever holds them
+    for _ in range(3):
+        storescu(scp, "+sd", "+r", tmp_path / "study")
+        findscu(scp.port, "QueryRetrieveLevel=STUDY", "PatientName", aet="STORESCU")
+        echo = [echoscu, "-aet", "STORESCU", "-aec", "MUNIPACS", "127.0.0.1", str(scp.port)]
+        subprocess.run(echo, check=True, timeout=60)
+    deadline = time.monotonic() + 10
+    while scp.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)  # the acceptor threads end just after the peers' release
+    assert [a for a in _ended_acceptors() if a not in earlier] == []
