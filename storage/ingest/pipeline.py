@@ -41,6 +41,7 @@ from storage.blobs.protocol import BlobInfo, Staging, new_keys
 from storage.dicom.charset import fold
 from storage.dicom.parse import ParsedInstance, Source, parse, with_preamble
 from storage.errors import (
+    Conflict,
     InvalidUid,
     NotAuthorized,
     OutOfResources,
@@ -51,7 +52,7 @@ from storage.errors import (
     StudyNotWritable,
     TooLarge,
 )
-from storage.index.db import dialect_insert, insert_or_get
+from storage.index.db import dialect_insert, insert_or_get_new
 from storage.index.models import Instance, PatientIdentity, PendingBlob, Series, Study, StudyOwner, utcnow
 from storage.ingest import provenance
 from storage.logs import event
@@ -411,29 +412,7 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
     if pending_id is not None:
         conn.execute(_UNRESERVE, {"pending_id": pending_id})
     org = ctx.principal.org
-    place = _place_of(conn, p, org)
-    series_id: int | None = None
-    if place is not None:
-        study_id = int(place.id)
-        series_id = None if place.series_id is None else int(place.series_id)
-        owned = bool(place.owned)
-        _check_may_add(ctx, p, place, owned)
-    else:
-        sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
-        key = identities.identity_key(
-            p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
-        )
-        demographics = identities.Demographics(
-            p.patient_name,
-            p.birth_date,
-            p.sex,
-            p.patient_address,
-            identities.national_id_of(p.patient_id, p.issuer_of_patient_id, p.other_patient_ids),
-            p.other_patient_ids,
-        )
-        identity_id = identities.upsert(conn, key, demographics)
-        study_id = _upsert_study(conn, p, identity_id, ctx)
-        owned = False
+    study_id, series_id, owned = _study_of(conn, p, ctx)
     if org is not None and not owned:
         _add_owner(conn, study_id, org, now)
     new_series = series_id is None
@@ -476,6 +455,24 @@ def _commit(conn: Connection, p: ParsedInstance, blob: BlobInfo, ctx: Context, p
                 modalities="\\".join(sorted(set(modalities))),
             )
         )
+
+
+def _study_of(conn: Connection, p: ParsedInstance, ctx: Context) -> tuple[int, int | None, bool]:
+    """The instance's study, made if new: (study id, series id if the series exists, whether the
+    sender's organization owns the study). An existing study is checked (`_check_may_add`)."""
+    place = _place_of(conn, p, ctx.principal.org)
+    if place is None:
+        created = _new_study(conn, p, ctx)
+        if created is not None:
+            return created, None, False
+        # PostgreSQL (read committed): a concurrent sender created the study after the read. It
+        # is an existing study and checked as one: its patient, its owners.
+        place = _place_of(conn, p, ctx.principal.org)
+        if place is None:
+            raise Conflict(f"study {p.study_uid} was deleted while this instance was stored: send it again")
+    owned = bool(place.owned)
+    _check_may_add(ctx, p, place, owned)
+    return int(place.id), None if place.series_id is None else int(place.series_id), owned
 
 
 def _place_of(conn: Connection, p: ParsedInstance, org: str | None) -> Any:
@@ -549,8 +546,28 @@ def _source_ae(ctx: Context) -> str:
     return ctx.principal.sub[:16] if ctx.channel is Channel.DIMSE else ""
 
 
-def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, ctx: Context) -> int:
-    return insert_or_get(
+def _new_study(conn: Connection, p: ParsedInstance, ctx: Context) -> int | None:
+    """Create the instance's study with its patient identity; None if the study exists already
+    (a concurrent sender's, committed after `_place_of` read)."""
+    sender = ctx.principal.sub if ctx.channel is not Channel.CLI else ctx.channel.value
+    key = identities.identity_key(
+        p.patient_id, p.issuer_of_patient_id, study_uid=p.study_uid, org=ctx.principal.org, sender=sender
+    )
+    demographics = identities.Demographics(
+        p.patient_name,
+        p.birth_date,
+        p.sex,
+        p.patient_address,
+        identities.national_id_of(p.patient_id, p.issuer_of_patient_id, p.other_patient_ids),
+        p.other_patient_ids,
+    )
+    identity_id = identities.upsert(conn, key, demographics)
+    study_id, created = _upsert_study(conn, p, identity_id, ctx)
+    return study_id if created else None
+
+
+def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, ctx: Context) -> tuple[int, bool]:
+    return insert_or_get_new(
         conn,
         Study,
         {"study_uid": p.study_uid},
@@ -575,7 +592,9 @@ def _upsert_study(conn: Connection, p: ParsedInstance, identity_id: int, ctx: Co
 
 
 def _upsert_series(conn: Connection, p: ParsedInstance, study_id: int) -> int:
-    return insert_or_get(
+    """The series' row, made in `study_id`; one a concurrent sender made first (PostgreSQL) must
+    be in the same study."""
+    series_id, created = insert_or_get_new(
         conn,
         Series,
         {"series_uid": p.series_uid},
@@ -591,3 +610,6 @@ def _upsert_series(conn: Connection, p: ParsedInstance, study_id: int) -> int:
             "created_at": utcnow(),
         },
     )
+    if not created and conn.scalar(select(Series.study_id).where(Series.id == series_id)) != study_id:
+        raise _series_elsewhere(p)
+    return series_id

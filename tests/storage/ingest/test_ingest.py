@@ -12,16 +12,25 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import Connection, select
 
-from storage.access.context import Context
+from storage.access.context import Channel, Context
 from storage.archive import Archive
 from storage.dicom.parse import Source
-from storage.errors import BadCharset, InvalidUid, MissingUid, NotDicom, RejectedInput, Truncated
-from storage.index.models import Instance, PatientIdentity, Series, Study
+from storage.errors import (
+    BadCharset,
+    InvalidUid,
+    MissingUid,
+    NotDicom,
+    PatientMismatch,
+    RejectedInput,
+    StudyNotWritable,
+    Truncated,
+)
+from storage.index.models import Instance, PatientIdentity, Series, Study, StudyOwner
 from storage.index.reserved import BATCH
 from storage.ingest.pipeline import Outcome, ingest
 from tests.kit import dicom_factory as f
 from tests.kit.inspect import blob_keys, row_counts
-from tests.kit.principals import CT_A, HOSP_A, UNREGISTERED, ctx
+from tests.kit.principals import CLINIC_B, CT_A, HOSP_A, INTEGRATOR_B, UNREGISTERED, ctx
 from tests.kit.seed import seed_orgs
 
 HOSPITAL = ctx(CT_A)
@@ -273,21 +282,9 @@ def test_a_study_a_concurrent_sender_commits_between_two_reads_is_joined(
     """PostgreSQL under read committed: the study is not there at the commit's first read and is
     there, with this series, at the next (another association committed it meanwhile). The
     instance joins that study; it is not refused as "a series of another study"."""
-    import storage.ingest.pipeline as pipeline
-
     study, series = f.uid(), f.uid()
     store(archive, f.to_bytes(f.ct_dataset(study_uid=study, series_uid=series)))
-    place_of, nothing = pipeline._PLACE_OF, select(Study.id).where(Study.id < 0)
-    original = Connection.execute
-    reads: list[object] = []
-
-    def first_read_finds_no_study(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        if statement is place_of and not reads:
-            reads.append(statement)
-            statement = nothing  # as if the study were not committed yet
-        return original(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(Connection, "execute", first_read_finds_no_study)
+    reads = _first_study_read_finds_nothing(monkeypatch)
     assert store(archive, f.to_bytes(f.ct_dataset(study_uid=study, series_uid=series))) is Outcome.STORED
     assert reads
     with archive.db.read() as s:
@@ -303,3 +300,67 @@ def test_instances_received_one_after_another_share_their_folder(archive: Archiv
     with archive.db.read() as s:
         keys = s.scalars(select(Instance.object_key)).all()
     assert len(keys) == BATCH and len({key.rsplit("/", 1)[0] for key in keys}) == 1
+
+
+def _first_study_read_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Blank the commit's first read of the instance's study, as PostgreSQL under read committed
+    sees it when another sender's transaction creates that study just after the read."""
+    import storage.ingest.pipeline as pipeline
+
+    place_of, nothing = pipeline._PLACE_OF, select(Study.id).where(Study.id < 0)
+    original = Connection.execute
+    reads: list[object] = []
+
+    def first_read_finds_no_study(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if statement is place_of and not reads:
+            reads.append(statement)
+            statement = nothing
+        return original(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", first_read_finds_no_study)
+    return reads
+
+
+def test_a_study_created_concurrently_by_another_patients_sender_is_still_checked(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study is created by another sender between the commit's read and its insert: the
+    instance meets it at the insert, and must pass the same patient check as for a study it
+    read, not join a study of another person."""
+    study = f.uid()
+    store(archive, f.to_bytes(f.ct_dataset(study_uid=study, patient_id="PAT-1")))
+    before = (row_counts(archive), blob_keys(archive))
+    reads = _first_study_read_finds_nothing(monkeypatch)
+    with pytest.raises(PatientMismatch):
+        store(archive, f.to_bytes(f.ct_dataset(study_uid=study, patient_id="PAT-2")))
+    assert reads and (row_counts(archive), blob_keys(archive)) == before
+
+
+def test_a_study_created_concurrently_by_another_organization_is_not_written_or_co_owned(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOW-RS of another organization racing the study's creator neither writes into the
+    study nor becomes one of its owners (which would show it the study)."""
+    seed_orgs(archive, [CLINIC_B])
+    study = f.uid()
+    store(archive, f.to_bytes(f.ct_dataset(study_uid=study)))
+    reads = _first_study_read_finds_nothing(monkeypatch)
+    with pytest.raises(StudyNotWritable):
+        store(archive, f.to_bytes(f.ct_dataset(study_uid=study)), ctx(INTEGRATOR_B, Channel.DICOMWEB))
+    assert reads
+    with archive.db.read() as s:
+        assert s.scalars(select(StudyOwner.org_id)).all() == ["hosp-a"]
+
+
+def test_a_series_created_concurrently_in_another_study_is_refused(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The series' row is made by a concurrent sender in another study between the commit's read
+    and its insert: the instance is refused as a series of another study, not filed in it."""
+    import storage.ingest.pipeline as pipeline
+
+    series = f.uid()
+    store(archive, f.to_bytes(f.ct_dataset(study_uid=f.uid(), series_uid=series)))
+    monkeypatch.setattr(pipeline, "_STUDY_OF_SERIES", select(Study.study_uid).where(Study.id < 0))  # not seen yet
+    with pytest.raises(InvalidUid, match="already belongs to another study"):
+        store(archive, f.to_bytes(f.ct_dataset(study_uid=f.uid(), series_uid=series)))
