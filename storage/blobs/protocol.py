@@ -128,8 +128,8 @@ def new_keys(count: int) -> list[str]:
     On the filesystem store a new folder costs a mkdir and an fsync of its parent folder. Random
     keys spread over 65,536 folders, so until an archive holds a few hundred thousand objects
     almost every instance made its own folder. Keys of a batch in one folder make it once per
-    batch. The folder is as random as a single key's, so folders still fill evenly; the key is
-    still its own name's first four hex digits under the fan-out.
+    batch. The folder is as random as a single key's, so folders still fill evenly, and a key's
+    folder is still the first four hex digits of its name.
     """
     folder = uuid.uuid4().hex[:4]
     return [object_key(uuid.UUID(folder + uuid.uuid4().hex[4:])) for _ in range(count)]
