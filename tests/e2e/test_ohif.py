@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,12 +165,16 @@ def test_ohif_lists_studies_and_draws_images(ohif: tuple[str, object], gateway_w
         launch.goto(f"{origin}/viewer?StudyInstanceUIDs={study}&token={token}", wait_until="domcontentloaded")
         canvas = launch.locator("canvas").first
         canvas.wait_for(timeout=60_000)
-        launch.wait_for_timeout(4000)  # let the first image decode and draw
         assert "token=" not in launch.url, "OHIF keeps the token in the address bar"
         shot = ARTIFACTS / "ohif-viewer.png"
-        canvas.screenshot(path=str(shot))
+        deadline = time.monotonic() + 60
+        while True:  # until the first image is decoded and drawn: 4 s was not always enough in CI
+            canvas.screenshot(path=str(shot))
+            pixels = np.asarray(Image.open(shot).convert("L"))
+            if (pixels > 30).mean() > 0.2 or time.monotonic() > deadline:
+                break
+            launch.wait_for_timeout(500)
         browser.close()
-    pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.size > 10_000
     assert (pixels > 30).mean() > 0.2, f"the viewport looks blank; page errors: {errors[:3]}"
     assert pixels.std() > 10, "the viewport is one flat colour, not an image"
