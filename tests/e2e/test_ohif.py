@@ -168,16 +168,24 @@ def test_ohif_lists_studies_and_draws_images(ohif: tuple[str, object], gateway_w
         assert "token=" not in launch.url, "OHIF keeps the token in the address bar"
         shot = ARTIFACTS / "ohif-viewer.png"
         deadline = time.monotonic() + 60
-        while True:  # until the first image is decoded and drawn: 4 s was not always enough in CI
+        while True:  # until the first image is decoded and drawn
             canvas.screenshot(path=str(shot))
-            pixels = np.asarray(Image.open(shot).convert("L"))
-            if (pixels > 30).mean() > 0.2 or time.monotonic() > deadline:
+            pixels = np.asarray(Image.open(shot).convert("L")).astype(float)
+            if _gradient_drawn(pixels) or time.monotonic() > deadline:
                 break
             launch.wait_for_timeout(500)
         browser.close()
     assert pixels.size > 10_000
-    assert (pixels > 30).mean() > 0.2, f"the viewport looks blank; page errors: {errors[:3]}"
-    assert pixels.std() > 10, "the viewport is one flat colour, not an image"
+    assert _gradient_drawn(pixels), f"the viewport shows no image; page errors: {errors[:3]}"
+
+
+def _gradient_drawn(pixels: np.ndarray) -> bool:
+    """The test study's gradient is on screen: the viewport's lower right clearly brighter than its
+    upper left. Relative, because OHIF may dim the whole page behind a dialog of its own (seen in
+    CI: the image drawn at a third of its brightness); a viewport without an image is black, with
+    its date in the upper left."""
+    h, w = pixels.shape
+    return bool(pixels[h // 2 :, w // 2 :].mean() > pixels[: h // 2, : w // 2].mean() + 8)
 
 
 @pytest.fixture()
